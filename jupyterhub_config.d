@@ -1,0 +1,1 @@
+binderhub_guard/data/jupyterhub_config.d
