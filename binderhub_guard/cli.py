@@ -1,0 +1,42 @@
+"""`binderhub-guard`: one subcommand per capability, each measurable against a real hub."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module with add_arguments(parser) and main(args), one-line help)
+SUBCOMMANDS = {
+    "kubesim": ("binderhub_guard.kubesim.cli", "run the embedded Kubernetes API simulator"),
+    "dev-hub": ("binderhub_guard.bench.devhub", "run a real hub on the simulator"),
+    "demo": ("binderhub_guard.bench.demo", "spawn and stop servers through a dev hub"),
+    "soak": ("binderhub_guard.bench.soak", "spawn/stop cycles: leak figures, stock vs guarded"),
+    "flood": ("binderhub_guard.bench.flood", "stop flood: hub cost, stock vs guarded"),
+    "report": ("binderhub_guard.report.cli", "print a hub's guard report"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="binderhub-guard", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if not e.name or not module_name.startswith(e.name):
+                raise
+            continue
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

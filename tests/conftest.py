@@ -1,0 +1,48 @@
+"""Fixtures: real hubs on the embedded Kubernetes API simulator.
+
+Each hub fixture owns its processes (simulator, jupyterhub, proxy) and stops them by process
+group when its scope ends; a test that needs special settings builds its own `DevHub`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from binderhub_guard.bench.devhub import DevHub
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def _keep_log(hub: DevHub, name: str) -> None:
+    """Keep the hub's log as a test artifact: the first thing to read when a hub test fails."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    if hub.log_path.exists():
+        (ARTIFACTS / f"{name}.log").write_bytes(hub.log_path.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def dev_hub(request: pytest.FixtureRequest) -> Iterator[DevHub]:
+    """A guarded hub (the package's config snippets, GuardedKubeSpawner) for a test module."""
+    with DevHub() as hub:
+        yield hub
+        _keep_log(hub, f"{request.module.__name__}-guarded")
+
+
+@pytest.fixture(scope="module")
+def stock_hub(request: pytest.FixtureRequest) -> Iterator[DevHub]:
+    """A stock hub (plain KubeSpawner, no guard), otherwise the same as `dev_hub`."""
+    with DevHub(stock=True) as hub:
+        yield hub
+        _keep_log(hub, f"{request.module.__name__}-stock")
+
+
+@pytest.fixture(autouse=True)
+def _no_kubernetes_service_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # in-cluster config would win over the simulator's kubeconfig
+    for name in list(os.environ):
+        if name.startswith("KUBERNETES_SERVICE"):
+            monkeypatch.delenv(name)

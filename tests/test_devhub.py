@@ -1,0 +1,90 @@
+"""The foundation end to end: a real hub, proxy and simulator; spawn, answer, stop, tear down."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+import requests
+
+from binderhub_guard.bench.devhub import DevHub, DevHubError
+
+pytestmark = pytest.mark.hub
+
+
+def test_twenty_servers_start_answer_through_proxy_and_stop(dev_hub: DevHub) -> None:
+    client = dev_hub.client
+    users = [f"user-{i:02d}" for i in range(20)]
+    client.create_users(users)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        list(pool.map(client.start_server, users))
+    assert len(dev_hub.sim_state()["pods"]) == 20
+    pod_ips = {pod["status"]["podIP"] for pod in dev_hub.sim_state()["pods"]}
+    assert len(pod_ips) == 20 and "127.0.0.1" not in pod_ips
+    for user in users:
+        reply = requests.get(f"{dev_hub.url}/user/{user}/api", timeout=10)
+        assert reply.status_code == 200, user
+        assert "X-JupyterHub-Version" in reply.headers
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        list(pool.map(client.stop_server, users))
+    assert dev_hub.sim_state()["pods"] == []
+    assert all(client.server_model(user) is None for user in users)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_dev_hub_command_prints_ready_and_sigterm_stops_everything(tmp_path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = subprocess.Popen(
+        [sys.executable, "-m", "binderhub_guard.cli", "dev-hub", "--hub-port", str(port)]
+        + ["--api-token", "secret-token"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        words = command.stdout.readline().split()
+        assert words[:2] == ["ready", f"http://127.0.0.1:{port}/hub/api"]
+        hub_pid = int(words[2].removeprefix("hub-pid="))
+        hub = psutil.Process(hub_pid)
+        assert "jupyterhub" in " ".join(hub.cmdline())
+        started = psutil.Process(command.pid).children(recursive=True)
+        assert len(started) >= 3  # simulator, hub, proxy
+        reply = requests.get(
+            f"http://127.0.0.1:{port}/hub/api/users",
+            headers={"Authorization": "token secret-token"},
+            timeout=10,
+        )
+        assert reply.status_code == 200
+
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(timeout=40) == 0
+    finally:
+        if command.poll() is None:
+            command.kill()
+        command.wait()
+    gone, alive = psutil.wait_procs(started, timeout=5)
+    assert alive == []
+    assert not _listening(port)
+
+
+def test_port_in_use_fails_clearly_and_starts_nothing() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        before = psutil.Process().children(recursive=True)
+        with pytest.raises(DevHubError, match=f"port {port} .* in use"):
+            DevHub(port=port).start()
+        assert psutil.Process().children(recursive=True) == before
