@@ -1,0 +1,13 @@
+"""``python -m binderhub_guard.kubesim``: the same as ``binderhub-guard kubesim``."""
+
+import argparse
+import sys
+
+from .server import add_arguments, main
+
+parser = argparse.ArgumentParser(
+    prog="python -m binderhub_guard.kubesim",
+    description="Run the Kubernetes API simulator until SIGINT/SIGTERM.",
+)
+add_arguments(parser)
+sys.exit(main(parser.parse_args()))

@@ -1,0 +1,293 @@
+"""The embedded Kubernetes API simulator: wiring, inspection, and its command line.
+
+`KubeSim` runs the API (`api.KubeApi`), the object store and the pretend kubelet in the calling
+event loop, so tests and benchmarks can run an unmodified KubeSpawner against it and then check
+the simulator's own view (pods, open watches, request counts) rather than trusting what the hub
+says.  ``/_sim/*`` endpoints expose the same inspection and the fault knobs to other processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from .api import KubeApi, status_body
+from .faults import Faults
+from .kubelet import Kubelet
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+# how often expired Events are swept
+_EXPIRY_INTERVAL_SECONDS = 1.0
+
+
+class KubeSim:
+    """A Kubernetes API server with a kubelet, on 127.0.0.1, in this event loop."""
+
+    def __init__(
+        self,
+        faults: Faults | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        pod_ip_base: str = "127.10.0.0",
+        *,
+        event_ttl_seconds: float = 3600.0,
+        max_events: int = 10_000,
+    ) -> None:
+        self.faults = faults if faults is not None else Faults()
+        self.host = host
+        self.port = port
+        self.store = Store(self.faults, event_ttl_seconds=event_ttl_seconds, max_events=max_events)
+        self.kubelet = Kubelet(self.store, self.faults, pod_ip_base=pod_ip_base)
+        self.api = KubeApi(self.store, self.kubelet, self.faults)
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
+        self.api.ensure_namespace("default")
+
+    async def start(self) -> str:
+        """Start serving; return the base URL, e.g. http://127.0.0.1:41234."""
+        app = web.Application()
+        app.router.add_route("GET", "/_sim/faults", self._get_faults)
+        app.router.add_route("PATCH", "/_sim/faults", self._patch_faults)
+        app.router.add_route("GET", "/_sim/state", self._get_state)
+        app.router.add_route("POST", "/_sim/compact", self._compact)
+        app.router.add_route("*", "/{path:.*}", self.api.handle)
+        # open watches are ended by stop() itself; nothing else needs a long grace
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        self.url = f"http://{self.host}:{self.port}"
+        self._expiry_task = asyncio.create_task(self._expire_events())
+        log.info("kubesim listening on %s", self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop quickly: end open watch streams at once, stop pod responders, close."""
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            self._expiry_task = None
+        self.store.close_watchers()
+        await self.kubelet.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _expire_events(self) -> None:
+        while True:
+            await asyncio.sleep(_EXPIRY_INTERVAL_SECONDS)
+            self.store.expire_events()
+
+    def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
+        """Write a kubeconfig for this simulator (after start()); its context's namespace is
+        created if needed."""
+        if not self.url:
+            raise RuntimeError("start() the simulator before writing its kubeconfig")
+        self.api.ensure_namespace(namespace)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kubesim", "cluster": {"server": self.url}}],
+            "users": [{"name": "kubesim", "user": {"token": "kubesim-token"}}],
+            "contexts": [
+                {
+                    "name": "kubesim",
+                    "context": {"cluster": "kubesim", "user": "kubesim", "namespace": namespace},
+                }
+            ],
+            "current-context": "kubesim",
+            "preferences": {},
+        }
+        path = Path(path)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def compact_now(self) -> None:
+        """Compact watch history: resuming from any earlier resourceVersion gets 410."""
+        self.store.compact()
+
+    # read-only inspection, for tests and /_sim/state
+
+    def pods(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        return self.store.list("pods", namespace, lambda _: True)[0]
+
+    def open_watches(self) -> int:
+        return len(self.store.watchers)
+
+    def watch_counts(self) -> dict[str, int]:
+        """Open watch connections by resource plural."""
+        return dict(Counter(watcher.resource for watcher in self.store.watchers))
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests by "verb resource status", e.g. {"watch pods 200": 3}."""
+        return dict(self.api.request_counts)
+
+    @property
+    def watch_requests(self) -> int:
+        """Watch requests received since start (each reconnect counts)."""
+        return self.api.watch_requests
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "resourceVersion": str(self.store.resource_version),
+            "compactedResourceVersion": str(self.store.compacted_resource_version),
+            "pods": [_pod_summary(pod) for pod in self.pods()],
+            "objects": {
+                resource: len(self.store.list(resource, None, lambda _: True)[0])
+                for resource in (
+                    "namespaces",
+                    "pods",
+                    "events",
+                    "services",
+                    "persistentvolumeclaims",
+                    "secrets",
+                    "configmaps",
+                    "serviceaccounts",
+                )
+            },
+            "watches": {"open": self.open_watches(), "by_resource": self.watch_counts()},
+            "watch_requests": self.watch_requests,
+            "requests": self.request_counts(),
+            "responders": self.kubelet.responder_count(),
+            "kubelet_failures": list(self.kubelet.failures),
+        }
+
+    # /_sim endpoints: never subject to faults
+
+    async def _get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(self.faults.to_dict())
+
+    async def _patch_faults(self, request: web.Request) -> web.Response:
+        try:
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                raise ValueError("expected a JSON object of fault knobs")
+            self.faults.update(changes)
+        except (ValueError, TypeError) as error:
+            return web.json_response(status_body(400, str(error)), status=400)
+        return web.json_response(self.faults.to_dict())
+
+    async def _get_state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state())
+
+    async def _compact(self, request: web.Request) -> web.Response:
+        self.compact_now()
+        return web.json_response(
+            {"compactedResourceVersion": str(self.store.compacted_resource_version)}
+        )
+
+
+def _pod_summary(pod: dict[str, Any]) -> dict[str, Any]:
+    meta, status = pod["metadata"], pod.get("status", {})
+    return {
+        "namespace": meta["namespace"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "phase": status.get("phase"),
+        "podIP": status.get("podIP"),
+        "deleting": "deletionTimestamp" in meta,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the simulator's options (the `binderhub-guard kubesim` subcommand)."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks one")
+    parser.add_argument("--kubeconfig", required=True, help="where to write the kubeconfig")
+    parser.add_argument("--namespace", default="default", help="namespace of the context")
+    parser.add_argument("--pod-ip-base", default="127.10.0.0", help="pod IPs count up from here")
+    parser.add_argument("--event-ttl", type=float, default=3600.0, help="Event lifetime, s")
+    parser.add_argument("--pending-delay", type=float, default=0.0, help="Pending time, s")
+    parser.add_argument(
+        "--container-exit", type=float, default=0.2, help="container exit time on delete, s"
+    )
+    parser.add_argument("--watch-drop-after-events", type=int, default=None)
+    parser.add_argument("--watch-drop-after-seconds", type=float, default=None)
+    parser.add_argument("--error-rate-500", type=float, default=0.0)
+    parser.add_argument("--error-rate-429", type=float, default=0.0)
+    parser.add_argument("--latency", type=float, default=0.0, help="added per request, s")
+    parser.add_argument("--history-limit", type=int, default=10_000)
+    parser.add_argument("--pods-never-ready", action="store_true")
+    parser.add_argument("--pods-fail", action="store_true")
+    parser.add_argument("--delete-response-invalid", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="seed for injected errors")
+    parser.add_argument("--log-level", default="INFO")
+
+
+def faults_from_args(args: argparse.Namespace) -> Faults:
+    return Faults(
+        watch_drop_after_events=args.watch_drop_after_events,
+        watch_drop_after_seconds=args.watch_drop_after_seconds,
+        error_rate_500=args.error_rate_500,
+        error_rate_429=args.error_rate_429,
+        latency_seconds=args.latency,
+        history_limit=args.history_limit,
+        pods_never_ready=args.pods_never_ready,
+        pods_fail=args.pods_fail,
+        pending_delay_seconds=args.pending_delay,
+        container_exit_seconds=args.container_exit,
+        delete_response_invalid=args.delete_response_invalid,
+        seed=args.seed,
+    )
+
+
+async def run(
+    port: int,
+    kubeconfig: str,
+    namespace: str,
+    faults: Faults,
+    *,
+    host: str = "127.0.0.1",
+    pod_ip_base: str = "127.10.0.0",
+    event_ttl_seconds: float = 3600.0,
+) -> None:
+    """Serve until SIGINT/SIGTERM; print one ``ready <url>`` line once the kubeconfig exists."""
+    sim = KubeSim(
+        faults, host=host, port=port, pod_ip_base=pod_ip_base, event_ttl_seconds=event_ttl_seconds
+    )
+    url = await sim.start()
+    try:
+        sim.write_kubeconfig(kubeconfig, namespace=namespace)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopping.set)
+        print(f"ready {url}", flush=True)
+        await stopping.wait()
+    finally:
+        await sim.stop()
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="[%(levelname)s %(asctime)s %(name)s] %(message)s"
+    )
+    try:
+        faults = faults_from_args(args)
+    except ValueError as error:
+        log.error("kubesim: %s", error)
+        return 2
+    asyncio.run(
+        run(
+            args.port,
+            args.kubeconfig,
+            args.namespace,
+            faults,
+            host=args.host,
+            pod_ip_base=args.pod_ip_base,
+            event_ttl_seconds=args.event_ttl,
+        )
+    )
+    return 0

@@ -1,0 +1,344 @@
+"""In-memory object store with resourceVersions, watch history and compaction.
+
+This is the part of etcd + kube-apiserver that reflectors depend on: one global, monotonically
+increasing resourceVersion; lists stamped with it; watches that resume from a resourceVersion by
+replaying history, or fail with 410 Expired once that history has been compacted; and Events that
+expire like kube-apiserver's ``--event-ttl`` (without expiry every hub's event cache looks like a
+leak).
+
+Stored objects are never mutated in place: each write stores a fresh dict, so history entries can
+share them with watchers safely.  Callers get deep copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from .faults import Faults
+from .selectors import Predicate
+
+# plural -> (kind, namespaced)
+RESOURCES: dict[str, tuple[str, bool]] = {
+    "namespaces": ("Namespace", False),
+    "pods": ("Pod", True),
+    "services": ("Service", True),
+    "persistentvolumeclaims": ("PersistentVolumeClaim", True),
+    "secrets": ("Secret", True),
+    "serviceaccounts": ("ServiceAccount", True),
+    "events": ("Event", True),
+    "configmaps": ("ConfigMap", True),
+}
+
+# kube-apiserver's generateName alphabet: no vowels, no look-alike digits
+_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+class StoreError(Exception):
+    """Base for errors that map onto a Kubernetes Status."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    pass
+
+
+class Expired(StoreError):
+    pass
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (also used for strategic merge: close enough here)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of watch history."""
+
+    resource_version: int
+    resource: str
+    type: str  # ADDED, MODIFIED or DELETED
+    obj: dict[str, Any]
+    previous: dict[str, Any] | None
+
+
+class Watcher:
+    """One open watch: a queue of (type, object) pairs; None means the stream must end."""
+
+    def __init__(self, resource: str, namespace: str | None, matches: Predicate) -> None:
+        self.resource = resource
+        self.namespace = namespace
+        self.matches = matches
+        self.queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
+
+    def _visible(self, obj: dict[str, Any] | None) -> bool:
+        if obj is None:
+            return False
+        if self.namespace is not None and obj["metadata"].get("namespace") != self.namespace:
+            return False
+        return self.matches(obj)
+
+    def translate(self, change: Change) -> tuple[str, dict[str, Any]] | None:
+        """What this watcher sees of a change; objects entering or leaving the selection are
+        ADDED or DELETED, as the API server reports them."""
+        if change.resource != self.resource:
+            return None
+        now, before = self._visible(change.obj), self._visible(change.previous)
+        if change.type == "MODIFIED":
+            if now and before:
+                return ("MODIFIED", change.obj)
+            if now:
+                return ("ADDED", change.obj)
+            if before:
+                return ("DELETED", change.obj)
+            return None
+        return (change.type, change.obj) if now else None
+
+    def offer(self, change: Change) -> None:
+        event = self.translate(change)
+        if event is not None:
+            self.queue.put_nowait(event)
+
+    def close(self) -> None:
+        self.queue.put_nowait(None)
+
+
+class Store:
+    """Objects by resource plural and (namespace, name); namespace is "" if cluster-scoped."""
+
+    def __init__(
+        self,
+        faults: Faults,
+        event_ttl_seconds: float = 3600.0,
+        max_events: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.faults = faults
+        self.event_ttl_seconds = event_ttl_seconds
+        self.max_events = max_events
+        self._clock = clock
+        self._objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
+            resource: {} for resource in RESOURCES
+        }
+        # events in creation order, with their creation time, for TTL expiry
+        self._event_born: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._history: deque[Change] = deque()
+        self._resource_version = 0
+        # watching from a resourceVersion older than this is 410 Expired
+        self._compacted = 0
+        self._watchers: set[Watcher] = set()
+        self._rng = random.Random()
+
+    @property
+    def resource_version(self) -> int:
+        return self._resource_version
+
+    @property
+    def compacted_resource_version(self) -> int:
+        return self._compacted
+
+    @property
+    def watchers(self) -> set[Watcher]:
+        return self._watchers
+
+    def _key(self, resource: str, namespace: str | None, name: str) -> tuple[str, str]:
+        return ("" if not RESOURCES[resource][1] else namespace or "", name)
+
+    def _record(
+        self, resource: str, type_: str, obj: dict[str, Any], previous: dict[str, Any] | None
+    ) -> None:
+        change = Change(self._resource_version, resource, type_, obj, previous)
+        self._history.append(change)
+        while len(self._history) > self.faults.history_limit:
+            self._compacted = self._history.popleft().resource_version
+        for watcher in self._watchers:
+            watcher.offer(change)
+
+    def _stamp(self, obj: dict[str, Any]) -> None:
+        self._resource_version += 1
+        obj["metadata"]["resourceVersion"] = str(self._resource_version)
+
+    def create(self, resource: str, namespace: str | None, obj: dict[str, Any]) -> dict[str, Any]:
+        kind, namespaced = RESOURCES[resource]
+        obj = copy.deepcopy(obj)
+        obj["kind"] = kind
+        obj["apiVersion"] = "v1"
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            suffix = "".join(self._rng.choice(_NAME_ALPHABET) for _ in range(5))
+            meta["name"] = meta["generateName"] + suffix
+        if namespaced:
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        key = self._key(resource, namespace, meta["name"])
+        if key in self._objects[resource]:
+            raise AlreadyExists(f'{resource} "{meta["name"]}" already exists')
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = now_iso()
+        meta.pop("deletionTimestamp", None)
+        self._stamp(obj)
+        self._objects[resource][key] = obj
+        self._record(resource, "ADDED", obj, None)
+        if resource == "events":
+            self._event_born[key] = self._clock()
+            while len(self._event_born) > self.max_events:
+                self.delete("events", *next(iter(self._event_born)))
+        return copy.deepcopy(obj)
+
+    def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any]:
+        obj = self._objects[resource].get(self._key(resource, namespace, name))
+        if obj is None:
+            raise NotFound(f'{resource} "{name}" not found')
+        return copy.deepcopy(obj)
+
+    def exists(self, resource: str, namespace: str | None, name: str) -> bool:
+        return self._key(resource, namespace, name) in self._objects[resource]
+
+    def list(
+        self, resource: str, namespace: str | None, matches: Predicate
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Matching objects (all namespaces if namespace is None) and the list's version."""
+        items = [
+            copy.deepcopy(obj)
+            for (ns, _), obj in self._objects[resource].items()
+            if (namespace is None or ns == namespace) and matches(obj)
+        ]
+        return items, str(self._resource_version)
+
+    def replace(
+        self, resource: str, namespace: str | None, name: str, obj: dict[str, Any]
+    ) -> dict[str, Any]:
+        """PUT semantics: a stale metadata.resourceVersion in the body is a 409 Conflict."""
+        current = self._objects[resource].get(self._key(resource, namespace, name))
+        if current is None:
+            raise NotFound(f'{resource} "{name}" not found')
+        wanted = obj.get("metadata", {}).get("resourceVersion")
+        if wanted and wanted != current["metadata"]["resourceVersion"]:
+            raise Conflict(
+                f'Operation cannot be fulfilled on {resource} "{name}": the object has been '
+                "modified; please apply your changes to the latest version and try again"
+            )
+        return self.modify(resource, namespace, name, lambda _: copy.deepcopy(obj))
+
+    def modify(
+        self,
+        resource: str,
+        namespace: str | None,
+        name: str,
+        change: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Store change(copy of current); identity and creation metadata are kept."""
+        key = self._key(resource, namespace, name)
+        current = self._objects[resource].get(key)
+        if current is None:
+            raise NotFound(f'{resource} "{name}" not found')
+        updated = change(copy.deepcopy(current))
+        meta = updated.setdefault("metadata", {})
+        for kept in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp"):
+            if kept in current["metadata"]:
+                meta[kept] = current["metadata"][kept]
+        updated["kind"], updated["apiVersion"] = current["kind"], current["apiVersion"]
+        self._stamp(updated)
+        self._objects[resource][key] = updated
+        self._record(resource, "MODIFIED", updated, current)
+        return copy.deepcopy(updated)
+
+    def mark_deleting(self, resource: str, namespace: str | None, name: str) -> dict[str, Any]:
+        """Set metadata.deletionTimestamp (once), as a graceful delete does."""
+
+        def mark(obj: dict[str, Any]) -> dict[str, Any]:
+            obj["metadata"]["deletionTimestamp"] = now_iso()
+            return obj
+
+        current = self.get(resource, namespace, name)
+        if "deletionTimestamp" in current["metadata"]:
+            return current
+        return self.modify(resource, namespace, name, mark)
+
+    def delete(self, resource: str, namespace: str | None, name: str) -> dict[str, Any]:
+        key = self._key(resource, namespace, name)
+        current = self._objects[resource].pop(key, None)
+        if current is None:
+            raise NotFound(f'{resource} "{name}" not found')
+        self._event_born.pop(key, None)
+        final = copy.deepcopy(current)
+        self._stamp(final)
+        self._record(resource, "DELETED", final, current)
+        return copy.deepcopy(final)
+
+    def expire_events(self) -> int:
+        """Delete events older than the TTL, with DELETED watch events; return how many."""
+        horizon = self._clock() - self.event_ttl_seconds
+        expired = []
+        # creation order is age order, so stop at the first event still alive
+        for key, born in self._event_born.items():
+            if born > horizon:
+                break
+            expired.append(key)
+        for namespace, name in expired:
+            self.delete("events", namespace, name)
+        return len(expired)
+
+    def compact(self) -> None:
+        """Forget all history: watches from any older resourceVersion now get 410."""
+        self._history.clear()
+        self._compacted = self._resource_version
+
+    def watch(
+        self,
+        resource: str,
+        namespace: str | None,
+        matches: Predicate,
+        since: int | None,
+    ) -> Watcher:
+        """Open a watch.  since None/0 starts with a synthetic ADDED per current object;
+        otherwise history after `since` is replayed.  Raises Expired if compacted."""
+        if since and since < self._compacted:
+            raise Expired(f"too old resource version: {since} ({self._compacted})")
+        watcher = Watcher(resource, namespace, matches)
+        if since:
+            for change in self._history:
+                if change.resource_version > since:
+                    watcher.offer(change)
+        else:
+            for (ns, _), obj in self._objects[resource].items():
+                if (namespace is None or ns == namespace) and matches(obj):
+                    watcher.queue.put_nowait(("ADDED", obj))
+        self._watchers.add(watcher)
+        return watcher
+
+    def unwatch(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+
+    def close_watchers(self) -> None:
+        for watcher in self._watchers:
+            watcher.close()

@@ -1,0 +1,49 @@
+"""Fixtures: a fresh simulator per test, and Kubernetes clients pointed at it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client import Configuration
+from kubesim_helpers import NAMESPACE
+
+from binderhub_guard.kubesim import Faults, KubeSim
+
+
+@pytest.fixture
+def faults() -> Faults:
+    return Faults()
+
+
+@pytest.fixture
+async def sim(faults: Faults) -> AsyncIterator[KubeSim]:
+    simulator = KubeSim(faults)
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+def kubeconfig(sim: KubeSim, tmp_path) -> str:
+    return str(sim.write_kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE))
+
+
+@pytest.fixture
+async def core_api(kubeconfig: str) -> AsyncIterator[client.CoreV1Api]:
+    """A CoreV1Api with its own configuration, leaving the process-wide default alone."""
+    configuration = Configuration()
+    await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    async with client.ApiClient(configuration) as api_client:
+        yield client.CoreV1Api(api_client)
+
+
+@pytest.fixture
+async def default_kube_config(kubeconfig: str) -> AsyncIterator[str]:
+    """Point the process-wide kubernetes_asyncio configuration, which kubespawner's shared
+    clients and reflectors use, at this test's simulator; restore it afterwards."""
+    saved = Configuration._default
+    await config.load_kube_config(config_file=kubeconfig)
+    yield kubeconfig
+    Configuration._default = saved

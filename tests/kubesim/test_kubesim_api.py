@@ -1,0 +1,269 @@
+"""The simulator seen through kubernetes_asyncio's CoreV1Api, as a spawner sees it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import aiohttp
+import pytest
+from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubesim_helpers import NAMESPACE, pod_manifest, wait_for
+
+from binderhub_guard.kubesim import KubeSim
+
+
+def status_of(error: ApiException) -> dict:
+    assert error.headers["Content-Type"].startswith("application/json")
+    body = json.loads(error.body)
+    assert body["kind"] == "Status"
+    assert body["code"] == error.status
+    return body
+
+
+async def test_create_get_list_delete(sim: KubeSim, core_api: client.CoreV1Api):
+    created = await core_api.create_namespaced_pod(NAMESPACE, pod_manifest("alice"))
+    assert created.metadata.uid
+    assert created.metadata.namespace == NAMESPACE
+    assert created.status.phase == "Pending"
+
+    pod = await core_api.read_namespaced_pod("alice", NAMESPACE)
+    assert pod.metadata.uid == created.metadata.uid
+
+    pods = await core_api.list_namespaced_pod(NAMESPACE, label_selector="", field_selector="")
+    assert [p.metadata.name for p in pods.items] == ["alice"]
+    assert int(pods.metadata.resource_version) >= int(created.metadata.resource_version)
+    everywhere = await core_api.list_pod_for_all_namespaces()
+    assert [p.metadata.name for p in everywhere.items] == ["alice"]
+
+    await core_api.delete_namespaced_pod(
+        "alice", NAMESPACE, body=client.V1DeleteOptions(grace_period_seconds=0)
+    )
+    with pytest.raises(ApiException) as raised:
+        await core_api.read_namespaced_pod("alice", NAMESPACE)
+    assert status_of(raised.value)["reason"] == "NotFound"
+    assert sim.pods() == []
+
+
+async def test_error_status_bodies(sim: KubeSim, core_api: client.CoreV1Api):
+    await core_api.create_namespaced_config_map(NAMESPACE, {"metadata": {"name": "settings"}})
+    with pytest.raises(ApiException) as raised:
+        await core_api.create_namespaced_config_map(NAMESPACE, {"metadata": {"name": "settings"}})
+    assert raised.value.status == 409
+    assert status_of(raised.value)["reason"] == "AlreadyExists"
+
+    with pytest.raises(ApiException) as raised:
+        await core_api.create_namespaced_config_map(NAMESPACE, {"metadata": {}})
+    assert raised.value.status == 422
+    assert status_of(raised.value)["reason"] == "Invalid"
+
+    with pytest.raises(ApiException) as raised:
+        await core_api.create_namespaced_pod(NAMESPACE, {"metadata": {"name": "no-spec"}})
+    assert raised.value.status == 422
+
+    with pytest.raises(ApiException) as raised:
+        await core_api.delete_namespaced_service("nothing", NAMESPACE)
+    assert raised.value.status == 404
+
+    async with aiohttp.ClientSession() as session:
+        pods_url = f"{sim.url}/api/v1/namespaces/{NAMESPACE}/pods"
+        async with session.post(pods_url, data=b"{not json") as response:
+            assert response.status == 400
+            assert response.content_type == "application/json"
+            assert (await response.json())["reason"] == "BadRequest"
+        async with session.get(f"{sim.url}/api/v1/namespaces/{NAMESPACE}/widgets") as response:
+            assert response.status == 404
+            assert (await response.json())["reason"] == "NotFound"
+        async with session.put(pods_url, json={}) as response:
+            assert response.status == 405
+            assert (await response.json())["reason"] == "MethodNotAllowed"
+        async with session.get(f"{sim.url}/version") as response:
+            assert (await response.json())["major"] == "1"
+
+
+async def test_patch_and_replace(sim: KubeSim, core_api: client.CoreV1Api):
+    await core_api.create_namespaced_config_map(
+        NAMESPACE, {"metadata": {"name": "cm"}, "data": {"a": "1", "b": "2"}}
+    )
+    patched = await core_api.patch_namespaced_config_map(
+        "cm", NAMESPACE, {"data": {"a": "10", "b": None}}
+    )
+    assert patched.data == {"a": "10"}
+    patched.data["c"] = "3"
+    replaced = await core_api.replace_namespaced_config_map("cm", NAMESPACE, patched)
+    assert replaced.data == {"a": "10", "c": "3"}
+    # a replace based on a stale resourceVersion conflicts
+    with pytest.raises(ApiException) as raised:
+        await core_api.replace_namespaced_config_map("cm", NAMESPACE, patched)
+    assert raised.value.status == 409
+
+
+async def test_generate_name(sim: KubeSim, core_api: client.CoreV1Api):
+    manifest = pod_manifest("")
+    manifest["metadata"] = {"generateName": "jupyter-"}
+    pod = await core_api.create_namespaced_pod(NAMESPACE, manifest)
+    assert pod.metadata.name.startswith("jupyter-") and len(pod.metadata.name) == 13
+
+
+async def test_watch_replays_from_resource_version(sim: KubeSim, core_api: client.CoreV1Api):
+    listed = await core_api.list_namespaced_pod(NAMESPACE)
+    await core_api.create_namespaced_pod(NAMESPACE, pod_manifest("bob"))
+    await wait_for(lambda: sim.pods()[0]["status"]["phase"] == "Running", what="Running")
+
+    seen = []
+    async with watch.Watch().stream(
+        core_api.list_namespaced_pod,
+        NAMESPACE,
+        resource_version=listed.metadata.resource_version,
+        timeout_seconds=1,
+    ) as stream:
+        async for event in stream:
+            seen.append((event["type"], event["raw_object"]["status"]["phase"]))
+            if event["raw_object"]["status"]["phase"] == "Running":
+                break
+    assert seen[0] == ("ADDED", "Pending")
+    assert seen[-1] == ("MODIFIED", "Running")
+
+
+async def test_watch_without_version_sends_current_state(sim: KubeSim, core_api: client.CoreV1Api):
+    await core_api.create_namespaced_pod(NAMESPACE, pod_manifest("carol", team="a"))
+    await core_api.create_namespaced_pod(NAMESPACE, pod_manifest("dave", team="b"))
+    seen = []
+    async with watch.Watch().stream(
+        core_api.list_namespaced_pod,
+        NAMESPACE,
+        label_selector="team in (a,c),component",
+        field_selector="metadata.name!=dave",
+        timeout_seconds=1,
+    ) as stream:
+        async for event in stream:
+            seen.append((event["type"], event["raw_object"]["metadata"]["name"]))
+            break
+    assert seen == [("ADDED", "carol")]
+
+
+async def test_timeout_seconds_ends_stream(sim: KubeSim, core_api: client.CoreV1Api):
+    started = time.monotonic()
+    async with watch.Watch().stream(
+        core_api.list_namespaced_pod, NAMESPACE, resource_version="1", timeout_seconds=1
+    ) as stream:
+        events = [event async for event in stream]
+    assert events == []
+    assert 0.9 < time.monotonic() - started < 2.5
+    await wait_for(lambda: sim.open_watches() == 0, what="watch closed")
+    assert sim.request_counts()["watch pods 200"] == 1
+
+
+async def test_compacted_version_is_410_and_relist_works(sim: KubeSim, core_api: client.CoreV1Api):
+    old = (await core_api.list_namespaced_pod(NAMESPACE)).metadata.resource_version
+    await core_api.create_namespaced_pod(NAMESPACE, pod_manifest("erin"))
+    sim.compact_now()
+
+    with pytest.raises(ApiException) as raised:
+        async with watch.Watch().stream(
+            core_api.list_namespaced_pod, NAMESPACE, resource_version=old, timeout_seconds=1
+        ) as stream:
+            async for _ in stream:
+                pass
+    assert raised.value.status == 410
+    assert sim.request_counts()["watch pods 410"] == 1
+
+    relisted = await core_api.list_namespaced_pod(
+        NAMESPACE, resource_version=old, resource_version_match="NotOlderThan"
+    )
+    assert int(relisted.metadata.resource_version) >= sim.store.compacted_resource_version
+    assert [p.metadata.name for p in relisted.items] == ["erin"]
+
+
+async def test_history_limit_compacts(sim: KubeSim, core_api: client.CoreV1Api):
+    sim.faults.history_limit = 3
+    old = (await core_api.list_namespaced_config_map(NAMESPACE)).metadata.resource_version
+    for index in range(5):
+        await core_api.create_namespaced_config_map(NAMESPACE, {"metadata": {"name": f"c{index}"}})
+    assert sim.store.compacted_resource_version > int(old)
+
+
+async def test_events_expire_after_ttl(core_api: client.CoreV1Api, sim: KubeSim):
+    sim.store.event_ttl_seconds = 0.0
+    await core_api.create_namespaced_event(
+        NAMESPACE,
+        {"metadata": {"name": "e1"}, "involvedObject": {"kind": "Pod", "name": "x"}},
+    )
+    assert sim.store.expire_events() == 1
+    assert (await core_api.list_namespaced_event(NAMESPACE)).items == []
+
+
+async def test_event_cap(sim: KubeSim, core_api: client.CoreV1Api):
+    sim.store.max_events = 2
+    for index in range(4):
+        await core_api.create_namespaced_event(
+            NAMESPACE,
+            {"metadata": {"name": f"e{index}"}, "involvedObject": {"kind": "Pod", "name": "x"}},
+        )
+    names = [e.metadata.name for e in (await core_api.list_namespaced_event(NAMESPACE)).items]
+    assert names == ["e2", "e3"]
+
+
+async def test_injected_errors_are_reproducible(sim: KubeSim, core_api: client.CoreV1Api):
+    sim.faults.update({"error_rate_500": 0.5, "seed": 7})
+    outcomes = []
+    for _ in range(20):
+        try:
+            await core_api.list_namespaced_pod(NAMESPACE)
+            outcomes.append(200)
+        except ApiException as error:
+            assert status_of(error)["reason"] == "InternalError"
+            outcomes.append(error.status)
+    sim.faults.update({"seed": 7})
+    again = []
+    for _ in range(20):
+        try:
+            await core_api.list_namespaced_pod(NAMESPACE)
+            again.append(200)
+        except ApiException as error:
+            again.append(error.status)
+    assert outcomes == again
+    assert 200 in outcomes and 500 in outcomes
+
+    sim.faults.update({"error_rate_500": 0.0, "error_rate_429": 1.0})
+    with pytest.raises(ApiException) as raised:
+        await core_api.list_namespaced_pod(NAMESPACE)
+    assert status_of(raised.value)["reason"] == "TooManyRequests"
+
+
+async def test_sim_endpoints_are_not_faulted(sim: KubeSim):
+    async with aiohttp.ClientSession() as session:
+        async with session.patch(
+            f"{sim.url}/_sim/faults", json={"error_rate_500": 1.0, "pods_fail": True}
+        ) as response:
+            assert response.status == 200
+            assert (await response.json())["error_rate_500"] == 1.0
+        assert sim.faults.pods_fail is True
+        async with session.get(f"{sim.url}/_sim/state") as response:
+            state = await response.json()
+        assert state["watches"] == {"open": 0, "by_resource": {}}
+        assert state["pods"] == []
+        async with session.get(f"{sim.url}/api/v1/namespaces") as response:
+            assert response.status == 500
+        async with session.patch(f"{sim.url}/_sim/faults", json={"nope": 1}) as response:
+            assert response.status == 400
+        async with session.patch(f"{sim.url}/_sim/faults", json={"error_rate_429": 2}) as resp:
+            assert resp.status == 400
+        assert sim.faults.error_rate_429 == 0.0
+        async with session.post(f"{sim.url}/_sim/compact") as response:
+            assert response.status == 200
+        async with session.get(f"{sim.url}/_sim/state") as response:
+            assert (await response.json())["requests"] == {"list namespaces 500": 1}
+
+
+async def test_stop_ends_open_watches_quickly(faults, core_api: client.CoreV1Api, sim: KubeSim):
+    stream = watch.Watch().stream(core_api.list_namespaced_pod, NAMESPACE, timeout_seconds=30)
+    await core_api.create_namespaced_pod(NAMESPACE, pod_manifest("frank"))
+    first = await stream.__anext__()
+    assert first["type"] == "ADDED"
+    assert sim.watch_counts() == {"pods": 1}
+    started = time.monotonic()
+    await sim.stop()
+    assert time.monotonic() - started < 1.0
+    await stream.close()
