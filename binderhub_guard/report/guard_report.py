@@ -1,0 +1,334 @@
+"""GuardReport: the report's configuration and the running state behind /hub/api/guard."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from traitlets import Dict, Float, Int, TraitError, Unicode, validate
+from traitlets.config import LoggingConfigurable
+
+from . import sources
+from .census import InstanceCensus, import_class
+from .heap import HeapScan, TracemallocView, scan_heap
+from .sampler import Sampler
+from .signals import SignalRules
+
+MAX_TOP = 1000
+MAX_FRAMES = 100
+
+
+class GuardReport(LoggingConfigurable):
+    """Samples the hub process and serves the guard report (``c.GuardReport.*``)."""
+
+    sample_interval = Float(
+        10.0,
+        help="""Seconds between cheap samples (process counters, watched-object counts,
+        ledger counts). Leak signals are evaluated at each sample.""",
+    ).tag(config=True)
+
+    full_scan_interval = Float(
+        0.0,
+        help="""Seconds between full-heap type scans in the background; 0 scans only on
+        demand (GET /hub/api/guard?full=1). A scan walks every object in slices, yielding to
+        the event loop between slices.""",
+    ).tag(config=True)
+
+    ring_size = Int(
+        360,
+        help="""Samples kept for the leak signals and the report (360 x 10 s = 1 hour).""",
+    ).tag(config=True)
+
+    top_types = Int(
+        20,
+        help="""Most common object types listed by default (?top=N overrides).""",
+    ).tag(config=True)
+
+    scan_slice_size = Int(
+        20_000,
+        help="""Objects counted per slice of a full-heap scan before yielding to the event
+        loop; smaller slices mean shorter stalls and a longer scan.""",
+    ).tag(config=True)
+
+    watched_types = Dict(
+        value_trait=Unicode(),
+        default_value={
+            "Spawner": "jupyterhub.spawner:Spawner",
+            "ResourceReflector": "kubespawner.reflector:ResourceReflector",
+            "Watch": "kubernetes_asyncio.watch:Watch",
+            "ApiClient": "kubernetes_asyncio.client:ApiClient",
+            "ClientSession": "aiohttp:ClientSession",
+        },
+        help="""Classes whose live instances are counted exactly at every sample, as
+        {name: "package.module:ClassName"}; subclasses count too. asyncio tasks are always
+        counted.""",
+    ).tag(config=True)
+
+    tracemalloc_frames = Int(
+        10,
+        help="""Frames kept per allocation when tracemalloc is switched on without "frames"
+        (POST /hub/api/guard/tracemalloc).""",
+    ).tag(config=True)
+
+    growth_window = Int(
+        6,
+        help="""Samples over which a watched type (or the task count) must never fall and
+        grow by growth_min_increase, with active servers flat, to raise "count_rising".""",
+    ).tag(config=True)
+
+    growth_min_increase = Int(
+        3,
+        help="""Net growth across growth_window samples that raises "count_rising".""",
+    ).tag(config=True)
+
+    rss_per_spawn_bytes = Int(
+        512 * 1024,
+        help="""Resident-memory growth per successful spawn, across the ring, above which
+        "rss_per_spawn" is raised.""",
+    ).tag(config=True)
+
+    rss_min_spawns = Int(
+        50,
+        help="""Spawns the ring must span before "rss_per_spawn" is judged (start-up growth
+        divided by a few spawns would look like a leak).""",
+    ).tag(config=True)
+
+    @validate("sample_interval")
+    def _valid_sample_interval(self, proposal: dict) -> float:
+        return _number_at_least(proposal, 0.05, "seconds")
+
+    @validate("full_scan_interval")
+    def _valid_full_scan_interval(self, proposal: dict) -> float:
+        if proposal["value"] == 0:
+            return 0.0
+        return _number_at_least(proposal, 1.0, "seconds (or 0 for on demand only)")
+
+    @validate("ring_size", "growth_window")
+    def _valid_window(self, proposal: dict) -> int:
+        return _number_at_least(proposal, 2, "samples")
+
+    @validate("top_types")
+    def _valid_top_types(self, proposal: dict) -> int:
+        return _number_at_least(proposal, 1, "", maximum=MAX_TOP)
+
+    @validate("scan_slice_size")
+    def _valid_slice_size(self, proposal: dict) -> int:
+        return _number_at_least(proposal, 100, "objects")
+
+    @validate("tracemalloc_frames")
+    def _valid_frames(self, proposal: dict) -> int:
+        return _number_at_least(proposal, 1, "frames", maximum=MAX_FRAMES)
+
+    @validate("growth_min_increase", "rss_min_spawns", "rss_per_spawn_bytes")
+    def _valid_threshold(self, proposal: dict) -> int:
+        return _number_at_least(proposal, 1, "")
+
+    @validate("watched_types")
+    def _valid_watched_types(self, proposal: dict) -> dict[str, str]:
+        for name, spec in proposal["value"].items():
+            try:
+                import_class(spec)
+            except ValueError as e:
+                raise TraitError(f"GuardReport.watched_types[{name!r}]: {e}") from None
+        return proposal["value"]
+
+    def __init__(self, get_source: Callable[[str], Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.get_source = get_source or (lambda name: None)
+        classes = {name: import_class(spec) for name, spec in self.watched_types.items()}
+        self.census = InstanceCensus(classes)
+        self.sampler = Sampler(
+            self.census, self.get_source, self.signal_rules(), self.ring_size, self.log
+        )
+        self.tracemalloc = TracemallocView()
+        self.last_scan: HeapScan | None = None
+        self.started = time.time()
+        self._scan_lock = asyncio.Lock()
+        self._scan_task: asyncio.Task | None = None
+
+    def signal_rules(self) -> SignalRules:
+        return SignalRules(
+            growth_window=self.growth_window,
+            growth_min_increase=self.growth_min_increase,
+            rss_per_spawn_bytes=self.rss_per_spawn_bytes,
+            rss_min_spawns=self.rss_min_spawns,
+        )
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.census.install()
+        self.sampler.start(self.sample_interval)
+        if self.full_scan_interval:
+            self._scan_task = asyncio.ensure_future(self._scan_periodically())
+        self.log.info(
+            "Guard report: sampling every %ss, full-heap scan %s",
+            self.sample_interval,
+            f"every {self.full_scan_interval}s" if self.full_scan_interval else "on demand",
+        )
+
+    async def stop(self) -> None:
+        if self._scan_task is not None:
+            self._scan_task.cancel()
+            await asyncio.gather(self._scan_task, return_exceptions=True)
+        await self.sampler.stop()
+        self.census.uninstall()
+        if self.tracemalloc.enabled:
+            self.tracemalloc.switch(False, self.tracemalloc_frames)
+
+    async def scan(self) -> HeapScan:
+        """A full-heap scan now (one at a time; a caller arriving mid-scan shares it)."""
+        if self._scan_lock.locked():
+            async with self._scan_lock:
+                assert self.last_scan is not None
+                return self.last_scan
+        async with self._scan_lock:
+            self.last_scan = await scan_heap(
+                self.census.classes, self.last_scan, self.scan_slice_size
+            )
+            return self.last_scan
+
+    async def _scan_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.full_scan_interval)
+            try:
+                await self.scan()
+            except Exception:
+                self.log.exception("Guard report: full-heap scan failed")
+
+    # -- the report ----------------------------------------------------------------------------
+
+    async def build(self, *, full: bool = False, top: int | None = None) -> dict[str, Any]:
+        top = top or self.top_types
+        if self.sampler.latest is None:
+            self.sampler.tick()
+        scan = await self.scan() if full else self.last_scan
+        tracemalloc_section = await self.tracemalloc_section(top)
+        return {
+            "time": time.time(),
+            "process": self.process_section(),
+            "objects": self.objects_section(scan, top, full),
+            "tracemalloc": tracemalloc_section,
+            "ledger": self.ledger_section(),
+            "stop_guard": sources.stop_guard_section(self.get_source("stop_guard"), top),
+            "leak_signals": self.sampler.active_signals,
+            "sampler": self.sampler_section(),
+        }
+
+    def process_section(self) -> dict[str, Any]:
+        sample = self.sampler.latest
+        assert sample is not None
+        return {
+            "sampled_at": sample.time,
+            "rss_bytes": sample.rss_bytes,
+            "cpu_seconds": round(sample.cpu_seconds, 3),
+            "uptime_seconds": round(time.time() - self.sampler.process.create_time(), 1),
+            "threads": sample.threads,
+            "open_fds": sample.open_fds,
+            "asyncio_tasks": sample.asyncio_tasks,
+            "gc_counts": list(sample.gc_counts),
+            "active_servers": sample.active_servers,
+            "total_users": sample.total_users,
+            "spawns_total": sample.spawns_total,
+        }
+
+    def objects_section(self, scan: HeapScan | None, top: int, full: bool) -> dict[str, Any]:
+        ring = self.sampler.ring
+        latest = ring[-1]
+        previous = ring[-2] if len(ring) > 1 else None
+        watched = {
+            name: {
+                "count": count,
+                "growth": count - previous.watched.get(name, 0) if previous else 0,
+                "created_total": self.census.created().get(name, 0),
+            }
+            for name, count in latest.watched.items()
+        }
+        watched["asyncio.Task"] = {
+            "count": latest.asyncio_tasks,
+            "growth": latest.asyncio_tasks - previous.asyncio_tasks if previous else 0,
+        }
+        section: dict[str, Any] = {"watched": watched, "watched_at": latest.time}
+        if scan is None:
+            section["most_common"] = sources.unavailable(
+                "no full-heap scan yet: ask for ?full=1 or set GuardReport.full_scan_interval"
+            )
+            return section
+        section["most_common"] = {
+            "available": True,
+            "fresh": full,
+            "scanned_at": scan.time,
+            "objects": scan.objects,
+            "scan_seconds": round(scan.seconds, 4),
+            "longest_stall_seconds": round(scan.longest_step_seconds, 4),
+            "growth_since": "previous full scan",
+            "types": scan.top(top),
+            "watched_by_gc": scan.watched,
+        }
+        return section
+
+    async def tracemalloc_section(self, top: int) -> dict[str, Any]:
+        status = self.tracemalloc.status()
+        if not status["enabled"]:
+            status["reason"] = 'off: POST /hub/api/guard/tracemalloc {"enabled": true}'
+            status["top_growth"] = []
+            return status
+        # Snapshot comparison is pure Python over every traced block: keep it off the loop.
+        status["top_growth"] = await asyncio.to_thread(self.tracemalloc.top_growth, top)
+        return status
+
+    def switch_tracemalloc(self, enabled: bool, frames: int | None) -> dict[str, Any]:
+        self.tracemalloc.switch(enabled, frames or self.tracemalloc_frames)
+        status = self.tracemalloc.status()
+        self.log.warning(
+            "Guard report: tracemalloc %s, baseline reset",
+            f"on ({status['frames']} frames)" if enabled else "off",
+        )
+        return status
+
+    def ledger_section(self) -> dict[str, Any]:
+        snapshot = self.sampler.ledger_snapshot
+        if snapshot is None:
+            return sources.unavailable("no ledger in this hub (spawner is not GuardedKubeSpawner)")
+        return {"available": True, "sampled_at": self.sampler.latest.time, **snapshot}
+
+    def sampler_section(self) -> dict[str, Any]:
+        return {
+            "interval_seconds": self.sample_interval,
+            "samples": len(self.sampler.ring),
+            "ticks": self.sampler.ticks,
+            "last_tick_seconds": round(self.sampler.last_tick_seconds, 6),
+            "longest_tick_seconds": round(self.sampler.longest_tick_seconds, 6),
+            "full_scan_interval_seconds": self.full_scan_interval,
+        }
+
+
+def _number_at_least(
+    proposal: dict, minimum: float, unit: str, maximum: float | None = None
+) -> Any:
+    value = proposal["value"]
+    name = proposal["trait"].name
+    ok = math.isfinite(value) and value >= minimum and (maximum is None or value <= maximum)
+    if not ok:
+        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        expected = f"{bounds} {unit}".rstrip()
+        raise TraitError(f"GuardReport.{name} must be {expected}, got {value!r}")
+    return value
+
+
+def shared_source(shared: Mapping[str, Any] | None) -> Callable[[str], Any]:
+    """Reads ``name`` from the hub's shared guard state at each call (entries may arrive late)."""
+
+    def get_source(name: str) -> Any:
+        if shared is not None and shared.get(name) is not None:
+            return shared[name]
+        if name == "ledger":
+            from binderhub_guard.ledger import registry
+
+            return registry
+        return None
+
+    return get_source

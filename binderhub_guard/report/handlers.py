@@ -1,0 +1,142 @@
+"""REST handlers: GET /hub/api/guard, GET|POST /hub/api/guard/tracemalloc.
+
+``binderhub_guard.hub`` registers :data:`default_handlers` in the hub's route table.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+from jupyterhub.apihandlers import APIHandler
+from jupyterhub.scopes import needs_scope
+from tornado import web
+
+from . import current
+from .guard_report import MAX_FRAMES, MAX_TOP, GuardReport
+
+READ_SCOPE = "custom:guard:read"
+ADMIN_SCOPE = "custom:guard:admin"
+
+# Query parameters the hub itself may see on any API request.
+_HUB_PARAMETERS = {"token", "_xsrf"}
+
+
+def guard_scope(scope: str) -> Callable:
+    """``needs_scope(scope)``, applied at the first request rather than at import.
+
+    ``needs_scope`` refuses scopes it does not know yet, and the custom guard scopes are only
+    defined when the hub loads its roles, after this module was imported by the config.
+    """
+
+    def decorator(method: Callable) -> Callable:
+        checked: Callable | None = None
+
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            nonlocal checked
+            if checked is None:
+                checked = needs_scope(scope)(method)
+            return checked(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+class GuardHandler(APIHandler):
+    """Shared by the guard's handlers: the report state, parameters, discreet refusals."""
+
+    @property
+    def report(self) -> GuardReport:
+        shared = self.settings.get("binderhub_guard") or {}
+        report = shared.get("report") or current()
+        if report is None:
+            raise web.HTTPError(503, "The guard report is not running")
+        return report
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 403:
+            # Say nothing about what exists here or which scope would open it.
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"status": 403, "message": "Forbidden"}))
+            return
+        super().write_error(status_code, **kwargs)
+
+    def reject_unknown(self, names: set[str], known: set[str], where: str) -> None:
+        unknown = sorted(names - known - _HUB_PARAMETERS)
+        if unknown:
+            raise web.HTTPError(
+                400, f"{where} {unknown[0]!r} is not known here; use one of {sorted(known)}"
+            )
+
+    def flag_argument(self, name: str) -> bool:
+        value = self.get_argument(name, "0").strip().lower()
+        if value in {"1", "true", "yes"}:
+            return True
+        if value in {"0", "false", "no"}:
+            return False
+        raise web.HTTPError(400, f"Query parameter {name!r} must be 0 or 1, got {value!r}")
+
+    def int_argument(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        raw = self.get_argument(name, None)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise web.HTTPError(
+                400,
+                f"Query parameter {name!r} must be an integer from {minimum} to {maximum},"
+                f" got {raw!r}",
+            )
+        return value
+
+
+class GuardAPIHandler(GuardHandler):
+    """The guard report: process, objects, tracemalloc, ledger, stop guard, leak signals."""
+
+    @guard_scope(READ_SCOPE)
+    async def get(self) -> None:
+        self.reject_unknown(set(self.request.arguments), {"full", "top"}, "Query parameter")
+        full = self.flag_argument("full")
+        top = self.int_argument("top", self.report.top_types, 1, MAX_TOP)
+        self.write(json.dumps(await self.report.build(full=full, top=top)))
+
+
+class TracemallocAPIHandler(GuardHandler):
+    """Allocation growth since the baseline; POST switches tracing and resets the baseline."""
+
+    @guard_scope(READ_SCOPE)
+    async def get(self) -> None:
+        self.reject_unknown(set(self.request.arguments), {"top"}, "Query parameter")
+        top = self.int_argument("top", self.report.top_types, 1, MAX_TOP)
+        self.write(json.dumps(await self.report.tracemalloc_section(top)))
+
+    @guard_scope(ADMIN_SCOPE)
+    async def post(self) -> None:
+        body = self.get_json_body()
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, 'Body must be a JSON object: {"enabled": true, "frames": 10}')
+        self.reject_unknown(set(body), {"enabled", "frames"}, "Field")
+        enabled = body.get("enabled")
+        if not isinstance(enabled, bool):
+            raise web.HTTPError(400, f"Field 'enabled' must be true or false, got {enabled!r}")
+        frames = body.get("frames")
+        valid_frames = isinstance(frames, int) and not isinstance(frames, bool)
+        if frames is not None and not (valid_frames and 1 <= frames <= MAX_FRAMES):
+            raise web.HTTPError(
+                400, f"Field 'frames' must be an integer from 1 to {MAX_FRAMES}, got {frames!r}"
+            )
+        self.write(json.dumps(self.report.switch_tracemalloc(enabled, frames)))
+
+
+#: (path relative to the hub prefix, handler), for ``binderhub_guard.hub`` to register.
+default_handlers: list[tuple[str, type[APIHandler]]] = [
+    (r"/api/guard", GuardAPIHandler),
+    (r"/api/guard/tracemalloc", TracemallocAPIHandler),
+]

@@ -1,0 +1,125 @@
+"""Prometheus metrics of the guard, served by the hub's own /hub/metrics.
+
+A collector registered with ``prometheus_client.REGISTRY`` (the registry JupyterHub's
+metrics handler serves) renders the latest sample at scrape time: nothing is updated on the
+hub's hot paths, and a scrape costs no more than formatting a few numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .guard_report import GuardReport
+
+PREFIX = "binderhub_guard"
+
+# Listed even while inactive, so alerts and dashboards see 0 rather than no series.
+SIGNAL_NAMES = (
+    "orphans_live",
+    "orphans_found",
+    "count_rising",
+    "rss_per_spawn",
+    "watches_exceed_reflectors",
+)
+
+
+class GuardCollector(Collector):
+    def __init__(self, report: GuardReport) -> None:
+        self.report = report
+
+    def collect(self) -> Iterator[Metric]:
+        sample = self.report.sampler.latest
+        if sample is None:
+            return
+        rss = GaugeMetricFamily(
+            f"{PREFIX}_process_resident_memory_bytes", "Resident memory of the hub process."
+        )
+        rss.add_metric([], sample.rss_bytes)
+        yield rss
+        cpu = CounterMetricFamily(
+            f"{PREFIX}_process_cpu_seconds",
+            "CPU time (user + system) used by the hub process.",
+        )
+        cpu.add_metric([], sample.cpu_seconds)
+        yield cpu
+        watched = GaugeMetricFamily(
+            f"{PREFIX}_watched_objects",
+            "Live instances of watched classes in the hub process (asyncio.Task: pending tasks).",
+            labels=["type"],
+        )
+        for name, count in sample.watched.items():
+            watched.add_metric([name], count)
+        watched.add_metric(["asyncio.Task"], sample.asyncio_tasks)
+        yield watched
+        yield from self._ledger(sample)
+        yield from self._stop_guard()
+        active = GaugeMetricFamily(
+            f"{PREFIX}_leak_signals_active",
+            "Leak signals active at the latest sample, by signal name.",
+            labels=["signal"],
+        )
+        counts = dict.fromkeys(SIGNAL_NAMES, 0)
+        for signal in self.report.sampler.active_signals:
+            counts[signal["name"]] = counts.get(signal["name"], 0) + 1
+        for name, count in counts.items():
+            active.add_metric([name], count)
+        yield active
+        tick = GaugeMetricFamily(
+            f"{PREFIX}_sample_duration_seconds", "Time the latest report sample took."
+        )
+        tick.add_metric([], self.report.sampler.last_tick_seconds)
+        yield tick
+
+    def _ledger(self, sample) -> Iterator[Metric]:
+        if sample.tracked is None:
+            return
+        tracked = GaugeMetricFamily(
+            f"{PREFIX}_tracked_resources",
+            "Live resources recorded in the ledger (owned by spawns or shared), by kind.",
+            labels=["kind"],
+        )
+        orphaned = GaugeMetricFamily(
+            f"{PREFIX}_orphaned_resources",
+            "Resources left behind by ended spawns and still live, by kind.",
+            labels=["kind"],
+        )
+        for kind, count in sample.tracked.items():
+            tracked.add_metric([kind], count)
+            orphaned.add_metric([kind], (sample.orphans_live or {}).get(kind, 0))
+        yield tracked
+        yield orphaned
+        found = CounterMetricFamily(
+            f"{PREFIX}_orphans_found",
+            "Resources found still live after their spawn ended (released or not).",
+        )
+        found.add_metric([], sample.orphans_found or 0)
+        yield found
+
+    def _stop_guard(self) -> Iterator[Metric]:
+        stop_guard = self.report.get_source("stop_guard")
+        if stop_guard is None:
+            return
+        requests = CounterMetricFamily(
+            f"{PREFIX}_stop_requests",
+            "Stop requests the stop guard decided, by outcome (pass, throttle, dry-run).",
+            labels=["outcome"],
+        )
+        for outcome, count in stop_guard.totals().items():
+            requests.add_metric([outcome], count)
+        yield requests
+
+
+def register(report: GuardReport) -> GuardCollector:
+    collector = GuardCollector(report)
+    REGISTRY.register(collector)
+    return collector
+
+
+def unregister(collector: GuardCollector) -> None:
+    REGISTRY.unregister(collector)

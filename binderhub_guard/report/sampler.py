@@ -1,0 +1,118 @@
+"""Periodic cheap samples of the hub process into a ring buffer.
+
+A tick reads process counters (psutil), the live counts of the watched classes (O(1), see
+``census``), JupyterHub's activity gauges and the ledger's snapshot, and evaluates the leak
+signals over the ring. It never walks the heap; the full-heap scan runs separately, in slices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from . import signals, sources
+from .census import InstanceCensus
+from .signals import Sample, SignalRules
+
+SourceGetter = Callable[[str], Any]
+
+
+class Sampler:
+    """Takes samples every ``interval`` seconds on the running event loop."""
+
+    def __init__(
+        self,
+        census: InstanceCensus,
+        get_source: SourceGetter,
+        rules: SignalRules,
+        ring_size: int,
+        log: logging.Logger,
+    ) -> None:
+        self.census = census
+        self.get_source = get_source
+        self.rules = rules
+        self.log = log
+        self.ring: deque[Sample] = deque(maxlen=ring_size)
+        self.active_signals: list[signals.Signal] = []
+        self.ledger_snapshot: dict[str, Any] | None = None
+        self.last_tick_seconds = 0.0
+        self.longest_tick_seconds = 0.0
+        self.ticks = 0
+        self.process = psutil.Process()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def latest(self) -> Sample | None:
+        return self.ring[-1] if self.ring else None
+
+    def tick(self) -> Sample:
+        started = time.perf_counter()
+        with self.process.oneshot():
+            rss = self.process.memory_info().rss
+            cpu = self.process.cpu_times()
+            threads = self.process.num_threads()
+            try:
+                fds: int | None = self.process.num_fds()
+            except (AttributeError, psutil.Error):
+                fds = None
+        running, users, spawns = sources.hub_activity()
+        tracked = orphans_live = orphans_found = None
+        ledger = self.get_source("ledger")
+        if ledger is not None:
+            self.ledger_snapshot = ledger.snapshot()
+            tracked, orphans_live, orphans_found = sources.ledger_counts(self.ledger_snapshot)
+        sample = Sample(
+            time=time.time(),
+            rss_bytes=rss,
+            cpu_seconds=cpu.user + cpu.system,
+            threads=threads,
+            open_fds=fds,
+            asyncio_tasks=_count_tasks(),
+            gc_counts=gc.get_count(),
+            watched=self.census.counts(),
+            active_servers=running,
+            total_users=users,
+            spawns_total=spawns,
+            tracked=tracked,
+            orphans_live=orphans_live,
+            orphans_found=orphans_found,
+        )
+        self.ring.append(sample)
+        self.active_signals = signals.evaluate(list(self.ring), self.rules)
+        self.ticks += 1
+        self.last_tick_seconds = time.perf_counter() - started
+        self.longest_tick_seconds = max(self.longest_tick_seconds, self.last_tick_seconds)
+        return sample
+
+    def start(self, interval: float) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run(interval))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self, interval: float) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                # a broken source must not end sampling for the life of the hub
+                self.log.exception("Guard report: sampling failed")
+            await asyncio.sleep(interval)
+
+
+def _count_tasks() -> int:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0

@@ -1,0 +1,67 @@
+"""Full-heap scan in slices and the tracemalloc switch."""
+
+import gc
+import tracemalloc
+
+from binderhub_guard.report.heap import TracemallocView, scan_heap
+
+
+class Marker:
+    pass
+
+
+class SubMarker(Marker):
+    pass
+
+
+async def test_scan_counts_types_and_watched_instances_like_gc():
+    kept = [Marker() for _ in range(300)] + [SubMarker() for _ in range(200)]
+    first = await scan_heap({"Marker": Marker}, slice_size=1000)
+    assert first.watched == {"Marker": sum(isinstance(o, Marker) for o in gc.get_objects())}
+    assert first.watched == {"Marker": 500}
+    assert first.by_type[f"{__name__}.Marker"] == 300
+    assert first.objects > 500
+    assert 0 < first.longest_step_seconds <= first.seconds
+
+    kept += [Marker() for _ in range(50)]
+    second = await scan_heap({"Marker": Marker}, previous=first, slice_size=1000)
+    [row] = [r for r in second.top(10_000) if r["type"] == f"{__name__}.Marker"]
+    assert row == {"type": f"{__name__}.Marker", "count": 350, "growth": 50}
+    del kept
+
+
+async def test_top_is_sorted_and_bounded():
+    scan = await scan_heap({})
+    rows = scan.top(5)
+    assert len(rows) == 5
+    assert [r["count"] for r in rows] == sorted((r["count"] for r in rows), reverse=True)
+
+
+def test_tracemalloc_switch_resets_baseline_and_reports_growth():
+    view = TracemallocView()
+    assert not view.enabled
+    try:
+        view.switch(True, 3)
+        assert view.status()["enabled"] and view.status()["frames"] == 3
+        first_baseline = view.baseline_time
+        grown = [bytearray(1000) for _ in range(2000)]  # this line is the growth
+        [top] = view.top_growth(1)
+        assert top["site"].endswith(f"{__file__}:{grown_line()}")
+        assert top["size_growth_bytes"] >= 2000 * 1000
+        assert top["count_growth"] >= 2000
+        view.switch(True, 5)
+        assert view.baseline_time >= first_baseline
+        assert view.status()["frames"] == 5
+        assert all(r["size_growth_bytes"] < 1_000_000 for r in view.top_growth(5))
+        del grown
+    finally:
+        view.switch(False, 1)
+    assert not tracemalloc.is_tracing()
+    assert view.status()["enabled"] is False and view.top_growth(3) == []
+
+
+def grown_line():
+    with open(__file__) as f:
+        for number, line in enumerate(f, 1):
+            if "this line is the growth" in line and "grown = " in line:
+                return number

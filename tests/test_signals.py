@@ -1,0 +1,153 @@
+"""Leak-signal rules over synthetic windows: pure, microseconds each."""
+
+from binderhub_guard.report.signals import Sample, SignalRules, evaluate
+
+RULES = SignalRules(growth_window=5, growth_min_increase=3, rss_min_spawns=10)
+
+
+def window(counts, servers=None, users=None, name="ResourceReflector", **extra):
+    servers = servers or [0] * len(counts)
+    users = users or [10] * len(counts)
+    return [
+        Sample(
+            time=float(i),
+            watched={name: c},
+            active_servers=s,
+            total_users=u,
+            **{k: v[i] for k, v in extra.items()},
+        )
+        for i, (c, s, u) in enumerate(zip(counts, servers, users, strict=True))
+    ]
+
+
+def names(signals):
+    return sorted(s["name"] for s in signals)
+
+
+def test_no_samples_no_signals():
+    assert evaluate([], RULES) == []
+
+
+def test_flat_counts_raise_nothing():
+    assert evaluate(window([2, 2, 2, 2, 2]), RULES) == []
+
+
+def test_rising_count_with_flat_servers_is_flagged_with_evidence():
+    [signal] = evaluate(window([2, 3, 3, 4, 5]), RULES)
+    assert signal["name"] == "count_rising"
+    assert signal["severity"] == "warning"
+    assert signal["evidence"]["type"] == "ResourceReflector"
+    assert signal["evidence"]["counts"] == [2, 3, 3, 4, 5]
+    assert signal["evidence"]["growth"] == 3
+
+
+def test_growth_needs_a_full_window():
+    assert evaluate(window([2, 4, 6, 8]), RULES) == []
+
+
+def test_a_dip_means_no_leak():
+    assert evaluate(window([2, 5, 4, 6, 8]), RULES) == []
+
+
+def test_growth_explained_by_more_servers_is_not_flagged():
+    assert evaluate(window([2, 3, 4, 5, 6], servers=[0, 1, 2, 3, 4]), RULES) == []
+
+
+def test_growth_while_servers_come_and_go_is_flagged():
+    assert names(evaluate(window([2, 4, 6, 8, 10], servers=[3, 1, 4, 0, 2]), RULES)) == [
+        "count_rising"
+    ]
+
+
+def test_spawners_follow_users_not_servers():
+    rising_users = window([1, 2, 3, 4, 5], users=[1, 2, 3, 4, 5], name="Spawner")
+    assert evaluate(rising_users, RULES) == []
+    flat_users = window([1, 2, 3, 4, 5], users=[5] * 5, name="Spawner")
+    assert names(evaluate(flat_users, RULES)) == ["count_rising"]
+
+
+def test_rising_task_count_is_flagged():
+    samples = [Sample(time=i, asyncio_tasks=10 + 2 * i, active_servers=1) for i in range(5)]
+    [signal] = evaluate(samples, RULES)
+    assert signal["evidence"]["type"] == "asyncio.Task"
+
+
+def test_live_orphans_are_critical():
+    samples = window([2] * 5, orphans_live=[{}, {}, {}, {}, {"reflector": 2, "task": 0}])
+    [signal] = evaluate(samples, RULES)
+    assert signal == {
+        "name": "orphans_live",
+        "severity": "critical",
+        "evidence": {"orphans_by_kind": {"reflector": 2}},
+    }
+
+
+def test_orphans_found_in_the_window_warn_until_they_age_out():
+    found = [0, 0, 1, 1, 1]
+    [signal] = evaluate(window([2] * 5, orphans_found=found), RULES)
+    assert signal["name"] == "orphans_found"
+    assert signal["evidence"] == {"found_in_window": 1, "found_total": 1}
+    assert evaluate(window([2] * 5, orphans_found=[1] * 5), RULES) == []
+
+
+def test_rss_per_spawn_above_threshold():
+    mib = 1024 * 1024
+    samples = [
+        Sample(time=i, rss_bytes=100 * mib + i * 10 * mib, spawns_total=i * 10) for i in range(3)
+    ]
+    [signal] = evaluate(samples, RULES)
+    assert signal["name"] == "rss_per_spawn"
+    assert signal["evidence"]["bytes_per_spawn"] == mib
+    assert signal["evidence"]["spawns"] == 20
+
+
+def test_rss_growth_over_too_few_spawns_is_not_judged():
+    samples = [Sample(time=i, rss_bytes=i * 100 * 1024 * 1024, spawns_total=i) for i in range(5)]
+    assert evaluate(samples, RULES) == []
+
+
+def test_watches_exceeding_reflectors_for_the_whole_window():
+    def at(watches, reflectors):
+        return Sample(time=0, watched={"Watch": watches, "ResourceReflector": reflectors})
+
+    assert evaluate([at(3, 2), at(3, 2), at(3, 2)], RULES)[0]["name"] == (
+        "watches_exceed_reflectors"
+    )
+    assert evaluate([at(3, 2), at(2, 2), at(3, 2)], RULES) == []
+
+
+def test_one_thousand_clean_cycles_raise_nothing():
+    """A clean hub's counts go up during a spawn and come back after the stop."""
+    samples, raised = [], 0
+    for cycle in range(1000):
+        servers = cycle % 7
+        samples.append(
+            Sample(
+                time=cycle,
+                rss_bytes=200 * 1024 * 1024 + (cycle % 13) * 4096,
+                asyncio_tasks=20 + 3 * servers,
+                watched={"ResourceReflector": 2, "Watch": 2, "ApiClient": 2 + servers},
+                active_servers=servers,
+                total_users=10,
+                spawns_total=cycle,
+                orphans_found=0,
+            )
+        )
+        raised += len(evaluate(samples[-60:], RULES))
+    assert raised == 0
+
+
+def test_a_reflector_leaked_per_cycle_is_flagged_within_the_window():
+    samples = []
+    for cycle in range(20):
+        samples.append(
+            Sample(
+                time=cycle,
+                watched={"ResourceReflector": 2 + cycle, "Watch": 2 + cycle},
+                active_servers=cycle % 2,
+                total_users=10,
+            )
+        )
+        if evaluate(samples, RULES):
+            break
+    assert cycle + 1 == RULES.growth_window
