@@ -1,10 +1,350 @@
 """GuardedKubeSpawner: KubeSpawner that accounts for what each spawn creates.
 
-This module is the one door to kubespawner's internals.
+This module is the one door to kubespawner's internals (``_start_reflector``, ``reflectors``,
+``ResourceReflector``, ``shared_client``) and to kubernetes_asyncio's ``Watch`` and
+``ApiClient``: an upgrade of either changes this file only.
+
+How resources reach the ledger without kubespawner's cooperation: the constructors of
+``ResourceReflector``, ``Watch`` and ``ApiClient`` are wrapped (once per process), and the
+hub's event loop gets a task factory; each reports what it builds to the spawn named by the
+spawn context, which ``start()``, ``stop()`` and ``progress()`` set.  Tasks copy that context,
+so a reflector's watch task keeps charging its watches to the spawn that started it.
 """
 
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import math
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.watch import Watch
 from kubespawner import KubeSpawner
+from kubespawner.reflector import ResourceReflector
+from traitlets import Bool, Float, TraitError, validate
+from traitlets.config import Configurable, LoggingConfigurable
+
+from . import ledger as ledger_module
+from .ledger import SHARED, Ledger, Spawn, current_owner, registry
+
+REFLECTOR = "reflector"
+PROGRESS = "progress"
+WATCH = "watch"
+API_CLIENT = "api_client"
 
 
-class GuardedKubeSpawner(KubeSpawner):
+def _reflector_label(reflector: ResourceReflector) -> str:
+    where = "all namespaces" if reflector.omit_namespace else reflector.namespace
+    selectors = ",".join(s for s in (reflector.label_selector, reflector.field_selector) if s)
+    return f"{type(reflector).__name__} {reflector.kind} in {where} [{selectors}]"
+
+
+def _reflector_is_live(reflector: ResourceReflector) -> bool:
+    if reflector._stopping:
+        return False
+    if reflector.watch_task is None:
+        # still loading its first list (a failed first list resolves the future)
+        return not reflector.first_load_future.done()
+    return not reflector.watch_task.done()
+
+
+def _reflector_has_failed(reflector: ResourceReflector) -> bool:
+    # kubespawner leaves a reflector whose watch gave up in its dict, cache frozen (PR #938)
+    task = reflector.watch_task
+    return not reflector._stopping and task is not None and task.done()
+
+
+async def _stop_reflector(reflector: ResourceReflector) -> None:
+    await reflector.stop()
+
+
+def _session_open(client: ApiClient) -> bool:
+    return not client.rest_client.pool_manager.closed
+
+
+def _watch_is_live(watch: Watch) -> bool:
+    return watch.resp is not None or _session_open(watch._api_client)
+
+
+async def _close_watch(watch: Watch) -> None:
+    watch.stop()
+    await watch.close()
+
+
+async def _close_client(client: ApiClient) -> None:
+    await client.close()
+
+
+class _ProgressRun:
+    """One iteration of ``progress()``, so that one left running can be found and ended."""
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.step: asyncio.Task | None = None
+
+
+def _progress_is_live(run: _ProgressRun) -> bool:
+    return not run.finished
+
+
+async def _end_progress(run: _ProgressRun) -> None:
+    run.finished = True
+    if run.step is not None and not run.step.done():
+        # the consumer (jupyterhub's iterate_until) treats a cancelled step as the end
+        run.step.cancel()
+
+
+def _recording_init(original: Callable, kind: str, label: Callable[[Any], str] | None, ledger):
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if current_owner.get() is not None:
+            ledger.record(kind, self, label(self) if label else None)
+
+    __init__._binderhub_guard_original = original
+    return __init__
+
+
+_HOOKED: list[tuple[type, Callable]] = []
+
+
+def install_hooks(ledger: Ledger = registry) -> None:
+    """Wrap the constructors that report to the ledger (idempotent, process-wide)."""
+    if _HOOKED:
+        return
+    ledger_module.add_plumbing(__file__)
+    ledger.register_kind(REFLECTOR, _reflector_is_live, _stop_reflector, _reflector_has_failed)
+    ledger.register_kind(PROGRESS, _progress_is_live, _end_progress)
+    ledger.register_kind(WATCH, _watch_is_live, _close_watch)
+    ledger.register_kind(API_CLIENT, _session_open, _close_client)
+    for cls, kind, label in (
+        (ResourceReflector, REFLECTOR, _reflector_label),
+        (Watch, WATCH, None),
+        (ApiClient, API_CLIENT, None),
+    ):
+        original = cls.__init__
+        cls.__init__ = _recording_init(original, kind, label, ledger)
+        _HOOKED.append((cls, original))
+
+
+def uninstall_hooks() -> None:
+    """Undo :func:`install_hooks` (tests)."""
+    while _HOOKED:
+        cls, original = _HOOKED.pop()
+        cls.__init__ = original
+
+
+_LOOPS_SET_UP: set[int] = set()
+_SHUTDOWN_TASKS: set[asyncio.Task] = set()
+
+
+def _set_up_loop(ledger: Ledger) -> None:
+    loop = asyncio.get_running_loop()
+    if id(loop) in _LOOPS_SET_UP:
+        return
+    _LOOPS_SET_UP.add(id(loop))
+    ledger_module.install_task_tracking(loop, ledger)
+    task = loop.create_task(_release_at_shutdown(ledger), context=contextvars.Context())
+    _SHUTDOWN_TASKS.add(task)
+    task.add_done_callback(_SHUTDOWN_TASKS.discard)
+
+
+async def _release_at_shutdown(ledger: Ledger) -> None:
+    """Sleep until the hub cancels every task at shutdown, then release what is left."""
+    try:
+        await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        await release_all(ledger)
+        raise
+
+
+async def release_all(ledger: Ledger = registry) -> None:
+    """Hub shutdown: release every spawn's leftovers and stop the shared reflectors."""
+    await ledger.release_all()
+    await KubeSpawner._stop_all_reflectors()
+
+
+class _ReflectorHolder(LoggingConfigurable):
+    """The long-lived parent of shared reflectors, so none of them pins the spawner that
+    happened to create it (and through it a user, ORM objects) for the hub's lifetime."""
+
+
+_holder: _ReflectorHolder | None = None
+
+
+def _long_lived_parent(spawner: KubeSpawner) -> _ReflectorHolder:
+    global _holder
+    if _holder is None:
+        _holder = _ReflectorHolder(log=spawner.log, config=spawner.config)
+    return _holder
+
+
+def _halt_hub(key: tuple, log) -> Callable[[], None]:
+    def on_reflector_failure() -> None:
+        # kubespawner's own behaviour with enable_user_namespaces, minus the spawner it pinned
+        log.critical("Reflector with key %r failed, halting Hub.", key)
+        sys.exit(1)
+
+    return on_reflector_failure
+
+
+class LedgerSettings(Configurable):
+    """The ledger's settings, shared by GuardedKubeSpawner and the start-up check."""
+
+    ledger_enabled = Bool(
+        True,
+        config=True,
+        help="""
+        Keep a ledger of the reflectors, watches, asyncio tasks, API clients and progress
+        iterators each spawn creates or holds, and release them when the server stops.
+
+        When False, GuardedKubeSpawner behaves as KubeSpawner, except that shared reflectors
+        still do not keep the spawner that created them alive.
+        """,
+    )
+
+    release_orphans = Bool(
+        True,
+        config=True,
+        help="""
+        Release (stop, close, cancel) whatever a spawn created that is still live
+        `orphan_grace_seconds` after the server stopped. Orphans are logged and reported
+        either way; set to False to only report them.
+        """,
+    )
+
+    orphan_grace_seconds = Float(
+        5.0,
+        config=True,
+        help="""
+        Seconds a stopped spawn's resources get to finish on their own before the ledger
+        declares them orphans. Must be a finite number >= 0.
+        """,
+    )
+
+    @validate("orphan_grace_seconds")
+    def _check_grace(self, proposal: dict) -> float:
+        value = proposal["value"]
+        if not math.isfinite(value) or value < 0:
+            raise TraitError(
+                f"{type(self).__name__}.orphan_grace_seconds must be a finite number >= 0,"
+                f" not {value!r}"
+            )
+        return value
+
+
+def check_config(config) -> None:
+    """Fail now, naming the trait and value, if `config` sets a bad ledger setting.
+
+    For hub start-up: spawners are created lazily, so bad values would otherwise surface on
+    a user's first spawn.
+    """
+    checker = type("GuardedKubeSpawner", (LedgerSettings,), {})
+    checker(config=config)
+
+
+class GuardedKubeSpawner(KubeSpawner, LedgerSettings):
     """A KubeSpawner whose per-spawn resources are tracked by the guard's ledger."""
+
+    ledger: Ledger = registry
+
+    _spawn: Spawn | None = None
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        install_hooks(self.ledger)
+        _set_up_loop(self.ledger)
+        self.ledger.log = self.log
+        self.ledger.enabled = self.ledger_enabled
+        self.ledger.release_orphans = self.release_orphans
+        self.ledger.orphan_grace_seconds = self.orphan_grace_seconds
+
+    def _spawn_context(self):
+        return self.ledger.activate(self._spawn if self.ledger_enabled else None)
+
+    def start(self):
+        self._end_spawn("restarted")
+        if self.ledger_enabled:
+            self._spawn = self.ledger.begin_spawn(self.user.name, self.name)
+        with self._spawn_context():
+            # kubespawner starts _start() as a task here: it and all it creates inherit the spawn
+            return super().start()
+
+    async def stop(self, now: bool = False) -> None:
+        with self._spawn_context():
+            return await super().stop(now=now)
+
+    async def progress(self) -> AsyncIterator[dict]:
+        spawn = self._spawn if self.ledger_enabled else None
+        run = _ProgressRun()
+        if spawn is not None:
+            with self.ledger.activate(spawn):
+                self.ledger.record(PROGRESS, run, f"progress of {spawn.describe()}")
+        events = super().progress()
+        try:
+            while not run.finished:
+                run.step = asyncio.current_task()
+                try:
+                    with self.ledger.activate(spawn):
+                        event = await events.__anext__()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    run.step = None
+                yield event
+        finally:
+            run.finished = True
+            await events.aclose()
+
+    def run_post_stop_hook(self):
+        # jupyterhub's User.stop calls this on every way a server ends (stopped, failed,
+        # timed out, cancelled, found dead), even when stop() itself was skipped
+        try:
+            return super().run_post_stop_hook()
+        finally:
+            self._end_spawn(self._end_reason())
+
+    async def delete_forever(self) -> None:
+        with self._spawn_context():
+            await super().delete_forever()
+        spawn = self._spawn
+        self._end_spawn("deleted")
+        if spawn is not None:
+            # the server is gone for good: no grace period
+            await self.ledger.release_spawn(spawn)
+
+    def _end_reason(self) -> str:
+        future = self._start_future
+        if future is None or not future.done():
+            return "stopped"
+        if future.cancelled():
+            return "start cancelled or timed out"
+        if future.exception() is not None:
+            return "start failed"
+        return "stopped"
+
+    def _end_spawn(self, reason: str) -> None:
+        if self._spawn is not None:
+            self.ledger.end_spawn(self._spawn, reason)
+
+    async def _start_reflector(self, kind, reflector_class, replace=False, **kwargs):
+        owner = current_owner.get()
+        # shared reflectors (and their watch tasks, for ever) belong to no spawn
+        with self.ledger.activate(SHARED):
+            reflector = await super()._start_reflector(
+                kind, reflector_class, replace=replace, **kwargs
+            )
+        if reflector.parent is self:
+            reflector.parent = _long_lived_parent(self)
+            if reflector.on_failure is not None:
+                reflector.on_failure = _halt_hub(self._get_reflector_key(kind), self.log)
+        self.ledger.hold(
+            owner if isinstance(owner, Spawn) else None,
+            REFLECTOR,
+            repr(self._get_reflector_key(kind)),
+            reflector,
+            _reflector_label(reflector),
+        )
+        return reflector
