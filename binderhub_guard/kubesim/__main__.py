@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from .server import add_arguments, main
+from .cli import add_arguments, main
 
 parser = argparse.ArgumentParser(
     prog="python -m binderhub_guard.kubesim",

@@ -112,29 +112,36 @@ class KubeApi:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         verb, resource = "get", "unknown"
-        response: web.StreamResponse
+        status = 499  # unless answered: the client closed the connection first
         try:
-            route = self._route(request)
-            verb, resource = route[0], route[1]
-            if self.faults.latency_seconds:
-                await asyncio.sleep(self.faults.latency_seconds)
-            injected = self.faults.injected_error()
-            if injected == 500:
-                raise ApiError(500, "kubesim: injected internal error")
-            if injected == 429:
-                raise ApiError(429, "kubesim: injected throttling, please try again later")
-            response = await self._serve(request, *route)
-        except ApiError as error:
-            response = status_response(error)
-        except (NotFound, AlreadyExists, Conflict, Expired, SelectorError) as error:
-            response = status_response(_store_error(error))
-        except Exception:
-            log.exception("kubesim: error handling %s %s", request.method, request.path_qs)
-            response = status_response(ApiError(500, "kubesim internal error, see its log"))
-        # an expired watch is an HTTP 200 carrying a 410 ERROR event: count what it means
-        status = request.get(_OUTCOME, response.status)
-        self.request_counts[f"{verb} {resource} {status}"] += 1
-        return response
+            try:
+                route = self._route(request)
+                verb, resource = route[0], route[1]
+                if self.faults.latency_seconds:
+                    await asyncio.sleep(self.faults.latency_seconds)
+                injected = self.faults.injected_error()
+                if injected == 500:
+                    raise ApiError(500, "kubesim: injected internal error")
+                if injected == 429:
+                    raise ApiError(429, "kubesim: injected throttling, please try again later")
+                if verb == "watch":
+                    # the handler is cancelled when the client disconnects: that ends the watch
+                    response = await self._serve(request, *route)
+                else:
+                    # a write completes even if its client gives up, as in a real API server
+                    response = await asyncio.shield(self._serve(request, *route))
+            except ApiError as error:
+                response = status_response(error)
+            except (NotFound, AlreadyExists, Conflict, Expired, SelectorError) as error:
+                response = status_response(_store_error(error))
+            except Exception:
+                log.exception("kubesim: error handling %s %s", request.method, request.path_qs)
+                response = status_response(ApiError(500, "kubesim internal error, see its log"))
+            # an expired watch is an HTTP 200 carrying a 410 ERROR event: count what it means
+            status = request.get(_OUTCOME, response.status)
+            return response
+        finally:
+            self.request_counts[f"{verb} {resource} {status}"] += 1
 
     def _route(self, request: web.Request) -> tuple[str, str, str | None, str | None]:
         """(verb, resource, namespace, name) for a path, or ApiError 404/405."""

@@ -1,4 +1,4 @@
-"""The embedded Kubernetes API simulator: wiring, inspection, and its command line.
+"""The embedded Kubernetes API simulator: wiring and inspection.
 
 `KubeSim` runs the API (`api.KubeApi`), the object store and the pretend kubelet in the calling
 event loop, so tests and benchmarks can run an unmodified KubeSpawner against it and then check
@@ -8,10 +8,8 @@ says.  ``/_sim/*`` endpoints expose the same inspection and the fault knobs to o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -62,8 +60,11 @@ class KubeSim:
         app.router.add_route("GET", "/_sim/state", self._get_state)
         app.router.add_route("POST", "/_sim/compact", self._compact)
         app.router.add_route("*", "/{path:.*}", self.api.handle)
-        # open watches are ended by stop() itself; nothing else needs a long grace
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        # handler_cancellation: a watch whose client went away must stop counting as open.
+        # Open watches are ended by stop() itself; nothing else needs a long grace.
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -143,7 +144,7 @@ class KubeSim:
             "url": self.url,
             "resourceVersion": str(self.store.resource_version),
             "compactedResourceVersion": str(self.store.compacted_resource_version),
-            "pods": [_pod_summary(pod) for pod in self.pods()],
+            "pods": self.pods(),
             "objects": {
                 resource: len(self.store.list(resource, None, lambda _: True)[0])
                 for resource in (
@@ -187,107 +188,3 @@ class KubeSim:
         return web.json_response(
             {"compactedResourceVersion": str(self.store.compacted_resource_version)}
         )
-
-
-def _pod_summary(pod: dict[str, Any]) -> dict[str, Any]:
-    meta, status = pod["metadata"], pod.get("status", {})
-    return {
-        "namespace": meta["namespace"],
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "phase": status.get("phase"),
-        "podIP": status.get("podIP"),
-        "deleting": "deletionTimestamp" in meta,
-    }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the simulator's options (the `binderhub-guard kubesim` subcommand)."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks one")
-    parser.add_argument("--kubeconfig", required=True, help="where to write the kubeconfig")
-    parser.add_argument("--namespace", default="default", help="namespace of the context")
-    parser.add_argument("--pod-ip-base", default="127.10.0.0", help="pod IPs count up from here")
-    parser.add_argument("--event-ttl", type=float, default=3600.0, help="Event lifetime, s")
-    parser.add_argument("--pending-delay", type=float, default=0.0, help="Pending time, s")
-    parser.add_argument(
-        "--container-exit", type=float, default=0.2, help="container exit time on delete, s"
-    )
-    parser.add_argument("--watch-drop-after-events", type=int, default=None)
-    parser.add_argument("--watch-drop-after-seconds", type=float, default=None)
-    parser.add_argument("--error-rate-500", type=float, default=0.0)
-    parser.add_argument("--error-rate-429", type=float, default=0.0)
-    parser.add_argument("--latency", type=float, default=0.0, help="added per request, s")
-    parser.add_argument("--history-limit", type=int, default=10_000)
-    parser.add_argument("--pods-never-ready", action="store_true")
-    parser.add_argument("--pods-fail", action="store_true")
-    parser.add_argument("--delete-response-invalid", action="store_true")
-    parser.add_argument("--seed", type=int, default=0, help="seed for injected errors")
-    parser.add_argument("--log-level", default="INFO")
-
-
-def faults_from_args(args: argparse.Namespace) -> Faults:
-    return Faults(
-        watch_drop_after_events=args.watch_drop_after_events,
-        watch_drop_after_seconds=args.watch_drop_after_seconds,
-        error_rate_500=args.error_rate_500,
-        error_rate_429=args.error_rate_429,
-        latency_seconds=args.latency,
-        history_limit=args.history_limit,
-        pods_never_ready=args.pods_never_ready,
-        pods_fail=args.pods_fail,
-        pending_delay_seconds=args.pending_delay,
-        container_exit_seconds=args.container_exit,
-        delete_response_invalid=args.delete_response_invalid,
-        seed=args.seed,
-    )
-
-
-async def run(
-    port: int,
-    kubeconfig: str,
-    namespace: str,
-    faults: Faults,
-    *,
-    host: str = "127.0.0.1",
-    pod_ip_base: str = "127.10.0.0",
-    event_ttl_seconds: float = 3600.0,
-) -> None:
-    """Serve until SIGINT/SIGTERM; print one ``ready <url>`` line once the kubeconfig exists."""
-    sim = KubeSim(
-        faults, host=host, port=port, pod_ip_base=pod_ip_base, event_ttl_seconds=event_ttl_seconds
-    )
-    url = await sim.start()
-    try:
-        sim.write_kubeconfig(kubeconfig, namespace=namespace)
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stopping.set)
-        print(f"ready {url}", flush=True)
-        await stopping.wait()
-    finally:
-        await sim.stop()
-
-
-def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="[%(levelname)s %(asctime)s %(name)s] %(message)s"
-    )
-    try:
-        faults = faults_from_args(args)
-    except ValueError as error:
-        log.error("kubesim: %s", error)
-        return 2
-    asyncio.run(
-        run(
-            args.port,
-            args.kubeconfig,
-            args.namespace,
-            faults,
-            host=args.host,
-            pod_ip_base=args.pod_ip_base,
-            event_ttl_seconds=args.event_ttl,
-        )
-    )
-    return 0
