@@ -248,6 +248,11 @@ class StopGuard(LoggingConfigurable):
             return self._pass(caller, FIRST)
         return self._throttle(caller, target, RATE, (1 - bucket.tokens) / self.rate, now)
 
+    def forget(self, caller_key: Hashable | None, target: str) -> None:
+        """Stock refused or failed this stop: the next one goes to stock again."""
+        if (caller_key, target) in self._accepted:
+            self._drop(caller_key, target)
+
     def forget_target(self, target: str) -> None:
         """The target runs (or is starting): its next not-running stop is a first one again."""
         for key in self._keys_by_target.pop(target, ()):

@@ -1,0 +1,412 @@
+"""The one door to JupyterHub's internals: installs the guard into the running hub.
+
+`install(c)` is called from the config snippet ``jupyterhub_config.d/20-guard.py``. It declares
+the guard's scopes and, because JupyterHub loads its config file from inside
+`JupyterHub.initialize()`, hooks the live `JupyterHub.instance()` by wrapping four of its
+methods on the instance (the class is left alone):
+
+- ``init_role_creation``: ``install`` declared the role ``binderhub-guard-admin`` (the guard's
+  scopes) in ``load_roles``; here, when every config file has loaded, it is given to the
+  configured ``Authenticator.admin_users`` unless the role spec names its own ``users``.
+  JupyterHub refuses changes to the built-in ``admin`` role's scopes, so users made admin
+  later through the API or the admin page do not get the guard's scopes: list them in the
+  role instead. With ``Authenticator.manage_roles`` the role is given to nobody.
+- ``init_handlers``: after JupyterHub built its route table, every route whose handler *is*
+  ``UserServerAPIHandler`` (``/api/users/{name}/server`` and ``/api/users/{name}/servers/{sn}``)
+  gets `GuardedUserServerAPIHandler`, a subclass that decides in ``prepare()`` *before*
+  JupyterHub's authentication (token hashing, DB queries, activity records), and the report's
+  routes go in just before JupyterHub's ``/api/(.*)`` 404 catch-all. The StopGuard is built here
+  too, when the configuration is complete, so bad StopGuard values stop the hub at start-up.
+- ``start`` / ``cleanup``: start and stop the report and the StopGuard's summary logging.
+
+Why this hook: authenticator handlers go first in the route table, but a second route for the
+same path would shadow JupyterHub's for every method; ``extra_handlers`` (deprecated) come after
+the defaults and so never match; ``tornado_application.add_handlers`` adds a host rule that
+wins only by accident of ordering; patching ``UserServerAPIHandler`` itself changes the class for
+every importer. Replacing the two route entries by a subclass keeps every other method, the
+scopes and the answers JupyterHub's own, and touches nothing when the guard is disabled.
+
+Fragility, checked by tests on jupyterhub 5.5 and 6.1 (identical ``init_handlers``; ``delete``
+differs only by 6.x's rename check): it relies on ``JupyterHub.instance()`` being the app that
+loads the config, on the method names above, on ``UserServerAPIHandler`` being routed by class
+identity, on ``BaseHandler.get_auth_token``, ``hub.cookie_name``, ``User.spawners`` being a dict
+whose ``get`` does not create spawners, and on the ``/api/(.*)`` catch-all. If the expected
+routes are missing, the hub refuses to start, naming what it could not find.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any
+
+from jupyterhub.apihandlers.users import UserServerAPIHandler
+from jupyterhub.scopes import needs_scope
+from sqlalchemy import inspect as orm_inspect
+from sqlalchemy.orm.base import NO_VALUE
+from tornado import web
+from tornado.ioloop import PeriodicCallback
+
+from .stopguard import Decision, StopGuard, TargetState
+
+GUARD_READ_SCOPE = "custom:guard:read"
+GUARD_ADMIN_SCOPE = "custom:guard:admin"
+GUARD_SCOPES = {
+    GUARD_READ_SCOPE: {
+        "description": "Read the guard's report: leaks, stop-guard counters, heap views.",
+    },
+    GUARD_ADMIN_SCOPE: {
+        "description": "Act on the guard: heap snapshots and other costly or changing calls.",
+        "subscopes": [GUARD_READ_SCOPE],
+    },
+}
+ADMIN_ROLE = "binderhub-guard-admin"
+SETTINGS_KEY = "binderhub_guard"
+
+
+def install(c: Any) -> None:
+    """Install the guard from a JupyterHub config file (``c = get_config()``)."""
+    from jupyterhub.app import JupyterHub
+
+    existing = c.JupyterHub.custom_scopes if "custom_scopes" in c.JupyterHub else {}
+    c.JupyterHub.custom_scopes = {**existing, **GUARD_SCOPES}
+    roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
+    if not any(role.get("name") == ADMIN_ROLE for role in roles):
+        # members are filled in at hub start, when admin_users is final
+        roles.append(
+            {
+                "name": ADMIN_ROLE,
+                "description": "Read and act on the binderhub-guard report.",
+                "scopes": sorted(GUARD_SCOPES),
+            }
+        )
+    c.JupyterHub.load_roles = roles
+    if not JupyterHub.initialized():
+        # e.g. a tool reading the config: nothing to hook, and no reason to fail
+        return
+    _Installer(JupyterHub.instance()).hook()
+
+
+@dataclass
+class _Optional:
+    """What the other parts of the package provide, if they are there yet."""
+
+    ledger: Any = None
+    report_start: Callable[[Any], Any] | None = None
+    report_stop: Callable[[], Any] | None = None
+    report_state: Any = None
+    report_handlers: list = field(default_factory=list)
+
+    @classmethod
+    def find(cls) -> _Optional:
+        found = cls()
+        try:
+            found.ledger = import_module("binderhub_guard.ledger").registry
+        except (ImportError, AttributeError):
+            pass
+        try:
+            report = import_module("binderhub_guard.report")
+        except ImportError:
+            return found
+        found.report_start = getattr(report, "start", None)
+        found.report_stop = getattr(report, "stop", None)
+        found.report_state = getattr(report, "state", None)
+        try:
+            handlers = import_module("binderhub_guard.report.handlers")
+            found.report_handlers = list(handlers.default_handlers)
+        except (ImportError, AttributeError):
+            pass
+        return found
+
+
+class _Installer:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.log = app.log
+        self.optional = _Optional.find()
+        self.guard: StopGuard | None = None
+        self.summaries: PeriodicCallback | None = None
+
+    def hook(self) -> None:
+        for name in ("init_role_creation", "init_handlers", "start", "cleanup"):
+            original = getattr(self.app, name)
+            setattr(self.app, name, getattr(self, f"_wrap_{name}")(original))
+
+    def _wrap_init_role_creation(self, original: Callable) -> Callable:
+        async def init_role_creation() -> None:
+            app = self.app
+            role = next((r for r in app.load_roles if r.get("name") == ADMIN_ROLE), None)
+            if role is not None and "users" not in role:
+                if app.authenticator.manage_roles:
+                    self.log.warning(
+                        "binderhub-guard: Authenticator.manage_roles is on, so role %s is"
+                        " given to nobody: assign it through your authenticator",
+                        ADMIN_ROLE,
+                    )
+                else:
+                    role["users"] = sorted(app.authenticator.admin_users)
+                self.log.info(
+                    "binderhub-guard: role %s (%s) for %s",
+                    ADMIN_ROLE,
+                    ", ".join(role.get("scopes", [])),
+                    ", ".join(role.get("users", [])) or "nobody",
+                )
+            await original()
+
+        return init_role_creation
+
+    def _wrap_init_handlers(self, original: Callable) -> Callable:
+        def init_handlers() -> None:
+            original()
+            app = self.app
+            self.guard = StopGuard(parent=app)
+            settings = {
+                "stop_guard": self.guard,
+                "ledger": self.optional.ledger,
+                "report": self.optional.report_state,
+            }
+            app.tornado_settings[SETTINGS_KEY] = settings
+            if self.guard.enabled:
+                self._route_stops(app.handlers)
+            else:
+                self.log.info("binderhub-guard: stop guard disabled (StopGuard.enabled = False)")
+            if self.optional.report_handlers:
+                self._route_report(app.handlers)
+
+        return init_handlers
+
+    def _route_stops(self, handlers: list) -> None:
+        gate = StopGate(self.guard, self.app.users)
+        routes = [i for i, route in enumerate(handlers) if route[1] is UserServerAPIHandler]
+        if len(routes) != 2:
+            raise RuntimeError(
+                "binderhub-guard cannot install the stop guard: expected 2 routes to"
+                f" jupyterhub's UserServerAPIHandler, found {len(routes)}"
+                f" ({[handlers[i][0] for i in routes]}); this jupyterhub version is not"
+                " supported, or something else replaced the handler"
+            )
+        for i in routes:
+            pattern, _handler, *rest = handlers[i]
+            kwargs = {**(rest[0] if rest else {}), "gate": gate}
+            handlers[i] = (pattern, GuardedUserServerAPIHandler, kwargs)
+        g = self.guard
+        self.log.info(
+            "binderhub-guard: stop guard in front of %s%s (window %gs, rate %g/s, burst %d%s)",
+            " and ".join(handlers[i][0] for i in routes),
+            " in DRY RUN" if g.dry_run else "",
+            g.window_seconds,
+            g.rate,
+            g.burst,
+            f", exempt {sorted(g.exempt_callers)}" if g.exempt_callers else "",
+        )
+
+    def _route_report(self, handlers: list) -> None:
+        catch_all = self.app.hub_prefix + "api/(.*)"
+        where = [i for i, route in enumerate(handlers) if route[0] == catch_all]
+        if not where:
+            raise RuntimeError(
+                "binderhub-guard cannot add the report routes: jupyterhub's API catch-all"
+                f" route {catch_all!r} is not in the route table"
+            )
+        routes = self.app.add_url_prefix(self.app.hub_prefix, self.optional.report_handlers)
+        handlers[where[0] : where[0]] = routes
+        self.log.info("binderhub-guard: report at %s", ", ".join(r[0] for r in routes))
+
+    def _wrap_start(self, original: Callable) -> Callable:
+        async def start() -> None:
+            await original()
+            guard = self.guard
+            if guard is not None and guard.enabled:
+                self.summaries = PeriodicCallback(
+                    lambda: guard.log_summary(time.monotonic()), guard.summary_interval * 1000
+                )
+                self.summaries.start()
+            if self.optional.report_start is not None:
+                shared = self.app.tornado_settings[SETTINGS_KEY]
+                state = self.optional.report_start(self.app, shared)
+                if hasattr(state, "__await__"):
+                    state = await state
+                if state is not None:
+                    shared["report"] = state
+                self.log.info("binderhub-guard: report sampling started")
+
+        return start
+
+    def _wrap_cleanup(self, original: Callable) -> Callable:
+        async def cleanup() -> None:
+            if self.summaries is not None:
+                self.summaries.stop()
+                self.guard.log_summary(time.monotonic())
+            if self.optional.report_stop is not None:
+                stopped = self.optional.report_stop()
+                if hasattr(stopped, "__await__"):
+                    await stopped
+            await original()
+
+        return cleanup
+
+
+class StopGate:
+    """The stop guard's hub edge: caller keys and target state from memory."""
+
+    def __init__(self, guard: StopGuard, users: Any) -> None:
+        self.guard = guard
+        self.users = users
+        self._salt = secrets.token_bytes(16)
+        self._ids_by_name: dict[str, int] = {}
+        self._indexed_users = -1
+
+    def caller_key(self, handler: GuardedUserServerAPIHandler) -> Hashable | None:
+        """A salted hash of the credentials presented, or None if there are none.
+
+        Token and cookie both go in: the key matches only the exact same credentials.
+        """
+        token = handler.get_auth_token() or ""
+        cookie = handler.request.cookies.get(handler.hub.cookie_name)
+        cookie_value = cookie.value if cookie is not None else ""
+        if not token and not cookie_value:
+            return None
+        digest = hashlib.blake2b(key=self._salt, digest_size=16)
+        digest.update(f"{token}\0{cookie_value}".encode("utf-8", "surrogateescape"))
+        return digest.digest()
+
+    def target_state(self, user_name: str, server_name: str) -> tuple[TargetState, Hashable]:
+        """Running, pending or not, from the hub's memory only: no query, no new spawner."""
+        user = self._cached_user(user_name)
+        if user is None:
+            return TargetState.NOT_RUNNING, None
+        # plain dict.get: User.spawners[name] would create a spawner
+        spawner = user.spawners.get(server_name)
+        if spawner is not None:
+            if spawner.pending:
+                return TargetState.PENDING, None
+            if spawner.ready:
+                return TargetState.RUNNING, None
+        return TargetState.NOT_RUNNING, self._last_stop(user, server_name)
+
+    def _cached_user(self, name: str) -> Any:
+        user_id = self._ids_by_name.get(name)
+        if user_id is not None:
+            # plain dict.get: UserDict.get queries the database on a miss
+            user = dict.get(self.users, user_id)
+            if user is not None and user.name == name:
+                return user
+        elif len(self.users) == self._indexed_users:
+            return None
+        self._ids_by_name = {user.name: user_id for user_id, user in dict.items(self.users)}
+        self._indexed_users = len(self.users)
+        user_id = self._ids_by_name.get(name)
+        return None if user_id is None else dict.get(self.users, user_id)
+
+    @staticmethod
+    def _last_stop(user: Any, server_name: str) -> Hashable:
+        """Changes whenever the server has run since: its last activity, stamped at each stop."""
+        orm_spawners = orm_inspect(user.orm_user).attrs._orm_spawners.loaded_value
+        if orm_spawners is NO_VALUE:
+            return None
+        for orm_spawner in orm_spawners:
+            if orm_spawner.name == server_name:
+                return orm_spawner.last_activity
+        return None
+
+
+@dataclass
+class _StopRequest:
+    caller_key: Hashable | None
+    target: str
+    state: TargetState
+    epoch: Hashable
+
+
+class GuardedUserServerAPIHandler(UserServerAPIHandler):
+    """JupyterHub's server handler with the stop guard in front of DELETE."""
+
+    gate: StopGate
+    _stop: _StopRequest | None = None
+    _answered_by_guard = False
+
+    def initialize(self, gate: StopGate) -> None:
+        self.gate = gate
+
+    async def prepare(self) -> None:
+        if self.request.method == "DELETE" and self._throttled_before_auth():
+            return
+        await super().prepare()
+
+    def _throttled_before_auth(self) -> bool:
+        user_name, *rest = self.path_args
+        server_name = rest[0] if rest else ""
+        state, epoch = self.gate.target_state(user_name, server_name)
+        stop = _StopRequest(self.gate.caller_key(self), f"{user_name}/{server_name}", state, epoch)
+        decision = self.gate.guard.decide(
+            stop.caller_key, stop.target, state, time.monotonic(), epoch=epoch
+        )
+        self._stop = stop
+        if decision.throttled:
+            self._answer_throttled(decision)
+            return True
+        return False
+
+    @needs_scope("delete:servers")
+    async def delete(self, user_name: str, server_name: str = "") -> None:
+        stop = self._stop
+        if stop is not None and stop.state is TargetState.NOT_RUNNING:
+            decision = self.gate.guard.admit(
+                stop.caller_key,
+                self.current_user.name,
+                stop.target,
+                time.monotonic(),
+                epoch=stop.epoch,
+            )
+            if decision.throttled:
+                self._answer_throttled(decision)
+                return
+            if self._stopped_without_spawner(user_name, server_name):
+                return
+        await super().delete(user_name, server_name)
+
+    def _stopped_without_spawner(self, user_name: str, server_name: str) -> bool:
+        """Stock's answer to a stop of a server with no spawner in memory and none in the
+        database, without creating the spawner stock's ``user.spawners[name]`` would keep.
+        Every other case (remove, named-server errors) is left to stock."""
+        user = self.find_user(user_name)
+        if user is None:
+            raise web.HTTPError(404)
+        if server_name in user.spawners or (self.get_json_body() or {}).get("remove"):
+            return False
+        orm_spawner = user.orm_spawners.get(server_name)
+        if server_name and (not self.allow_named_servers or orm_spawner is None):
+            return False
+        if orm_spawner is not None and orm_spawner.server is not None:
+            return False
+        self.set_header("Content-Type", "text/plain")
+        self.set_status(204)
+        return True
+
+    def _answer_throttled(self, decision: Decision) -> None:
+        self._answered_by_guard = True
+        self.set_status(429)
+        self.set_header("Retry-After", str(decision.retry_after))
+        self.set_header("Content-Type", "application/json")
+        message = (
+            f"Server {self._stop.target} is not running and was just asked to stop;"
+            f" retry after {decision.retry_after}s"
+        )
+        self.finish(json.dumps({"status": 429, "message": message}))
+
+    def on_finish(self) -> None:
+        stop = self._stop
+        if stop is not None and not self._answered_by_guard and self.get_status() >= 300:
+            # stock said no (404, 400...): its repeats get stock's answer, not ours
+            self.gate.guard.forget(stop.caller_key, stop.target)
+        super().on_finish()
+
+    def _log(self) -> None:
+        # throttled stops are logged as one summary line per caller per interval
+        if not self._answered_by_guard:
+            super()._log()
