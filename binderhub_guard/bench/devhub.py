@@ -41,7 +41,6 @@ CLIENT_SERVICE = "dev-client"
 CLIENT_SCOPES = ["admin:users", "admin:servers", "list:users", "read:users:activity"]
 GUARD_SCOPES = ["custom:guard:read", "custom:guard:admin"]
 ADMIN_USER = "admin"
-ADMIN_PASSWORD = "dev-hub"
 
 LEAKY_SPAWNERS = {
     True: "binderhub_guard.testing.leaky.LeakyKubeSpawner",
@@ -138,7 +137,6 @@ def hub_config(
         c.JupyterHub.cookie_secret_file = "{workdir / "jupyterhub_cookie_secret"}"
 
         c.JupyterHub.authenticator_class = "dummy"
-        c.DummyAuthenticator.password = {ADMIN_PASSWORD!r}
         c.Authenticator.allow_all = True
         c.Authenticator.admin_users = {{{ADMIN_USER!r}}}
 
