@@ -203,7 +203,8 @@ class GuardReport(LoggingConfigurable):
 
     async def build(self, *, full: bool = False, top: int | None = None) -> dict[str, Any]:
         top = top or self.top_types
-        if self.sampler.latest is None:
+        if full or self.sampler.latest is None:
+            # a full report compares the watched counts with the heap scan: sample now
             self.sampler.tick()
         scan = await self.scan() if full else self.last_scan
         tracemalloc_section = await self.tracemalloc_section(top)

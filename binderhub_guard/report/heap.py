@@ -3,7 +3,8 @@
 objgraph's ``typestats`` walks every object in one Python loop (about half a second at a
 million objects, the event loop frozen throughout). The scan here does the same count in
 slices of ``slice_size`` objects with C-speed counting and yields to the event loop between
-slices, so the longest stall is the single ``gc.get_objects()`` call plus one slice.
+slices, so the longest stall is the single ``gc.get_objects()`` call (about 15 ms per
+million objects; it cannot be split) or one slice.
 """
 
 from __future__ import annotations
@@ -52,14 +53,16 @@ async def scan_heap(
     step = time.perf_counter()
     objects = gc.get_objects()
     longest = time.perf_counter() - step
+    total = len(objects)
     by_class: Counter[type] = Counter()
     try:
-        for start in range(0, len(objects), slice_size):
+        while objects:
             await asyncio.sleep(0)
             step = time.perf_counter()
-            by_class.update(map(type, objects[start : start + slice_size]))
+            by_class.update(map(type, objects[-slice_size:]))
+            # Dropping the references slice by slice spreads the cost of releasing them.
+            del objects[-slice_size:]
             longest = max(longest, time.perf_counter() - step)
-        total = len(objects)
     finally:
         # The list holds every object in the heap alive: drop it before anything else runs.
         del objects

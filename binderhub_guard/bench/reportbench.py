@@ -1,0 +1,285 @@
+"""`binderhub-guard reportbench`: the guard report's cost and its leak detection, measured.
+
+Three parts, each printing a table (or --json):
+
+- ``stall`` (in this process): with ``--objects`` extra live objects, the event loop's longest
+  lateness with and without the periodic sampler, the sampler's longest tick, a full-heap
+  scan's time and the lateness it causes, and building the report from the last sample.
+- ``latency`` (real hub on the simulator): GET /hub/api/guard from the last sample and with
+  ?full=1, with ``--objects`` extra live objects allocated in the hub by its config.
+- ``leak`` (real hubs on the simulator): spawn/stop cycles until a leak signal appears, for the
+  2018 leaky spawner under GuardedKubeSpawner (ledger) and under plain KubeSpawner (object
+  counts only), and ``--clean-cycles`` clean cycles counting any signal (false positives).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .devhub import DevHub
+
+PARTS = ("stall", "latency", "leak")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("parts", nargs="*", choices=PARTS, help="default: all three")
+    parser.add_argument("--objects", type=int, default=1_000_000, help="extra live objects")
+    parser.add_argument("--seconds", type=float, default=5.0, help="stall: seconds per phase")
+    parser.add_argument("--requests", type=int, default=50, help="latency: GETs from last sample")
+    parser.add_argument("--max-cycles", type=int, default=40, help="leak: cycles before giving up")
+    parser.add_argument("--clean-cycles", type=int, default=200, help="leak: clean cycles")
+    parser.add_argument("--parallel", type=int, default=10, help="leak: users cycling at once")
+    parser.add_argument("--sample-interval", type=float, default=0.5, help="leak: sampler period")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    figures: dict[str, Any] = {}
+    for part in args.parts or PARTS:
+        if part == "stall":
+            figures["stall"] = asyncio.run(measure_stall(args.objects, args.seconds))
+        elif part == "latency":
+            figures["latency"] = measure_latency(args.objects, args.requests)
+        else:
+            figures["leak"] = measure_leak_detection(
+                args.max_cycles, args.clean_cycles, args.parallel, args.sample_interval
+            )
+        if not args.json:
+            print_table(part, figures[part])
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    return 0
+
+
+def ballast(count: int) -> list:
+    """``count`` small live objects the garbage collector tracks (half lists, half instances)."""
+
+    class Ballast:
+        pass
+
+    half = count // 2
+    return [[] for _ in range(half)] + [Ballast() for _ in range(count - half)]
+
+
+# -- stall: in this process ---------------------------------------------------------------------
+
+
+class LagMonitor:
+    """How late a 1 ms sleeper wakes: the longest time the event loop was not available."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> LagMonitor:
+        self._task = asyncio.ensure_future(self._run())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.lags.append(time.perf_counter() - before - 0.001)
+
+    def summary(self) -> dict[str, float]:
+        ordered = sorted(self.lags) or [0.0]
+        return {
+            "max_ms": round(ordered[-1] * 1000, 2),
+            "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 2),
+            "wakeups": len(ordered),
+        }
+
+
+async def measure_stall(objects: int, seconds: float) -> dict[str, Any]:
+    from traitlets.config import Config
+
+    from ..ledger import Ledger
+    from ..report.guard_report import GuardReport, shared_source
+    from ..stopguard import StopGuard
+
+    kept = ballast(objects)
+    shared = {"ledger": Ledger(), "stop_guard": StopGuard()}
+    config = Config({"GuardReport": {"sample_interval": 0.1}})
+    report = GuardReport(config=config, get_source=shared_source(shared))
+    figures: dict[str, Any] = {"extra_objects": objects}
+    try:
+        async with LagMonitor() as idle:
+            await asyncio.sleep(seconds)
+        figures["loop_lateness_without_sampler"] = idle.summary()
+
+        report.start()
+        async with LagMonitor() as sampling:
+            await asyncio.sleep(seconds)
+        figures["loop_lateness_with_sampler_every_100ms"] = sampling.summary()
+        figures["sampler_ticks"] = report.sampler.ticks
+        figures["sampler_longest_tick_ms"] = round(report.sampler.longest_tick_seconds * 1000, 3)
+
+        scans = []
+        async with LagMonitor() as scanning:
+            for _ in range(3):
+                scan = await report.scan()
+                scans.append(scan)
+        figures["full_scan"] = {
+            "objects_seen": scans[-1].objects,
+            "seconds": [round(s.seconds, 3) for s in scans],
+            "longest_step_ms": [round(s.longest_step_seconds * 1000, 2) for s in scans],
+            "loop_lateness": scanning.summary(),
+        }
+
+        builds = []
+        for _ in range(50):
+            started = time.perf_counter()
+            json.dumps(await report.build())
+            builds.append(time.perf_counter() - started)
+        figures["report_from_last_sample_ms"] = _spread_ms(builds)
+    finally:
+        await report.stop()
+        del kept
+    return figures
+
+
+# -- latency: a real hub ------------------------------------------------------------------------
+
+
+def ballast_config(objects: int, sample_interval: float = 1.0) -> str:
+    return (
+        f"c.GuardReport.sample_interval = {sample_interval}\n"
+        "import builtins\n"
+        "class _Ballast:\n"
+        "    pass\n"
+        f"builtins._binderhub_guard_ballast = [[] for _ in range({objects // 2})] + "
+        f"[_Ballast() for _ in range({objects - objects // 2})]\n"
+    )
+
+
+def measure_latency(objects: int, count: int) -> dict[str, Any]:
+    with DevHub(extra_config=ballast_config(objects)) as hub:
+        time.sleep(2)
+        hub.api("GET", "/guard").raise_for_status()
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            hub.api("GET", "/guard").raise_for_status()
+            times.append(time.perf_counter() - started)
+        full_times, scans = [], []
+        for _ in range(3):
+            started = time.perf_counter()
+            reply = hub.api("GET", "/guard?full=1")
+            reply.raise_for_status()
+            full_times.append(time.perf_counter() - started)
+            scans.append(reply.json()["objects"]["most_common"])
+        body = hub.api("GET", "/guard").json()
+    return {
+        "extra_objects": objects,
+        "heap_objects_seen": scans[-1]["objects"],
+        "report_from_last_sample_ms": _spread_ms(times),
+        "report_full_scan_ms": _spread_ms(full_times),
+        "full_scan_in_hub_s": [s["scan_seconds"] for s in scans],
+        "full_scan_longest_stall_ms": [round(s["longest_stall_seconds"] * 1000, 1) for s in scans],
+        "sampler_longest_tick_ms": round(body["sampler"]["longest_tick_seconds"] * 1000, 3),
+        "sampler_ticks": body["sampler"]["ticks"],
+    }
+
+
+# -- leak detection: real hubs ------------------------------------------------------------------
+
+LEAKY = "binderhub_guard.testing.leaky"
+
+
+def measure_leak_detection(
+    max_cycles: int, clean_cycles: int, parallel: int, sample_interval: float
+) -> dict[str, Any]:
+    variants = {
+        "leaky_guarded_spawner": f'c.JupyterHub.spawner_class = "{LEAKY}.LeakyGuardedKubeSpawner"',
+        "leaky_plain_kubespawner": f'c.JupyterHub.spawner_class = "{LEAKY}.LeakyKubeSpawner"',
+    }
+    figures: dict[str, Any] = {"sample_interval_s": sample_interval}
+    for name, spawner in variants.items():
+        config = f"c.GuardReport.sample_interval = {sample_interval}\n{spawner}\n"
+        with DevHub(extra_config=config) as hub:
+            figures[name] = run_cycles(hub, max_cycles, 1, sample_interval, stop_at_signal=True)
+    config = f"c.GuardReport.sample_interval = {sample_interval}\n"
+    with DevHub(extra_config=config) as hub:
+        figures["clean_guarded_spawner"] = run_cycles(
+            hub, clean_cycles, parallel, sample_interval, stop_at_signal=False
+        )
+    return figures
+
+
+def run_cycles(
+    hub: DevHub, cycles: int, parallel: int, sample_interval: float, *, stop_at_signal: bool
+) -> dict[str, Any]:
+    """Spawn/stop ``cycles`` servers, ``parallel`` at a time; after each round, wait for a
+    sample and read the report's leak signals."""
+    users = [f"cycler-{i:02d}" for i in range(parallel)]
+    hub.client.create_users(users)
+    done = 0
+    first_signal: dict[str, Any] | None = None
+    signal_names: set[str] = set()
+    rounds_with_signals = failures = 0
+    started = time.monotonic()
+
+    def cycle(user: str) -> bool:
+        try:
+            hub.client.start_server(user, timeout=60)
+            hub.client.stop_server(user, timeout=60)
+            return True
+        except (RuntimeError, TimeoutError):
+            return False
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        while done < cycles:
+            batch = users[: min(parallel, cycles - done)]
+            ok = list(pool.map(cycle, batch))
+            failures += ok.count(False)
+            done += len(batch)
+            time.sleep(sample_interval * 1.5)
+            active = hub.api("GET", "/guard").json()["leak_signals"]
+            if active:
+                rounds_with_signals += 1
+                signal_names.update(s["name"] for s in active)
+                if first_signal is None:
+                    first_signal = {"after_cycles": done, "signals": active}
+                if stop_at_signal:
+                    break
+    return {
+        "cycles": done,
+        "failed_cycles": failures,
+        "parallel": parallel,
+        "wall_s": round(time.monotonic() - started, 1),
+        "detected_after_cycles": first_signal["after_cycles"] if first_signal else None,
+        "signals": sorted(signal_names),
+        "rounds_with_signals": rounds_with_signals,
+        "first_signal_evidence": first_signal["signals"] if first_signal else None,
+    }
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def _spread_ms(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50": round(statistics.median(ordered) * 1000, 2),
+        "p95": round(ordered[max(0, int(len(ordered) * 0.95) - 1)] * 1000, 2),
+        "max": round(ordered[-1] * 1000, 2),
+    }
+
+
+def print_table(part: str, figures: dict[str, Any]) -> None:
+    print(f"\n== {part}")
+    for key, value in figures.items():
+        if isinstance(value, dict) and "first_signal_evidence" in value:
+            value = {k: v for k, v in value.items() if k != "first_signal_evidence"}
+        print(f"  {key:<45} {json.dumps(value)}")
