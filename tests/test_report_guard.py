@@ -59,10 +59,11 @@ async def test_watched_counts_match_gc_and_full_scan(report):
     await asyncio.sleep(0)  # the periodic task's first tick
     kept = [Leaked() for _ in range(7)]
     guard.sampler.tick()
+    served = (await guard.build())["objects"]["watched"]["Leaked"]
+    assert served == {"count": 7, "growth": 7, "created_total": 7}
     body = await guard.build(full=True, top=3)
     watched = body["objects"]["watched"]["Leaked"]
     assert watched["count"] == 7 == sum(isinstance(o, Leaked) for o in gc.get_objects())
-    assert watched["growth"] == 7
     most_common = body["objects"]["most_common"]
     assert most_common["available"] and most_common["fresh"]
     assert most_common["watched_by_gc"] == {"Leaked": 7}
@@ -127,6 +128,7 @@ async def test_tracemalloc_switch_through_the_report(report):
         ("top_types", 0),
         ("tracemalloc_frames", 500),
         ("growth_min_increase", 0),
+        ("growth_min_steps", -1),
         ("watched_types", {"X": "nope.nothing:Here"}),
         ("watched_types", {"X": "no-colon"}),
     ],

@@ -283,3 +283,11 @@ def print_table(part: str, figures: dict[str, Any]) -> None:
         if isinstance(value, dict) and "first_signal_evidence" in value:
             value = {k: v for k, v in value.items() if k != "first_signal_evidence"}
         print(f"  {key:<45} {json.dumps(value)}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m binderhub_guard.bench.reportbench")
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

@@ -73,15 +73,21 @@ class GuardReport(LoggingConfigurable):
         (POST /hub/api/guard/tracemalloc).""",
     ).tag(config=True)
 
-    growth_window = Int(
-        6,
-        help="""Samples over which a watched type (or the task count) must never fall and
-        grow by growth_min_increase, with active servers flat, to raise "count_rising".""",
-    ).tag(config=True)
-
     growth_min_increase = Int(
         3,
-        help="""Net growth across growth_window samples that raises "count_rising".""",
+        help="""Growth of a watched type (or the task count), compared at equal load (same
+        number of active servers), that raises "count_rising".""",
+    ).tag(config=True)
+
+    growth_min_steps = Int(
+        2,
+        help="""Separate increases that growth must come in to raise "count_rising": a
+        single jump is usually something new starting once, not a leak.""",
+    ).tag(config=True)
+
+    recent_window = Int(
+        30,
+        help="""Samples during which newly found orphans keep "orphans_found" raised.""",
     ).tag(config=True)
 
     rss_per_spawn_bytes = Int(
@@ -106,7 +112,7 @@ class GuardReport(LoggingConfigurable):
             return 0.0
         return _number_at_least(proposal, 1.0, "seconds (or 0 for on demand only)")
 
-    @validate("ring_size", "growth_window")
+    @validate("ring_size")
     def _valid_window(self, proposal: dict) -> int:
         return _number_at_least(proposal, 2, "samples")
 
@@ -122,7 +128,13 @@ class GuardReport(LoggingConfigurable):
     def _valid_frames(self, proposal: dict) -> int:
         return _number_at_least(proposal, 1, "frames", maximum=MAX_FRAMES)
 
-    @validate("growth_min_increase", "rss_min_spawns", "rss_per_spawn_bytes")
+    @validate(
+        "growth_min_increase",
+        "growth_min_steps",
+        "recent_window",
+        "rss_min_spawns",
+        "rss_per_spawn_bytes",
+    )
     def _valid_threshold(self, proposal: dict) -> int:
         return _number_at_least(proposal, 1, "")
 
@@ -151,8 +163,9 @@ class GuardReport(LoggingConfigurable):
 
     def signal_rules(self) -> SignalRules:
         return SignalRules(
-            growth_window=self.growth_window,
             growth_min_increase=self.growth_min_increase,
+            growth_min_steps=self.growth_min_steps,
+            recent_window=self.recent_window,
             rss_per_spawn_bytes=self.rss_per_spawn_bytes,
             rss_min_spawns=self.rss_min_spawns,
         )

@@ -42,8 +42,9 @@ class Sample:
 class SignalRules:
     """Thresholds of the rules; built from ``GuardReport`` traits."""
 
-    growth_window: int = 6
     growth_min_increase: int = 3
+    growth_min_steps: int = 2
+    recent_window: int = 30
     # Growth of these watched types is explained by more users, not more servers:
     # JupyterHub keeps a Spawner object per user (per named server) while the user exists.
     explained_by_users: frozenset[str] = frozenset({"Spawner"})
@@ -73,7 +74,7 @@ def orphans_present(samples: Sequence[Sample], rules: SignalRules) -> list[Signa
     live = {kind: n for kind, n in (last.orphans_live or {}).items() if n > 0}
     if live:
         return [_signal("orphans_live", CRITICAL, {"orphans_by_kind": live})]
-    window = samples[-rules.growth_window :]
+    window = samples[-rules.recent_window :]
     found = [s.orphans_found for s in window if s.orphans_found is not None]
     if not found:
         return []
@@ -85,36 +86,52 @@ def orphans_present(samples: Sequence[Sample], rules: SignalRules) -> list[Signa
 
 
 def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
-    """A watched type (or the task count) never falls and grows by at least
-    ``growth_min_increase`` across the last ``growth_window`` samples, while what
-    legitimately owns such objects (active servers; users for Spawner) did not grow."""
-    window = samples[-rules.growth_window :]
-    if len(window) < rules.growth_window:
-        return []
-    series: dict[str, list[int]] = {"asyncio.Task": [s.asyncio_tasks for s in window]}
-    for name in window[-1].watched:
-        if all(name in s.watched for s in window):
-            series[name] = [s.watched[name] for s in window]
-    servers = _delta([s.active_servers for s in window])
-    users = _delta([s.total_users for s in window])
+    """A watched type (or the task count) that has only grown, compared at equal load.
+
+    Only samples taken at the latest sample's load count (the same number of active
+    servers; for Spawner, the same number of users too), so objects that come and go with
+    servers do not matter. Walking back from the latest such sample while the count never
+    falls, the rule fires when that run grew by ``growth_min_increase`` in at least
+    ``growth_min_steps`` separate increases: one jump is a new feature starting, repeated
+    growth at the same load is a leak.
+    """
+    latest = samples[-1]
+    series = {"asyncio.Task": lambda s: s.asyncio_tasks}
+    for name in latest.watched:
+        series[name] = lambda s, name=name: s.watched.get(name)
     signals = []
-    for name, counts in series.items():
-        if any(later < earlier for earlier, later in itertools.pairwise(counts)):
-            continue
-        owner_growth = users if name in rules.explained_by_users else servers
-        growth = counts[-1] - counts[0]
-        if owner_growth > 0 or growth < rules.growth_min_increase:
+    for name, count_of in series.items():
+        by_users = name in rules.explained_by_users
+
+        def load(s: Sample, by_users: bool = by_users) -> tuple:
+            return (s.active_servers, s.total_users) if by_users else (s.active_servers,)
+
+        level = load(latest)
+        counts: list[int] = []
+        since = latest.time
+        for sample in reversed(samples):
+            if load(sample) != level:
+                continue
+            count = count_of(sample)
+            if count is None or (counts and count > counts[-1]):
+                break
+            counts.append(count)
+            since = sample.time
+        counts.reverse()
+        steps = sum(1 for earlier, later in itertools.pairwise(counts) if later > earlier)
+        growth = counts[-1] - counts[0] if counts else 0
+        if steps < rules.growth_min_steps or growth < rules.growth_min_increase:
             continue
         evidence = {
             "type": name,
-            "counts": counts,
-            "growth": growth,
-            "samples": len(window),
-            "seconds": round(window[-1].time - window[0].time, 1),
-            "active_servers": [s.active_servers for s in window],
+            "from": counts[0],
+            "to": counts[-1],
+            "increases": steps,
+            "seconds": round(latest.time - since, 1),
+            "at_active_servers": latest.active_servers,
         }
-        if name in rules.explained_by_users:
-            evidence["total_users"] = [s.total_users for s in window]
+        if by_users:
+            evidence["at_total_users"] = latest.total_users
         signals.append(_signal("count_rising", WARNING, evidence))
     return signals
 
