@@ -18,8 +18,14 @@ def faults() -> Faults:
 
 
 @pytest.fixture
-async def sim(faults: Faults) -> AsyncIterator[KubeSim]:
-    simulator = KubeSim(faults)
+def sim_options() -> dict:
+    """Extra KubeSim arguments; override with @pytest.mark.parametrize("sim_options", ...)."""
+    return {}
+
+
+@pytest.fixture
+async def sim(faults: Faults, sim_options: dict) -> AsyncIterator[KubeSim]:
+    simulator = KubeSim(faults, **sim_options)
     await simulator.start()
     yield simulator
     await simulator.stop()

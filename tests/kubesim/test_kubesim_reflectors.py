@@ -117,13 +117,14 @@ async def test_reflector_recovers_from_expired_version(
         timeout=3,
         what="a relist",
     )
-    # history moves on and is compacted while the watch request is still in flight
-    sim.faults.latency_seconds = 0.0
-    await core_api.create_namespaced_pod(NAMESPACE, pod_manifest("erin"))
+    # in that window, without yielding to the loop: history moves on and is compacted
+    sim.store.create("configmaps", NAMESPACE, {"metadata": {"name": "moving-on"}})
     sim.compact_now()
+    sim.faults.latency_seconds = 0.0
 
     await wait_for(lambda: sim.request_counts().get("watch pods 410"), what="a 410 watch")
     await wait_for(lambda: watch_errors(caplog) >= 1, what="the reflector to see the 410")
+    await core_api.create_namespaced_pod(NAMESPACE, pod_manifest("erin"))
     await wait_for(lambda: f"{NAMESPACE}/erin" in pod_reflector.pods, what="erin after relist")
     await wait_for(lambda: watching_once(sim), what="one live watch again")
     assert not pod_reflector.watch_task.done()

@@ -1,0 +1,103 @@
+"""The simulator as a process, the way benchmarks and the dev hub run it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+
+import aiohttp
+import pytest
+from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio.client import Configuration
+from kubernetes_asyncio.config import kube_config
+from kubespawner.clients import load_config
+
+from binderhub_guard.kubesim import KubeSim
+from binderhub_guard.kubesim.cli import add_arguments
+
+
+async def test_process_serves_until_sigterm(tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "binderhub_guard.kubesim",
+        "--port",
+        "0",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--namespace",
+        "hub",
+        "--pending-delay",
+        "0.1",
+        "--error-rate-429",
+        "0.25",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
+        assert line.startswith("ready http://127.0.0.1:")
+        url = line.split()[1]
+
+        configuration = Configuration()
+        await config.load_kube_config(
+            config_file=str(kubeconfig), client_configuration=configuration
+        )
+        assert configuration.host == url
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/_sim/faults") as response:
+                faults = await response.json()
+            assert faults["pending_delay_seconds"] == 0.1
+            assert faults["error_rate_429"] == 0.25
+            async with session.patch(f"{url}/_sim/faults", json={"error_rate_429": 0}):
+                pass
+
+            async with client.ApiClient(configuration) as api_client:
+                core_api = client.CoreV1Api(api_client)
+                stream = watch.Watch().stream(
+                    core_api.list_namespaced_pod, "hub", timeout_seconds=30
+                )
+                await core_api.create_namespaced_config_map("hub", {"metadata": {"name": "x"}})
+                async with session.get(f"{url}/_sim/state") as response:
+                    state = await response.json()
+                assert state["objects"]["configmaps"] == 1
+
+                # an open watch must not hold up shutdown
+                first = asyncio.ensure_future(stream.__anext__())
+                await asyncio.sleep(0.2)
+                started = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(process.wait(), 5) == 0
+                assert time.monotonic() - started < 2
+                first.cancel()
+                await stream.close()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_kubespawner_load_config_reads_kubeconfig_env(
+    sim: KubeSim, kubeconfig: str, monkeypatch: pytest.MonkeyPatch
+):
+    """kubespawner's load_config (uncached here) finds the simulator through $KUBECONFIG."""
+    monkeypatch.setenv("KUBECONFIG", kubeconfig)
+    # kubernetes_asyncio reads $KUBECONFIG once, at import: a hub process sets it before that
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", kubeconfig)
+    saved = Configuration._default
+    try:
+        load_config.__wrapped__()
+        assert Configuration.get_default_copy().host == sim.url
+    finally:
+        Configuration._default = saved
+
+
+def test_add_arguments_defaults():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--kubeconfig", "k", "--pods-fail", "--watch-drop-after-events", "3"])
+    assert args.port == 0 and args.namespace == "default"
+    assert args.pods_fail and args.watch_drop_after_events == 3
