@@ -30,31 +30,25 @@ def probe_config(workdir: Path | str) -> str:
             from kubespawner.reflector import ResourceReflector
             from binderhub_guard.ledger import registry
 
-            def count(cls):
-                return sum(1 for o in gc.get_objects() if isinstance(o, cls))
-
-            def live_reflectors():
-                return sum(
-                    1 for o in gc.get_objects()
-                    if isinstance(o, ResourceReflector)
-                    and o.watch_task is not None and not o.watch_task.done()
-                )
-
             def dump():
                 gc.collect()
-                counts = {{
-                    "reflectors": count(ResourceReflector),
-                    "reflectors_watching": live_reflectors(),
-                    "spawners": count(KubeSpawner),
-                    "api_clients": count(ApiClient),
-                    "client_sessions": count(aiohttp.ClientSession),
-                    "client_sessions_open": sum(
-                        1 for o in gc.get_objects()
-                        if isinstance(o, aiohttp.ClientSession) and not o.closed
-                    ),
-                    "tasks": len(asyncio.all_tasks()),
-                    "ledger": registry.snapshot()["counts"],
-                }}
+                counts = dict.fromkeys(
+                    ("reflectors", "reflectors_watching", "spawners", "api_clients",
+                     "client_sessions", "client_sessions_open"), 0)
+                for o in gc.get_objects():
+                    if isinstance(o, ResourceReflector):
+                        counts["reflectors"] += 1
+                        task = o.watch_task
+                        counts["reflectors_watching"] += task is not None and not task.done()
+                    elif isinstance(o, KubeSpawner):
+                        counts["spawners"] += 1
+                    elif isinstance(o, ApiClient):
+                        counts["api_clients"] += 1
+                    elif isinstance(o, aiohttp.ClientSession):
+                        counts["client_sessions"] += 1
+                        counts["client_sessions_open"] += not o.closed
+                counts["tasks"] = len(asyncio.all_tasks())
+                counts["ledger"] = registry.snapshot()["counts"]
                 tmp = {path!r} + ".tmp"
                 with open(tmp, "w") as f:
                     json.dump(counts, f)

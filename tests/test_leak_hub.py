@@ -1,0 +1,176 @@
+"""The 2018 leak replayed through a real hub on the simulator, on every exit path of a spawn.
+
+The guarded hub runs the leaky code under GuardedKubeSpawner, so every spawn leaves a
+per-pod events reflector behind; each exit path must release it.  Counts come from the hub's
+heap (a probe: gc after a full collection) and from the simulator's open watches, not only
+from the ledger.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from binderhub_guard.bench.devhub import DevHub
+from binderhub_guard.bench.probe import probe_config, read_probe
+
+pytestmark = pytest.mark.hub
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+SHARED_WATCHES = 2  # kubespawner's class-level pod and event reflectors
+
+
+def _settings(workdir) -> str:
+    # slow_spawn_timeout 0: a start request answers 202 at once, so a pending start can be
+    # interrupted, and failures show as the server disappearing from the user model
+    return probe_config(workdir) + (
+        "\nc.KubeSpawner.start_timeout = 4"
+        "\nc.GuardedKubeSpawner.orphan_grace_seconds = 0.2"
+        "\nc.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}\n"
+    )
+
+
+@pytest.fixture
+def workdir() -> Iterator[str]:
+    # not pytest's tmp_path: concurrent pytest sessions prune each other's base temp dirs
+    path = tempfile.mkdtemp(prefix="leak-hub-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def leaky_hub() -> Iterator[DevHub]:
+    workdir = tempfile.mkdtemp(prefix="leak-hub-")
+    try:
+        with DevHub(leaky=True, workdir=workdir, extra_config=_settings(workdir)) as hub:
+            hub.client.create_users(["stopper", "failer", "waiter", "canceller", "deleted"])
+            yield hub
+    finally:
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(Path(workdir) / "jupyterhub.log", ARTIFACTS / "leak-hub-guarded.log")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def probe(hub: DevHub) -> dict:
+    return read_probe(hub.hub_pid, hub.workdir)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.2)
+
+
+def assert_all_released(hub: DevHub) -> None:
+    def simulator_clean() -> bool:
+        state = hub.sim_state()
+        return state["watches"]["open"] == SHARED_WATCHES and state["pods"] == []
+
+    def hub_clean() -> bool:
+        counts = probe(hub)
+        return (
+            counts["reflectors_watching"] == SHARED_WATCHES
+            and counts["ledger"]["orphans_live"] == 0
+            and counts["ledger"]["spawns_active"] == 0
+        )
+
+    try:
+        eventually(simulator_clean)
+        eventually(hub_clean)
+    except AssertionError:
+        pytest.fail(f"not released: {probe(hub)} {hub.sim_state()['watches']}")
+
+
+def wait_stopped(hub: DevHub, user: str) -> None:
+    hub.client.wait_for(user, "", ready=False, timeout=30)
+
+
+def test_stop_releases_the_leak(leaky_hub: DevHub):
+    leaky_hub.client.start_server("stopper")
+    assert probe(leaky_hub)["reflectors_watching"] == SHARED_WATCHES + 1
+    leaky_hub.client.stop_server("stopper")
+    assert_all_released(leaky_hub)
+    assert probe(leaky_hub)["ledger"]["orphans_released"] >= 1
+
+
+def test_failed_start_releases_the_leak(leaky_hub: DevHub):
+    leaky_hub.set_faults(pods_fail=True)
+    try:
+        with pytest.raises(RuntimeError, match="failer"):
+            leaky_hub.client.start_server("failer", timeout=30)
+    finally:
+        leaky_hub.set_faults(pods_fail=False)
+    assert_all_released(leaky_hub)
+
+
+def test_start_timeout_releases_the_leak(leaky_hub: DevHub):
+    leaky_hub.set_faults(pods_never_ready=True)
+    try:
+        with pytest.raises(RuntimeError, match="waiter"):
+            leaky_hub.client.start_server("waiter", timeout=30)
+    finally:
+        leaky_hub.set_faults(pods_never_ready=False)
+    assert_all_released(leaky_hub)
+
+
+def test_cancelled_start_releases_the_leak(leaky_hub: DevHub):
+    orphans_before = probe(leaky_hub)["ledger"]["orphans_found"]
+    leaky_hub.set_faults(pending_delay_seconds=30)
+    try:
+        reply = leaky_hub.api("POST", "/users/canceller/server")
+        assert reply.status_code == 202
+        time.sleep(1)  # well inside the 4 s start timeout
+        reply = leaky_hub.api("DELETE", "/users/canceller/server")
+        assert reply.status_code in (202, 204)
+        wait_stopped(leaky_hub, "canceller")
+    finally:
+        leaky_hub.set_faults(pending_delay_seconds=0)
+    assert_all_released(leaky_hub)
+    assert probe(leaky_hub)["ledger"]["orphans_found"] > orphans_before
+    assert "Interrupting spawner canceller" in leaky_hub.log_path.read_text()
+
+
+def test_deleting_a_user_with_a_running_server_releases_the_leak(leaky_hub: DevHub):
+    leaky_hub.client.start_server("deleted")
+    reply = leaky_hub.api("DELETE", "/users/deleted")
+    assert reply.status_code == 204
+    eventually(lambda: leaky_hub.api("GET", "/users/deleted").status_code == 404)
+    assert_all_released(leaky_hub)
+
+
+def test_stopped_spawners_are_not_kept_alive(leaky_hub: DevHub):
+    # the failed spawns' spawners stay in jupyterhub's cache for their error page, by design
+    failed_spawns = 3  # failer, waiter, canceller
+    assert probe(leaky_hub)["spawners"] <= failed_spawns
+
+
+def test_hub_shutdown_with_a_running_server_is_clean(leaky_hub: DevHub):
+    leaky_hub.client.start_server("stopper")
+    leaky_hub.stop()
+    log = leaky_hub.log_path.read_text(errors="replace")
+    assert "Received signal SIGTERM" in log
+    assert "Task was destroyed but it is pending" not in log
+    assert "Unclosed client session" not in log
+    assert "Unclosed connector" not in log
+
+
+def test_stock_base_leaks_one_watch_and_spawner_per_spawn(workdir):
+    with DevHub(stock=True, leaky=True, workdir=workdir, extra_config=probe_config(workdir)) as hub:
+        hub.client.create_users(["leaker"])
+        cycles = 3
+        for _ in range(cycles):
+            hub.client.start_server("leaker")
+            hub.client.stop_server("leaker")
+        counts = probe(hub)
+        assert counts["reflectors_watching"] == SHARED_WATCHES + cycles
+        assert counts["spawners"] >= cycles  # each leaked reflector's parent pins its spawner
+        eventually(lambda: hub.sim_state()["watches"]["open"] == SHARED_WATCHES + cycles)
+        assert requests.get(hub.api_url + "/", timeout=5).status_code == 200

@@ -1,0 +1,192 @@
+"""GuardedKubeSpawner in process against the Kubernetes API simulator (no hub).
+
+Counts come from the heap (gc) and from the simulator's own open-watch count, not only from
+the ledger.  Reflectors restart their watches every second here, so the simulator notices a
+closed watch within about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+import pytest
+from kubernetes_asyncio.config import kube_config
+from kubespawner import KubeSpawner
+from kubespawner.reflector import ResourceReflector
+from traitlets import TraitError
+from traitlets.config import Config
+
+from binderhub_guard.kubesim.server import KubeSim
+from binderhub_guard.spawner import GuardedKubeSpawner, check_config
+from binderhub_guard.testing.leaky import LeakyGuardedKubeSpawner, LeakyKubeSpawner
+
+NAMESPACE = "default"
+
+
+@pytest.fixture
+async def sim(tmp_path, monkeypatch):
+    sim = KubeSim()
+    await sim.start()
+    kubeconfig = str(sim.write_kubeconfig(tmp_path / "kubeconfig"))
+    # read once at import by kubernetes_asyncio, so setting $KUBECONFIG now would be too late
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", kubeconfig)
+    yield sim
+    await KubeSpawner._stop_all_reflectors()
+    for reflector in _watching_reflectors():
+        await reflector.stop()
+    await sim.stop()
+
+
+def _config() -> Config:
+    config = Config()
+    config.ResourceReflector.timeout_seconds = 1
+    config.GuardedKubeSpawner.orphan_grace_seconds = 0
+    return config
+
+
+def make_spawner(cls: type, sim: KubeSim, **kwargs) -> KubeSpawner:
+    settings = {"k8s_api_host": sim.url, "namespace": NAMESPACE, "start_timeout": 10}
+    spawner = cls(_mock=True, config=_config(), **{**settings, **kwargs})
+    spawner.api_token = "not-a-real-token"
+    return spawner
+
+
+async def spawn_and_stop(spawner: KubeSpawner) -> None:
+    """What jupyterhub does for a server's life: start, stop, then the post-stop hook."""
+    await spawner.start()
+    await spawner.stop()
+    spawner.run_post_stop_hook()
+
+
+def _watching_reflectors() -> list[ResourceReflector]:
+    return [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, ResourceReflector) and o.watch_task is not None and not o.watch_task.done()
+    ]
+
+
+def _per_pod_reflectors() -> list[ResourceReflector]:
+    return [r for r in _watching_reflectors() if "involvedObject.name" in r.field_selector]
+
+
+async def _settle(sim: KubeSim, expected_watches: int) -> int:
+    for _ in range(40):
+        if sim.open_watches() == expected_watches:
+            break
+        await asyncio.sleep(0.1)
+    return sim.open_watches()
+
+
+async def test_guard_releases_the_2018_leak_and_reports_it_as_orphans(sim):
+    spawner = make_spawner(LeakyGuardedKubeSpawner, sim)
+    await spawner.start()
+    assert len(_per_pod_reflectors()) == 1
+    assert "reflector" in {e.kind for e in spawner._spawn.entries.values()}
+    await spawner.stop()
+    spawner.run_post_stop_hook()
+    await asyncio.sleep(0.2)
+
+    assert _per_pod_reflectors() == []
+    assert await _settle(sim, 2) == 2  # the shared pod and event watches only
+    snapshot = GuardedKubeSpawner.ledger.snapshot()
+    orphans = [o for o in snapshot["orphans"] if o["spawn_id"] == spawner._spawn.spawn_id]
+    reflector_orphans = [o for o in orphans if o["kind"] == "reflector"]
+    assert len(reflector_orphans) == 1
+    assert "involvedObject.name" in reflector_orphans[0]["label"]
+    assert any("leaky.py" in frame for frame in reflector_orphans[0]["origin"])
+    assert all(o["released"] and not o["live"] for o in orphans)
+
+
+async def test_stock_base_keeps_the_leaked_reflector_watching(sim):
+    spawner = make_spawner(LeakyKubeSpawner, sim)
+    await spawn_and_stop(spawner)
+    await spawn_and_stop(spawner)
+    await asyncio.sleep(0.2)
+
+    assert len(_per_pod_reflectors()) == 2
+    assert await _settle(sim, 4) == 4
+
+
+async def test_shared_reflectors_do_not_pin_a_stopped_spawner(sim):
+    guarded = make_spawner(GuardedKubeSpawner, sim)
+    await spawn_and_stop(guarded)
+    shared = list(KubeSpawner.reflectors.values())
+    assert shared and all(r.parent is not guarded for r in shared)
+    gone = weakref.ref(guarded)
+    del guarded
+    gc.collect()
+    assert gone() is None
+
+
+async def test_stock_shared_reflectors_pin_the_spawner_that_created_them(sim):
+    stock = make_spawner(KubeSpawner, sim)
+    await spawn_and_stop(stock)
+    pinned = weakref.ref(stock)
+    del stock
+    gc.collect()
+    assert pinned() is not None
+    assert all(r.parent is pinned() for r in KubeSpawner.reflectors.values())
+
+
+async def test_watch_dropped_or_expired_during_a_spawn_leaves_one_reflector_per_kind(sim):
+    sim.faults.update({"watch_drop_after_events": 1})
+    spawner = make_spawner(GuardedKubeSpawner, sim)
+    start = asyncio.ensure_future(spawner.start())
+    await asyncio.sleep(0.05)
+    sim.compact_now()  # resuming watches now get 410 Expired
+    await start
+    sim.compact_now()
+    await asyncio.sleep(1.5)  # a few drops and relists
+
+    assert sorted(r.kind for r in _watching_reflectors()) == ["events", "pods"]
+    assert sim.watch_requests > 2
+    sim.faults.update({"watch_drop_after_events": None})
+    await spawner.stop()
+    spawner.run_post_stop_hook()
+    assert sorted(r.kind for r in _watching_reflectors()) == ["events", "pods"]
+
+
+async def test_failed_start_ends_the_spawn_and_releases_its_leak(sim):
+    sim.faults.update({"pods_fail": True})
+    spawner = make_spawner(LeakyGuardedKubeSpawner, sim, start_timeout=2)
+    with pytest.raises(TimeoutError):
+        await spawner.start()
+    # jupyterhub polls, finds the pod gone or failed, and may skip stop(): the hook still runs
+    spawner.run_post_stop_hook()
+    await asyncio.sleep(0.2)
+    assert spawner._spawn.end_reason == "start failed"
+    assert _per_pod_reflectors() == []
+
+
+async def test_abandoned_progress_is_ended_with_its_spawn(sim):
+    sim.faults.update({"pods_never_ready": True})
+    spawner = make_spawner(GuardedKubeSpawner, sim, start_timeout=30)
+    start = spawner.start()
+    progress = spawner.progress()
+    step = asyncio.ensure_future(progress.__anext__())
+    await asyncio.sleep(0.3)
+    assert not step.done()
+
+    start.cancel()  # what the hub does at its start timeout
+    await spawner.stop(now=True)
+    spawner.run_post_stop_hook()
+    await asyncio.sleep(0.2)
+
+    assert step.done()
+    assert spawner._spawn.end_reason == "start cancelled or timed out"
+    live = GuardedKubeSpawner.ledger.snapshot()["spawns"]
+    mine = [s for s in live if s["spawn_id"] == spawner._spawn.spawn_id]
+    assert mine[0]["live"]["progress"] == 0
+    await progress.aclose()
+
+
+def test_bad_orphan_grace_fails_naming_the_trait_and_value():
+    config = Config()
+    config.GuardedKubeSpawner.orphan_grace_seconds = -1.0
+    with pytest.raises(TraitError, match=r"GuardedKubeSpawner\.orphan_grace_seconds.*-1\.0"):
+        check_config(config)
+    config.GuardedKubeSpawner.orphan_grace_seconds = 2.0
+    check_config(config)
