@@ -103,6 +103,7 @@ def hub_config(
     stock: bool,
     leaky: bool,
     bind_port: int,
+    base_url: str,
     hub_port: int,
     proxy_api_port: int,
     proxy_command: str,
@@ -129,7 +130,7 @@ def hub_config(
                 load_subconfig(snippet)  # noqa
         {spawner_override}
 
-        c.JupyterHub.bind_url = "http://127.0.0.1:{bind_port}"
+        c.JupyterHub.bind_url = "http://127.0.0.1:{bind_port}{base_url}"
         c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_port}"
         c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
         c.ConfigurableHTTPProxy.command = [{proxy_command!r}]
@@ -172,6 +173,7 @@ class DevHub:
         kubeconfig: str | None = None,
         namespace: str = "default",
         port: int = 0,
+        base_url: str = "/",
         token: str | None = None,
         extra_config: str = "",
         sim_args: list[str] | None = None,
@@ -183,6 +185,8 @@ class DevHub:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.port = port
+        # JupyterHub.base_url, set through bind_url: setting base_url itself resets the port
+        self.base_url = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
         self.token = token or secrets.token_hex(16)
         self.extra_config = extra_config
         self.sim_args = sim_args or []
@@ -242,6 +246,7 @@ class DevHub:
                 stock=self.stock,
                 leaky=self.leaky,
                 bind_port=self.port,
+                base_url=self.base_url,
                 hub_port=free_port(),
                 proxy_api_port=free_port(),
                 proxy_command=proxy_command,
@@ -251,7 +256,7 @@ class DevHub:
                 extra_config=self.extra_config,
             )
         )
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://127.0.0.1:{self.port}{self.base_url.rstrip('/')}"
         with open(self.log_path, "ab") as log:
             self.hub_proc = subprocess.Popen(
                 [sys.executable, "-m", "jupyterhub", "-f", str(config_path)],
