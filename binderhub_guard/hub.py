@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 from jupyterhub.apihandlers.users import UserServerAPIHandler
@@ -67,6 +68,7 @@ GUARD_SCOPES = {
 }
 ADMIN_ROLE = "binderhub-guard-admin"
 SETTINGS_KEY = "binderhub_guard"
+GUARD_TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
 
 
 def install(c: Any) -> None:
@@ -86,6 +88,9 @@ def install(c: Any) -> None:
             }
         )
     c.JupyterHub.load_roles = roles
+    # appended: the guard's page template (guard.html) never shadows the operator's own
+    paths = list(c.JupyterHub.template_paths) if "template_paths" in c.JupyterHub else []
+    c.JupyterHub.template_paths = [*paths, str(GUARD_TEMPLATES)]
     if not JupyterHub.initialized():
         # e.g. a tool reading the config: nothing to hook, and no reason to fail
         return
