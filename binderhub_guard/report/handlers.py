@@ -16,6 +16,7 @@ from tornado import web
 
 from . import current
 from .guard_report import MAX_FRAMES, MAX_TOP, GuardReport
+from .page import page_handlers
 
 READ_SCOPE = "custom:guard:read"
 ADMIN_SCOPE = "custom:guard:admin"
@@ -136,7 +137,8 @@ class TracemallocAPIHandler(GuardHandler):
 
 
 #: (path relative to the hub prefix, handler), for ``binderhub_guard.hub`` to register.
-default_handlers: list[tuple[str, type[APIHandler]]] = [
+default_handlers: list[tuple] = [
     (r"/api/guard", GuardAPIHandler),
     (r"/api/guard/tracemalloc", TracemallocAPIHandler),
+    *page_handlers,
 ]
