@@ -11,7 +11,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubesim_helpers import NAMESPACE, pod_manifest, wait_for
 
-from binderhub_guard.kubesim import KubeSim
+from binderhub_guard.kubesim import KubeSim, api
 
 
 def status_of(error: ApiException) -> dict:
@@ -267,3 +267,54 @@ async def test_stop_ends_open_watches_quickly(faults, core_api: client.CoreV1Api
     await sim.stop()
     assert time.monotonic() - started < 1.0
     await stream.close()
+
+
+async def test_watch_drop_after_seconds(sim: KubeSim, core_api: client.CoreV1Api):
+    sim.faults.watch_drop_after_seconds = 0.2
+    started = time.monotonic()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with watch.Watch().stream(
+            core_api.list_namespaced_pod, NAMESPACE, resource_version="1", timeout_seconds=5
+        ) as stream:
+            async for _ in stream:
+                pass
+    assert time.monotonic() - started < 1.5
+
+
+async def test_bookmarks(sim: KubeSim, core_api: client.CoreV1Api, monkeypatch):
+    monkeypatch.setattr(api, "BOOKMARK_INTERVAL_SECONDS", 0.1)
+    async with watch.Watch().stream(
+        core_api.list_namespaced_pod,
+        NAMESPACE,
+        allow_watch_bookmarks=True,
+        resource_version="1",
+        timeout_seconds=1,
+    ) as stream:
+        async for event in stream:
+            assert event["type"] == "BOOKMARK"
+            assert event["raw_object"]["metadata"]["resourceVersion"] == str(
+                sim.store.resource_version
+            )
+            break
+
+
+async def test_bad_selector_is_400(sim: KubeSim, core_api: client.CoreV1Api):
+    with pytest.raises(ApiException) as raised:
+        await core_api.list_namespaced_pod(NAMESPACE, label_selector="a in b")
+    assert raised.value.status == 400
+    assert status_of(raised.value)["reason"] == "BadRequest"
+
+
+async def test_delete_collection_and_namespace(sim: KubeSim, core_api: client.CoreV1Api):
+    await core_api.create_namespaced_pod(NAMESPACE, pod_manifest("alice", team="a"))
+    await core_api.create_namespaced_pod(NAMESPACE, pod_manifest("bob", team="b"))
+    await core_api.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "token"}})
+    await core_api.delete_collection_namespaced_pod(NAMESPACE, label_selector="team=a")
+    assert [pod["metadata"]["name"] for pod in sim.pods()] == ["bob"]
+
+    await core_api.delete_namespace(NAMESPACE)
+    assert sim.pods() == []
+    assert (await core_api.list_secret_for_all_namespaces()).items == []
+    with pytest.raises(ApiException) as raised:
+        await core_api.read_namespace(NAMESPACE)
+    assert raised.value.status == 404
