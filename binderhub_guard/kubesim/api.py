@@ -29,6 +29,7 @@ from .store import (
     Expired,
     NotFound,
     Store,
+    StoreError,
     merge_patch,
 )
 
@@ -132,7 +133,7 @@ class KubeApi:
                     response = await asyncio.shield(self._serve(request, *route))
             except ApiError as error:
                 response = status_response(error)
-            except (NotFound, AlreadyExists, Conflict, Expired, SelectorError) as error:
+            except (StoreError, SelectorError) as error:
                 response = status_response(_store_error(error))
             except Exception:
                 log.exception("kubesim: error handling %s %s", request.method, request.path_qs)

@@ -26,19 +26,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", default="default", help="namespace of the context")
     parser.add_argument("--pod-ip-base", default="127.10.0.0", help="pod IPs count up from here")
     parser.add_argument("--event-ttl", type=float, default=3600.0, help="Event lifetime, s")
+    parser.add_argument("--max-events", type=int, default=10_000, help="cap on stored Events")
     parser.add_argument("--pending-delay", type=float, default=0.0, help="Pending time, s")
     parser.add_argument(
         "--container-exit", type=float, default=0.2, help="container exit time on delete, s"
     )
-    parser.add_argument("--watch-drop-after-events", type=int, default=None)
-    parser.add_argument("--watch-drop-after-seconds", type=float, default=None)
-    parser.add_argument("--error-rate-500", type=float, default=0.0)
-    parser.add_argument("--error-rate-429", type=float, default=0.0)
+    parser.add_argument(
+        "--watch-drop-after-events", type=int, default=None, help="cut watches after N events"
+    )
+    parser.add_argument(
+        "--watch-drop-after-seconds", type=float, default=None, help="cut watches after S s"
+    )
+    parser.add_argument("--error-rate-500", type=float, default=0.0, help="share of 500s")
+    parser.add_argument("--error-rate-429", type=float, default=0.0, help="share of 429s")
     parser.add_argument("--latency", type=float, default=0.0, help="added per request, s")
-    parser.add_argument("--history-limit", type=int, default=10_000)
-    parser.add_argument("--pods-never-ready", action="store_true")
-    parser.add_argument("--pods-fail", action="store_true")
-    parser.add_argument("--delete-response-invalid", action="store_true")
+    parser.add_argument(
+        "--history-limit", type=int, default=10_000, help="watch events kept before 410"
+    )
+    parser.add_argument("--pods-never-ready", action="store_true", help="pods stay Pending")
+    parser.add_argument("--pods-fail", action="store_true", help="containers exit 1")
+    parser.add_argument(
+        "--delete-response-invalid",
+        action="store_true",
+        help="pod deletes answer a body the client cannot validate",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for injected errors")
     parser.add_argument("--log-level", default="INFO")
 
@@ -69,10 +80,16 @@ async def run(
     host: str = "127.0.0.1",
     pod_ip_base: str = "127.10.0.0",
     event_ttl_seconds: float = 3600.0,
+    max_events: int = 10_000,
 ) -> None:
     """Serve until SIGINT/SIGTERM; print one ``ready <url>`` line once the kubeconfig exists."""
     sim = KubeSim(
-        faults, host=host, port=port, pod_ip_base=pod_ip_base, event_ttl_seconds=event_ttl_seconds
+        faults,
+        host=host,
+        port=port,
+        pod_ip_base=pod_ip_base,
+        event_ttl_seconds=event_ttl_seconds,
+        max_events=max_events,
     )
     url = await sim.start()
     try:
@@ -105,6 +122,7 @@ def main(args: argparse.Namespace) -> int:
             host=args.host,
             pod_ip_base=args.pod_ip_base,
             event_ttl_seconds=args.event_ttl,
+            max_events=args.max_events,
         )
     )
     return 0

@@ -73,7 +73,11 @@ class Kubelet:
     them down on delete, reading the fault knobs at each step."""
 
     def __init__(
-        self, store: Store, faults: Faults, pod_ip_base: str = "127.10.0.0", host_ip="127.0.0.1"
+        self,
+        store: Store,
+        faults: Faults,
+        pod_ip_base: str = "127.10.0.0",
+        host_ip: str = "127.0.0.1",
     ) -> None:
         self.store = store
         self.faults = faults
