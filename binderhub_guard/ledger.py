@@ -87,6 +87,10 @@ current_owner: contextvars.ContextVar[Spawn | _Shared | None] = contextvars.Cont
 _PLUMBING = [os.path.dirname(asyncio.__file__), contextlib.__file__, __file__]
 
 
+# where a task's stack begins: frames below it are the event loop's, not the creator's
+_LOOP_CALLBACKS = asyncio.events.__file__
+
+
 def add_plumbing(filename: str) -> None:
     """Leave frames of `filename` (e.g. the module installing the hooks) out of origins."""
     if filename not in _PLUMBING:
@@ -158,16 +162,27 @@ class _KindRules:
 
 
 def _short_stack(depth: int) -> tuple[str, ...]:
-    """The innermost `depth` interesting frames of the caller, as 'file:line in function'."""
+    """Where a resource was made: up to `depth` frames as 'file:line in function', innermost first,
+    leaving out its constructors (anyone's wrappers included) and stopping at the task's start.
+    """
     frames: list[str] = []
     frame = sys._getframe(1)
     plumbing = tuple(_PLUMBING)
     while frame is not None and len(frames) < depth:
         filename = frame.f_code.co_filename
-        if not filename.startswith(plumbing):
+        if filename == _LOOP_CALLBACKS:
+            break
+        # by name, not by looking for `obj` in f_locals: that would cache the frame's locals
+        # and keep them alive
+        in_constructor = not frames and _is_initializer(frame.f_code.co_name)
+        if not in_constructor and not filename.startswith(plumbing):
             frames.append(f"{_short_path(filename)}:{frame.f_lineno} in {frame.f_code.co_qualname}")
         frame = frame.f_back
     return tuple(frames)
+
+
+def _is_initializer(name: str) -> bool:
+    return name in ("__init__", "__new__") or name.endswith("_init")
 
 
 def _short_path(filename: str) -> str:
@@ -371,12 +386,15 @@ class Ledger:
             self._orphans.append(orphan)
             self._orphans_found += 1
             found.append(orphan)
+        if found:
             self.log.warning(
-                "Orphan %s from %s, still live %.1fs after the spawn ended; created at %s",
-                entry.label,
+                "%s left %d live resource(s) %.1fs after it ended (%s)%s; %s",
                 spawn.describe(),
-                orphan.found - (spawn.ended or orphan.found),
-                " <- ".join(entry.origin) or "?",
+                len(found),
+                found[0].found - (spawn.ended or found[0].found),
+                spawn.end_reason,
+                ", releasing them" if self.release_orphans else "",
+                "; ".join(f"{o.label} created at {' <- '.join(o.origin) or '?'}" for o in found),
             )
         return found
 
