@@ -12,6 +12,15 @@ from kubesim_helpers import NAMESPACE
 from binderhub_guard.kubesim import Faults, KubeSim
 
 
+@pytest.fixture(autouse=True)
+def _no_ca_bundle(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    # Every kubernetes_asyncio ApiClient, including the one each Watch makes, loads OpenSSL's
+    # default CA bundle: ~0.15 s of CPU apiece, most of this suite's time.  The simulator speaks
+    # plain http, so point OpenSSL at an empty location instead.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-ca-bundle.pem"))
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-ca-dir"))
+
+
 @pytest.fixture
 def faults() -> Faults:
     return Faults()
