@@ -123,6 +123,13 @@ class KubeSim:
     def pods(self, namespace: str | None = None) -> list[dict[str, Any]]:
         return self.store.list("pods", namespace, lambda _: True)[0]
 
+    def open_connections(self) -> int:
+        """Client TCP connections to the API (kept-alive ones included): a leaked client or
+        reflector shows up here even between requests."""
+        if self._runner is None or self._runner.server is None:
+            return 0
+        return len(self._runner.server.connections)
+
     def open_watches(self) -> int:
         return len(self.store.watchers)
 
@@ -158,6 +165,7 @@ class KubeSim:
                     "serviceaccounts",
                 )
             },
+            "connections": self.open_connections(),
             "watches": {"open": self.open_watches(), "by_resource": self.watch_counts()},
             "watch_requests": self.watch_requests,
             "requests": self.request_counts(),

@@ -44,6 +44,7 @@ async def test_create_get_list_delete(sim: KubeSim, core_api: client.CoreV1Api):
         await core_api.read_namespaced_pod("alice", NAMESPACE)
     assert status_of(raised.value)["reason"] == "NotFound"
     assert sim.pods() == []
+    assert sim.open_connections() >= 1  # the client keeps its connection alive
 
 
 async def test_error_status_bodies(sim: KubeSim, core_api: client.CoreV1Api):

@@ -64,6 +64,8 @@ async def test_process_serves_until_sigterm(tmp_path):
                 async with session.get(f"{url}/_sim/state") as response:
                     state = await response.json()
                 assert state["objects"]["configmaps"] == 1
+                # this session's and the API client's keep-alive connections
+                assert state["connections"] >= 2
 
                 # an open watch must not hold up shutdown
                 first = asyncio.ensure_future(stream.__anext__())
