@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Installs what the demo and the tests need into .venv: the package (editable) with its test
-# and benchmark extras, and configurable-http-proxy from npm. Safe to run again.
+# Installs what the demo and the tests need: the package (editable) with its test and benchmark
+# extras into $VENV (default .venv), and configurable-http-proxy from npm. Safe to run again.
+#   VENV=.venv-jh5 PINS="jupyterhub>=5,<6 ..." bash scripts/bootstrap.sh   # another matrix cell
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv=.venv
+venv=${VENV:-.venv}
 python=${PYTHON:-python3}
+read -r -a pins <<< "${PINS:-}"
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --upgrade pip
-"$venv/bin/python" -m pip install --quiet -e ".[test,bench]"
+stamp="$venv/.bootstrap-$(cat pyproject.toml | sha1sum | cut -c1-12)-$(echo "${pins[*]:-}" | sha1sum | cut -c1-8)"
+if [ ! -e "$stamp" ]; then
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -e ".[test,bench]" "${pins[@]}"
+  touch "$stamp"
+fi
 
 if [ ! -x "$venv/bin/configurable-http-proxy" ]; then
   npm install --silent --no-audit --no-fund --prefix "$venv/share/chp" configurable-http-proxy@5
