@@ -116,9 +116,9 @@
 
   // -- charts -------------------------------------------------------------------------------
 
-  const W = 560;
+  const W = 400;
   const H = 150;
-  const PAD = { left: 44, right: 8, top: 8, bottom: 20 };
+  const PAD = { left: 40, right: 6, top: 8, bottom: 18 };
 
   function niceMax(value) {
     if (value <= 0) return 1;

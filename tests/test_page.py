@@ -1,0 +1,256 @@
+"""The guard page /hub/guard on a real hub under a base_url, in headless Chromium.
+
+One hub for the module (the 2018 leaky spawner under GuardedKubeSpawner, orphans kept live so
+the leak stays visible, samples every 0.5 s) and one browser (Debian's chromium driven by
+playwright-core through tests/browser/driver.cjs). The HTTP-level tests run without a browser.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import quote, urljoin
+
+import pytest
+import requests
+from browser.chromium import Chromium, missing
+
+from binderhub_guard.bench.devhub import DevHub
+
+pytestmark = pytest.mark.hub
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+BASE_URL = "/binder/jupyter/"
+EVIL_NAME = "<img src=x onerror=alert(1)>"
+READER = "reader"
+HUB_CONFIG = f"""
+c.GuardReport.sample_interval = 0.5
+c.GuardedKubeSpawner.orphan_grace_seconds = 0.5
+c.GuardedKubeSpawner.release_orphans = False
+c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [
+    {{"name": "guard-reader", "scopes": ["custom:guard:read"], "users": [{READER!r}]}}
+]
+"""
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with DevHub(leaky=True, base_url=BASE_URL, extra_config=HUB_CONFIG) as hub:
+        yield hub
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(hub.log_path, ARTIFACTS / "test_page-guarded.log")
+
+
+def page_url(hub: DevHub, path: str = "guard") -> str:
+    return f"{hub.url}/hub/{path}"
+
+
+def session_for(hub: DevHub, name: str) -> requests.Session:
+    """A requests session logged in as `name` through the hub's login form."""
+    session = requests.Session()
+    session.get(page_url(hub, "login"), timeout=10)
+    reply = session.post(
+        page_url(hub, "login"),
+        data={"username": name, "password": "any", "_xsrf": session.cookies.get("_xsrf")},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert reply.status_code == 302, reply.text
+    return session
+
+
+# -- without a browser ------------------------------------------------------------------------
+
+
+def test_anonymous_is_sent_to_the_login_page_under_the_base_url(hub):
+    reply = requests.get(page_url(hub), allow_redirects=False, timeout=10)
+    assert reply.status_code == 302
+    assert reply.headers["Location"].startswith(f"{BASE_URL}hub/login?next=")
+
+
+def test_page_extends_the_hubs_page_and_serves_its_assets_from_package_data(hub):
+    with session_for(hub, "admin") as session:
+        html = session.get(page_url(hub), timeout=10).text
+        assert 'id="jupyterhub-logo"' in html and 'id="login_widget"' in html
+        assert f'data-api-url="{BASE_URL}hub/api/guard"' in html
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        external = [a for a in assets if re.match(r"(https?:)?//", a)]
+        assert not external, f"the page must not load anything from elsewhere: {external}"
+        ours = [a.replace("&amp;", "&") for a in assets if "/guard/static/" in a]
+        assert {Path(a.split("?")[0]).name for a in ours} == {"guard.js", "guard.css"}
+        for asset in ours:
+            assert asset.startswith(f"{BASE_URL}hub/guard/static/")
+            reply = session.get(urljoin(hub.url, asset), timeout=10)
+            assert reply.status_code == 200 and reply.content
+            assert "max-age" in reply.headers["Cache-Control"]  # versioned by content hash
+
+
+def test_bad_refresh_is_refused_naming_the_parameter(hub):
+    with session_for(hub, "admin") as session:
+        reply = session.get(page_url(hub, "guard?refresh=0"), timeout=10)
+    assert reply.status_code == 400
+    assert "refresh" in reply.text
+
+
+def test_read_scope_alone_shows_the_page_without_the_tracemalloc_switch(hub):
+    with session_for(hub, READER) as session:
+        html = session.get(page_url(hub), timeout=10).text
+    assert 'data-can-admin="false"' in html
+    assert "guard-tracemalloc-switch" not in html
+
+
+# -- in the browser ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser(hub):
+    if missing():
+        pytest.skip(f"no {', '.join(missing())}: run scripts/bootstrap-browser.sh")
+    with Chromium(report_path=f"{BASE_URL}hub/api/guard") as chromium:
+        log_in(chromium, hub, "admin")
+        yield chromium
+
+
+def log_in(browser: Chromium, hub: DevHub, name: str) -> None:
+    browser.log_in(hub.url, name, next_path=f"{BASE_URL}hub/guard")
+
+
+def open_page(browser: Chromium, hub: DevHub, refresh: int, context: str = "admin") -> None:
+    reply = browser("goto", context, url=page_url(hub, f"guard?refresh={refresh}"))
+    assert reply["status"] == 200, reply
+
+
+def wait_for_refreshes(browser: Chromium, count: int, context: str = "admin", timeout=15):
+    browser(
+        "wait_for",
+        context,
+        expression=f"Number(document.getElementById('guard').dataset.refreshes) >= {count}",
+        timeout=timeout * 1000,
+    )
+
+
+def test_plain_user_gets_the_hubs_403_page(browser, hub):
+    log_in(browser, hub, "bob")
+    reply = browser("goto", "bob", url=page_url(hub))
+    assert reply["status"] == 403
+    heading = browser("evaluate", "bob", expression="document.querySelector('h1').textContent")
+    assert heading.startswith("403")
+    assert browser("evaluate", "bob", expression="document.getElementById('guard')") is None
+
+
+CHART_VALUES = """() => Object.fromEntries(
+    [...document.querySelectorAll('#guard polyline')].map(
+        (line) => [line.dataset.series, line.dataset.values.split(' ').map(Number)]))"""
+
+
+def test_charts_draw_the_points_the_api_returned(browser, hub):
+    open_page(browser, hub, refresh=1)
+    wait_for_refreshes(browser, 3)
+    drawn = browser("evaluate", expression=f"({CHART_VALUES})()")
+    reports = browser("reports")
+    points = len(drawn["rss"])
+    assert points >= 3 and len(reports) >= points
+    reports = reports[:points]
+
+    def close(series: str, expected: list[float]) -> None:
+        values = drawn[series]
+        assert len(values) == len(expected), (series, values, expected)
+        for got, want in zip(values, expected, strict=True):
+            assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9), (series, values, expected)
+
+    close("rss", [r["process"]["rss_bytes"] / 2**20 for r in reports])
+    close("tasks", [r["process"]["asyncio_tasks"] for r in reports])
+    close("tracked", [sum(r["ledger"]["counts"]["live"].values()) for r in reports])
+    close("orphans", [r["ledger"]["counts"]["orphans_live"] for r in reports])
+    rates = [
+        (now["stop_guard"]["totals"]["pass"] - before["stop_guard"]["totals"]["pass"])
+        / (now["time"] - before["time"])
+        for before, now in zip(reports, reports[1:], strict=False)
+    ]
+    close("passed", rates)
+    latest_rss = browser(
+        "evaluate", expression="document.querySelector('#chart-rss .guard-legend').textContent"
+    )
+    assert f"{drawn['rss'][-1]:.3g}" in latest_rss.replace(",", "")
+
+
+def wait_for_signal(hub: DevHub, name: str, timeout: float = 20) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        signals = hub.api("GET", "/guard").json()["leak_signals"]
+        if any(s["name"] == name for s in signals):
+            return time.monotonic()
+        time.sleep(0.1)
+    raise AssertionError(f"the API never reported {name} within {timeout}s")
+
+
+def test_a_leak_shows_as_a_signal_within_one_refresh(browser, hub):
+    refresh = 2
+    open_page(browser, hub, refresh=refresh)
+    wait_for_refreshes(browser, 1)
+    shown = "document.querySelector('[data-signal=orphans_live]') !== null"
+    assert browser("evaluate", expression=shown) is False
+    hub.client.create_users(["leaky"])
+    hub.client.start_server("leaky")
+    hub.client.stop_server("leaky")  # the leaky spawner's reflector outlives the server
+    wait_for_signal(hub, "orphans_live")
+    started = time.monotonic()
+    browser("wait_for", expression=shown, timeout=(refresh + 1) * 1000)
+    assert time.monotonic() - started <= refresh + 1
+    evidence = browser(
+        "evaluate", expression="document.querySelector('[data-signal=orphans_live]').textContent"
+    )
+    assert "reflector" in evidence
+    orphan_rows = browser(
+        "evaluate",
+        expression="[...document.querySelectorAll('#guard-orphans tr.guard-orphaned')]"
+        ".map((row) => row.textContent)",
+    )
+    assert orphan_rows and all("leaky" in row for row in orphan_rows)
+    assert any("leaky.py" in row for row in orphan_rows)  # the origin names the leaking code
+
+
+def test_tracemalloc_switch_shows_growing_allocation_sites(browser, hub):
+    open_page(browser, hub, refresh=1)
+    wait_for_refreshes(browser, 1)
+    status = "document.getElementById('guard-tracemalloc-status').textContent"
+    try:
+        browser("click", selector="#guard-tracemalloc-switch")
+        browser("wait_for", expression=f"{status}.startsWith('On')", timeout=10_000)
+        assert hub.api("GET", "/guard/tracemalloc").json()["enabled"] is True
+        browser(
+            "wait_for",
+            expression="document.querySelectorAll('#guard-allocations td.guard-label').length > 0",
+            timeout=10_000,
+        )
+        browser("click", selector="#guard-tracemalloc-switch")
+        browser("wait_for", expression=f"{status}.startsWith('Off')", timeout=10_000)
+    finally:
+        hub.api("POST", "/guard/tracemalloc", json={"enabled": False})
+
+
+def test_user_names_are_never_markup(browser, hub):
+    with session_for(hub, EVIL_NAME) as evil:
+        hub.client.start_server(EVIL_NAME)
+        hub.client.stop_server(EVIL_NAME)
+        stop = f"{hub.api_url}/users/{quote(EVIL_NAME, safe='')}/server"
+        xsrf = {"X-XSRFToken": evil.cookies.get("_xsrf")}
+        # the same caller stopping its stopped server again: throttled, listed as a caller
+        statuses = [evil.delete(stop, headers=xsrf, timeout=10).status_code for _ in range(3)]
+    assert 429 in statuses, statuses
+
+    open_page(browser, hub, refresh=1)
+    wait_for_refreshes(browser, 2)
+    cells = browser(
+        "evaluate",
+        expression="[...document.querySelectorAll('#guard td')].map((td) => td.textContent)",
+    )
+    assert cells.count(EVIL_NAME) >= 3, cells  # spawn row, orphan rows, throttled caller
+    assert browser("evaluate", expression="document.querySelectorAll('#guard img').length") == 0
+    assert browser("dialogs") == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser("screenshot", path=str(ARTIFACTS / "guard-page.png"))
