@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--error-rate-429", type=float, default=0.0, help="share of 429s")
     parser.add_argument("--latency", type=float, default=0.0, help="added per request, s")
     parser.add_argument(
-        "--history-limit", type=int, default=10_000, help="watch events kept before 410"
+        "--history-limit", type=int, default=1000, help="watch events kept before 410"
     )
     parser.add_argument("--pods-never-ready", action="store_true", help="pods stay Pending")
     parser.add_argument("--pods-fail", action="store_true", help="containers exit 1")

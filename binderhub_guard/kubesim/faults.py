@@ -29,8 +29,10 @@ class Faults:
     error_rate_429: float = 0.0
     #: added to every API request before it is handled
     latency_seconds: float = 0.0
-    #: watch events kept for resuming watches; older resourceVersions get 410 Expired
-    history_limit: int = 10_000
+    #: watch events kept for resuming watches; older resourceVersions get 410 Expired.
+    #: Reflectors resume right after a list, so a short history (like kube-apiserver's
+    #: per-resource watch cache) is enough and keeps a long benchmark's simulator small.
+    history_limit: int = 1000
     #: pods are scheduled but stay Pending with a container that never becomes ready
     pods_never_ready: bool = False
     #: containers exit with code 1 right after starting; the pod goes Failed
