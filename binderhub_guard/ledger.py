@@ -61,11 +61,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import CodeType
 from typing import Any
 
 TASK = "task"
 
 IsLive = Callable[[Any], bool]
+Origin = tuple[tuple[CodeType, int], ...]
 Release = Callable[[Any], Awaitable[None]]
 
 
@@ -91,10 +93,14 @@ _PLUMBING = [os.path.dirname(asyncio.__file__), contextlib.__file__, __file__]
 _LOOP_CALLBACKS = asyncio.events.__file__
 
 
+_plumbing_files: dict[str, bool] = {}
+
+
 def add_plumbing(filename: str) -> None:
     """Leave frames of `filename` (e.g. the module installing the hooks) out of origins."""
     if filename not in _PLUMBING:
         _PLUMBING.append(filename)
+        _plumbing_files.clear()
 
 
 @dataclass(eq=False)
@@ -102,7 +108,7 @@ class Entry:
     kind: str
     label: str
     ref: weakref.ref
-    origin: tuple[str, ...]
+    origin: Origin
     created: float
     owner: Spawn | _Shared
 
@@ -148,7 +154,7 @@ class Orphan:
     user: str
     server: str
     spawn_id: int
-    origin: tuple[str, ...]
+    origin: Origin
     found: float
     ref: weakref.ref
     released: bool = False
@@ -161,24 +167,43 @@ class _KindRules:
     has_failed: IsLive | None = None
 
 
-def _short_stack(depth: int) -> tuple[str, ...]:
-    """Where a resource was made: up to `depth` frames as 'file:line in function', innermost first,
-    leaving out its constructors (anyone's wrappers included) and stopping at the task's start.
-    """
-    frames: list[str] = []
+def _short_stack(depth: int) -> Origin:
+    """Where a resource was made: up to `depth` (code, offset) frames, innermost first, leaving
+    out its constructors (anyone's wrappers included) and stopping at the task's start.
+    Formatted only when someone reads it (:func:`format_origin`)."""
+    frames: list[tuple[CodeType, int]] = []
     frame = sys._getframe(1)
-    plumbing = tuple(_PLUMBING)
     while frame is not None and len(frames) < depth:
-        filename = frame.f_code.co_filename
-        if filename == _LOOP_CALLBACKS:
+        code = frame.f_code
+        plumbing = _plumbing_files.get(code.co_filename)
+        if plumbing is None:
+            plumbing = _plumbing_files[code.co_filename] = code.co_filename.startswith(
+                tuple(_PLUMBING)
+            )
+        if code.co_filename == _LOOP_CALLBACKS:
             break
-        # by name, not by looking for `obj` in f_locals: that would cache the frame's locals
-        # and keep them alive
-        in_constructor = not frames and _is_initializer(frame.f_code.co_name)
-        if not in_constructor and not filename.startswith(plumbing):
-            frames.append(f"{_short_path(filename)}:{frame.f_lineno} in {frame.f_code.co_qualname}")
+        # by name, not by looking for the object in f_locals: that would cache the frame's
+        # locals and keep them alive
+        in_constructor = not frames and _is_initializer(code.co_name)
+        if not in_constructor and not plumbing:
+            # the instruction offset, not f_lineno: that scans the line table on every call
+            frames.append((code, frame.f_lasti))
         frame = frame.f_back
     return tuple(frames)
+
+
+def format_origin(origin: Origin) -> list[str]:
+    return [
+        f"{_short_path(code.co_filename)}:{_line_at(code, offset)} in {code.co_qualname}"
+        for code, offset in origin
+    ]
+
+
+def _line_at(code: CodeType, offset: int) -> int | None:
+    for start, end, line in code.co_lines():
+        if start <= offset < end:
+            return line
+    return None
 
 
 def _is_initializer(name: str) -> bool:
@@ -394,7 +419,10 @@ class Ledger:
                 found[0].found - (spawn.ended or found[0].found),
                 spawn.end_reason,
                 ", releasing them" if self.release_orphans else "",
-                "; ".join(f"{o.label} created at {' <- '.join(o.origin) or '?'}" for o in found),
+                "; ".join(
+                    f"{o.label} created at {' <- '.join(format_origin(o.origin)) or '?'}"
+                    for o in found
+                ),
             )
         return found
 
@@ -486,7 +514,7 @@ class Ledger:
                 "user": o.user,
                 "server": o.server,
                 "spawn_id": o.spawn_id,
-                "origin": list(o.origin),
+                "origin": format_origin(o.origin),
                 "found": o.found,
                 "released": o.released,
                 "live": self._orphan_live(o),
@@ -522,7 +550,7 @@ class Ledger:
                         "kind": entry.kind,
                         "label": entry.label,
                         "created": entry.created,
-                        "origin": list(entry.origin),
+                        "origin": format_origin(entry.origin),
                     }
                 )
         return {

@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 import math
 import sys
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -136,15 +137,15 @@ def uninstall_hooks() -> None:
         cls.__init__ = original
 
 
-_LOOPS_SET_UP: set[int] = set()
+_LOOPS_SET_UP: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 _SHUTDOWN_TASKS: set[asyncio.Task] = set()
 
 
 def _set_up_loop(ledger: Ledger) -> None:
     loop = asyncio.get_running_loop()
-    if id(loop) in _LOOPS_SET_UP:
+    if loop in _LOOPS_SET_UP:
         return
-    _LOOPS_SET_UP.add(id(loop))
+    _LOOPS_SET_UP.add(loop)
     ledger_module.install_task_tracking(loop, ledger)
     task = loop.create_task(_release_at_shutdown(ledger), context=contextvars.Context())
     _SHUTDOWN_TASKS.add(task)

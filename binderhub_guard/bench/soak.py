@@ -1,0 +1,547 @@
+"""`binderhub-guard soak`: spawn/stop cycles through a real hub's REST API, with leak figures.
+
+Each variant runs on its own dev hub on the simulator (or on a given hub by URL and token):
+``stock`` (plain KubeSpawner), ``guarded`` (GuardedKubeSpawner and the guard's snippets),
+``leaky-stock`` and ``leaky-guarded`` (the 2018 per-spawn events reflector, replayed by
+``binderhub_guard.testing.leaky``).  Cycles run in batches with `--users` servers in parallel;
+after each batch every server is stopped and the hub is measured: RSS, live reflectors, asyncio
+tasks, TCP connections from the hub to the Kubernetes API, open aiohttp ClientSessions, ledger
+size and live orphans.  The end table adds the RSS slope per cycle after warm-up and the hub's
+CPU time per cycle (stock vs guarded: the ledger's overhead).
+
+Object counts come from inside the hub: a probe installed in the config of hubs this command
+starts (stock ones included, for a like-for-like comparison), or the guard report
+(``/hub/api/guard``) of a hub given by URL.  Connections and CPU need the hub's PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psutil
+
+from .devhub import DevHub
+from .hubclient import HubClient
+from .probe import probe_config, read_probe
+
+VARIANTS = {
+    "stock": {"stock": True, "leaky": False},
+    "guarded": {"stock": False, "leaky": False},
+    "leaky-stock": {"stock": True, "leaky": True},
+    "leaky-guarded": {"stock": False, "leaky": True},
+}
+
+
+@dataclass
+class Sample:
+    cycles: int
+    seconds: float
+    failures: int
+    rss_bytes: int | None
+    hub_cpu_seconds: float | None
+    reflectors: int | None
+    tasks: int | None
+    api_connections: int | None
+    client_sessions: int | None
+    ledger_size: int | None
+    orphans_live: int | None
+
+
+class HubGauges:
+    """Reads one hub's figures: the process from outside, object counts from inside."""
+
+    def __init__(
+        self,
+        client: HubClient,
+        hub_pid: int | None,
+        api_port: int | None,
+        probe_dir: str | None,
+        guarded: bool,
+    ) -> None:
+        self.client = client
+        self.process = psutil.Process(hub_pid) if hub_pid else None
+        self.api_port = api_port
+        self.probe_dir = probe_dir
+        self.guarded = guarded
+        # hub CPU spent answering our own questions, left out of the per-cycle figure
+        self.measuring_cpu_seconds = 0.0
+        self._measured_before = 0.0
+
+    def sample(self, cycles: int, seconds: float, failures: int) -> Sample:
+        self._measured_before = self.measuring_cpu_seconds
+        cpu_before = self._cpu_seconds()
+        rss = self.process.memory_info().rss if self.process else None
+        inside = self._inside()
+        if cpu_before is not None:
+            self.measuring_cpu_seconds += self._cpu_seconds() - cpu_before
+        return Sample(
+            cycles=cycles,
+            seconds=round(seconds, 1),
+            failures=failures,
+            rss_bytes=rss if rss is not None else inside.get("rss"),
+            hub_cpu_seconds=None if cpu_before is None else cpu_before - self._measured_before,
+            reflectors=inside.get("reflectors"),
+            tasks=inside.get("tasks"),
+            api_connections=self._api_connections(),
+            client_sessions=inside.get("client_sessions"),
+            ledger_size=inside.get("ledger_size"),
+            orphans_live=inside.get("orphans_live"),
+        )
+
+    def _cpu_seconds(self) -> float | None:
+        if self.process is None:
+            return None
+        times = self.process.cpu_times()
+        return times.user + times.system
+
+    def _api_connections(self) -> int | None:
+        if self.process is None or self.api_port is None:
+            return None
+        return sum(
+            1
+            for conn in self.process.net_connections(kind="tcp")
+            if conn.raddr and conn.raddr.port == self.api_port and conn.status == "ESTABLISHED"
+        )
+
+    def _inside(self) -> dict[str, Any]:
+        if self.probe_dir is not None and self.process is not None:
+            counts = read_probe(self.process.pid, self.probe_dir)
+            ledger = counts["ledger"]
+            guarded = self.guarded
+            return {
+                "reflectors": counts["reflectors_watching"],
+                "tasks": counts["tasks"],
+                "client_sessions": counts["client_sessions_open"],
+                "ledger_size": sum(ledger["live"].values()) if guarded else None,
+                "orphans_live": ledger["orphans_live"] if guarded else None,
+            }
+        return self._from_report()
+
+    def _from_report(self) -> dict[str, Any]:
+        reply = self.client.api("GET", "/guard")
+        if reply.status_code != 200:
+            return {}
+        report = reply.json()
+        watched = report.get("objects", {}).get("watched", {})
+        ledger = report.get("ledger", {})
+        counts = ledger.get("counts", {}) if ledger.get("available") else {}
+        return {
+            "rss": report.get("process", {}).get("rss_bytes"),
+            "reflectors": watched.get("ResourceReflector", {}).get("count"),
+            "tasks": report.get("process", {}).get("asyncio_tasks"),
+            "client_sessions": watched.get("ClientSession", {}).get("count"),
+            "ledger_size": sum(counts["live"].values()) if counts else None,
+            "orphans_live": counts.get("orphans_live"),
+        }
+
+
+def run_cycles(
+    client: HubClient,
+    gauges: HubGauges,
+    *,
+    cycles: int,
+    users: int,
+    sample_every: int,
+    start_timeout: float,
+    settle_seconds: float,
+    deadline: float,
+    on_sample,
+) -> list[Sample]:
+    names = [f"soak-{i:03d}" for i in range(users)]
+    client.create_users(names)
+    failures = 0
+    done = 0
+    started = time.monotonic()
+    samples = [gauges.sample(0, 0.0, 0)]
+    on_sample(samples[-1])
+
+    def cycle_user(name: str, count: int) -> int:
+        failed = 0
+        for _ in range(count):
+            try:
+                client.start_server(name, timeout=start_timeout)
+            except (RuntimeError, TimeoutError):
+                failed += 1
+            try:
+                client.stop_server(name, timeout=start_timeout)
+            except (RuntimeError, TimeoutError):
+                failed += 1
+        return failed
+
+    with ThreadPoolExecutor(max_workers=users) as pool:
+        while done < cycles and time.monotonic() < deadline:
+            batch = min(sample_every, cycles - done)
+            shares = [batch // users + (i < batch % users) for i in range(users)]
+            failures += sum(pool.map(cycle_user, names, shares))
+            done += batch
+            # let stopped spawns' leftovers pass the guard's orphan grace period
+            time.sleep(settle_seconds)
+            samples.append(gauges.sample(done, time.monotonic() - started, failures))
+            on_sample(samples[-1])
+    return samples
+
+
+def rss_slope(samples: list[Sample], warmup: int) -> float | None:
+    """Least-squares RSS growth in bytes per cycle, over samples after `warmup` cycles."""
+    points = [(s.cycles, s.rss_bytes) for s in samples if s.cycles >= warmup and s.rss_bytes]
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    if var == 0:
+        return None
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+
+
+def summarize(variant: str, samples: list[Sample], warmup: int) -> dict[str, Any]:
+    first, last = samples[0], samples[-1]
+    slope = rss_slope(samples, warmup)
+    cpu = None
+    if last.hub_cpu_seconds is not None and last.cycles:
+        cpu = (last.hub_cpu_seconds - first.hub_cpu_seconds) / last.cycles
+    return {
+        "variant": variant,
+        "cycles": last.cycles,
+        "wall_seconds": last.seconds,
+        "failures": last.failures,
+        "rss_start_bytes": first.rss_bytes,
+        "rss_end_bytes": last.rss_bytes,
+        "rss_slope_bytes_per_cycle": None if slope is None else round(slope, 1),
+        "hub_cpu_ms_per_cycle": None if cpu is None else round(cpu * 1000, 2),
+        **{
+            f"{name}_{end}": getattr(sample, name)
+            for name in (
+                "reflectors",
+                "tasks",
+                "api_connections",
+                "client_sessions",
+                "ledger_size",
+                "orphans_live",
+            )
+            for end, sample in (("start", first), ("end", last))
+        },
+        "samples": [asdict(s) for s in samples],
+    }
+
+
+ROW = "{:>7} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>8} {:>7} {:>8}"
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def print_sample(sample: Sample) -> None:
+    rss = None if sample.rss_bytes is None else f"{sample.rss_bytes / 2**20:.1f}"
+    print(
+        ROW.format(
+            sample.cycles,
+            sample.seconds,
+            sample.failures,
+            _fmt(rss),
+            _fmt(sample.reflectors),
+            _fmt(sample.tasks),
+            _fmt(sample.api_connections),
+            _fmt(sample.client_sessions),
+            _fmt(sample.ledger_size),
+            _fmt(sample.orphans_live),
+        ),
+        flush=True,
+    )
+
+
+def print_comparison(results: list[dict[str, Any]]) -> None:
+    def span(result: dict, name: str) -> str:
+        return f"{_fmt(result[name + '_start'])}->{_fmt(result[name + '_end'])}"
+
+    rows = [
+        ("cycles", lambda r: r["cycles"]),
+        ("wall time, s", lambda r: r["wall_seconds"]),
+        ("failed starts/stops", lambda r: r["failures"]),
+        (
+            "hub RSS, MiB",
+            lambda r: f"{r['rss_start_bytes'] / 2**20:.1f}->{r['rss_end_bytes'] / 2**20:.1f}",
+        ),
+        (
+            "RSS slope after warm-up, KiB/cycle",
+            lambda r: _fmt(
+                None
+                if r["rss_slope_bytes_per_cycle"] is None
+                else round(r["rss_slope_bytes_per_cycle"] / 1024, 2)
+            ),
+        ),
+        ("hub CPU, ms/cycle", lambda r: _fmt(r["hub_cpu_ms_per_cycle"])),
+        ("watching ResourceReflectors", lambda r: span(r, "reflectors")),
+        ("asyncio tasks", lambda r: span(r, "tasks")),
+        ("TCP conns hub->API", lambda r: span(r, "api_connections")),
+        ("open ClientSessions", lambda r: span(r, "client_sessions")),
+        ("ledger size", lambda r: span(r, "ledger_size")),
+        ("live orphans", lambda r: span(r, "orphans_live")),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print()
+    print(" " * width + "  " + "".join(f"{r['variant']:>16}" for r in results))
+    for name, value in rows:
+        print(f"{name:<{width}}  " + "".join(f"{str(value(r)):>16}" for r in results))
+
+
+def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    quiet = args.json
+    if not quiet:
+        print(f"\n== {variant}: {args.cycles} cycles, {args.users} users in parallel", flush=True)
+        print(
+            ROW.format(
+                "cycles",
+                "wall_s",
+                "fail",
+                "rss_MiB",
+                "refl",
+                "tasks",
+                "conns",
+                "sessions",
+                "ledger",
+                "orphans",
+            )
+        )
+    on_sample = (lambda s: None) if quiet else print_sample
+    deadline = time.monotonic() + args.max_minutes * 60
+    common = {
+        "cycles": args.cycles,
+        "users": args.users,
+        "sample_every": args.sample_every,
+        "start_timeout": args.start_timeout,
+        "settle_seconds": args.settle,
+        "deadline": deadline,
+        "on_sample": on_sample,
+    }
+    if args.url:
+        client = HubClient(args.url, args.token)
+        try:
+            gauges = HubGauges(
+                client, args.hub_pid, args.api_port, probe_dir=None, guarded=not args.stock
+            )
+            samples = run_cycles(client, gauges, **common)
+        finally:
+            client.close()
+        return summarize(variant, samples, args.warmup)
+
+    workdir = tempfile.mkdtemp(prefix=f"soak-{variant}-")
+    try:
+        with DevHub(
+            **VARIANTS[variant],
+            workdir=workdir,
+            extra_config=probe_config(workdir),
+            sim_args=["--event-ttl", str(args.event_ttl)],
+        ) as hub:
+            api_port = int(hub.sim_url.rsplit(":", 1)[1])
+            gauges = HubGauges(
+                hub.client,
+                hub.hub_pid,
+                api_port,
+                probe_dir=workdir,
+                guarded=not VARIANTS[variant]["stock"],
+            )
+            samples = run_cycles(hub.client, gauges, **common)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return summarize(variant, samples, args.warmup)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cycles", type=int, default=1000, help="spawn/stop cycles per variant")
+    parser.add_argument("--stock", action="store_true", help="plain KubeSpawner, no guard")
+    parser.add_argument("--leaky", action="store_true", help="replay the 2018 per-spawn leak")
+    parser.add_argument(
+        "--all", action="store_true", help="stock, guarded, leaky-stock and leaky-guarded"
+    )
+    parser.add_argument("--json", action="store_true", help="print results as JSON only")
+    parser.add_argument("--users", type=int, default=10, help="servers cycling in parallel")
+    parser.add_argument("--sample-every", type=int, default=100, help="cycles between samples")
+    parser.add_argument("--warmup", type=int, default=200, help="cycles left out of the slope")
+    parser.add_argument("--start-timeout", type=float, default=90, help="per start or stop, s")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=6,
+        help="pause before each sample, s (GuardedKubeSpawner.orphan_grace_seconds is 5)",
+    )
+    parser.add_argument("--max-minutes", type=float, default=30, help="time budget per variant")
+    parser.add_argument(
+        "--event-ttl",
+        type=float,
+        default=60,
+        help="simulator Event lifetime, s (real clusters expire Events, 1 h by default; the"
+        " shared event reflector caches every live Event)",
+    )
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="no hub: CPU of --cycles spawn/stop cycles in process, KubeSpawner vs"
+        " GuardedKubeSpawner, on the in-process simulator (the ledger's cost per spawn)",
+    )
+    parser.add_argument("--url", help="an existing hub's public URL instead of a dev hub")
+    parser.add_argument("--token", help="API token for --url (admin:servers, admin:users)")
+    parser.add_argument("--hub-pid", type=int, help="with --url on this machine: hub PID")
+    parser.add_argument("--api-port", type=int, help="with --hub-pid: Kubernetes API port")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.url and not args.token:
+        print("soak: --url needs --token", file=sys.stderr)
+        return 2
+    if args.url and args.all:
+        print("soak: --all starts its own dev hubs; it cannot use --url", file=sys.stderr)
+        return 2
+    for name in ("cycles", "users", "sample_every"):
+        if getattr(args, name) < 1:
+            print(f"soak: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    if args.overhead:
+        import asyncio
+
+        result = asyncio.run(measure_overhead(args.cycles))
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"spawner CPU per start/stop cycle, {args.cycles} cycles each, in process:")
+            for variant in ("stock", "guarded"):
+                figures = result[variant]
+                print(
+                    f"  {variant:<8} median {figures['median_ms']} ms, mean {figures['mean_ms']} ms"
+                )
+            print(f"  guarded - stock (median): {result['guarded_minus_stock_median_ms']} ms")
+            print(
+                f"ledger bookkeeping per spawn ({result['records_per_spawn']} resources"
+                f" recorded): {result['ledger_bookkeeping_us_per_spawn']} us;"
+                f" extra per task created in a spawn: {result['tracked_task_extra_us']} us"
+            )
+        return 0
+    if args.all:
+        variants = list(VARIANTS)
+    else:
+        variants = [("leaky-" if args.leaky else "") + ("stock" if args.stock else "guarded")]
+    results = [run_variant(variant, args) for variant in variants]
+    if args.json:
+        json.dump({"results": results}, sys.stdout, indent=1)
+        print()
+    else:
+        print_comparison(results)
+    return 0
+
+
+async def _spawn_cpu_seconds(cls: type, sim_url: str, config) -> float:
+    """Process CPU for one start/stop of a `cls` spawner against the in-process simulator."""
+    spawner = cls(_mock=True, config=config, k8s_api_host=sim_url, namespace="default")
+    spawner.api_token = "soak"
+    started = time.process_time()
+    await spawner.start()
+    await spawner.stop(now=True)
+    spawner.run_post_stop_hook()
+    return time.process_time() - started
+
+
+async def _bookkeeping_micro(spawns: int = 2000, records: int = 10) -> dict[str, float]:
+    """The ledger's own work per spawn, without the noise of a whole spawn: begin, `records`
+    resources recorded with their origin, end and sweep; and the task factory per task."""
+    import asyncio
+
+    from ..ledger import Ledger, install_task_tracking
+
+    class Resource:
+        pass
+
+    async def nothing() -> None:
+        pass
+
+    ledger = Ledger(orphan_grace_seconds=0)
+    ledger.register_kind("resource", lambda r: True, lambda r: nothing())
+    keep = [Resource() for _ in range(records)]
+    started = time.perf_counter()
+    for _ in range(spawns):
+        spawn = ledger.begin_spawn("user")
+        with ledger.activate(spawn):
+            for resource in keep:
+                ledger.record("resource", resource)
+        spawn.entries.clear()  # as if each resource had finished before the end
+        ledger.end_spawn(spawn, "stopped")
+    per_spawn = (time.perf_counter() - started) / spawns
+
+    loop = asyncio.get_running_loop()
+    previous = loop.get_task_factory()
+
+    async def task_cost() -> float:
+        begun = time.perf_counter()
+        for _ in range(spawns):
+            await asyncio.create_task(nothing())
+        return (time.perf_counter() - begun) / spawns
+
+    without = await task_cost()
+    install_task_tracking(loop, ledger)
+    spawn = ledger.begin_spawn("user")
+    with ledger.activate(spawn):
+        tracked = await task_cost()
+    loop.set_task_factory(previous)
+    return {
+        "ledger_bookkeeping_us_per_spawn": round(per_spawn * 1e6, 1),
+        "records_per_spawn": records,
+        "tracked_task_extra_us": round((tracked - without) * 1e6, 2),
+    }
+
+
+async def measure_overhead(cycles: int) -> dict[str, Any]:
+    """Stock vs guarded spawn CPU in one process, interleaved so drift hits both alike."""
+    import asyncio
+    import statistics
+    from pathlib import Path
+
+    from kubernetes_asyncio.config import kube_config
+    from kubespawner import KubeSpawner
+    from traitlets.config import Config
+
+    from ..kubesim.server import KubeSim
+    from ..spawner import GuardedKubeSpawner
+
+    sim = KubeSim()
+    await sim.start()
+    workdir = tempfile.mkdtemp(prefix="soak-overhead-")
+    # kubernetes_asyncio reads $KUBECONFIG once, at import
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(
+        sim.write_kubeconfig(Path(workdir) / "kubeconfig")
+    )
+    config = Config()
+    config.GuardedKubeSpawner.orphan_grace_seconds = 0
+    timings: dict[str, list[float]] = {"stock": [], "guarded": []}
+    try:
+        for cls in (KubeSpawner, GuardedKubeSpawner):  # warm up both paths
+            await _spawn_cpu_seconds(cls, sim.url, config)
+        for _ in range(cycles):
+            timings["stock"].append(await _spawn_cpu_seconds(KubeSpawner, sim.url, config))
+            timings["guarded"].append(await _spawn_cpu_seconds(GuardedKubeSpawner, sim.url, config))
+        await asyncio.sleep(0.1)
+    finally:
+        await KubeSpawner._stop_all_reflectors()
+        await sim.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = {
+        variant: {
+            "mean_ms": round(statistics.mean(values) * 1000, 3),
+            "median_ms": round(statistics.median(values) * 1000, 3),
+        }
+        for variant, values in timings.items()
+    }
+    result["cycles"] = cycles
+    result.update(await _bookkeeping_micro())
+    result["guarded_minus_stock_median_ms"] = round(
+        result["guarded"]["median_ms"] - result["stock"]["median_ms"], 3
+    )
+    return result
