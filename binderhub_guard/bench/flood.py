@@ -10,10 +10,12 @@ loop, not the hub's) times a normal API call 5 times a second and launches one r
 second (start, wait until ready, stop). Each hub is first observed for a while without the
 flood, so every figure has its idle baseline from the same run.
 
-Hub CPU is read from /proc for the hub process only (not the proxy, not the simulator); the
-CPU the hub spends at idle on the observer's calls and launches is subtracted. "steady" figures
-start after the flood's first pass over all users, when every stop is a repeat. The floor is a
-bare tornado `RequestHandler` answering 429, flooded the same way in the same run.
+Phases: idle (no flood), the flood's first pass over all users (each stop is a first one: the
+guard sends it through JupyterHub's authentication), then `--seconds` of steady flood, where
+every stop is a repeat. Hub CPU is read from /proc for the hub process only (not the proxy, not
+the simulator), and the CPU the hub spends at idle on the observer's calls and launches is
+subtracted. The floor is a bare tornado `RequestHandler` answering 429, flooded the same way in
+the same run. Figures from a shared machine move with its load: compare columns of one run.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ FLOOD_USER_PREFIX = "flood-"
 LAUNCH_USER_PREFIX = "launch-"
 SAMPLE_USER = "admin"
 SAMPLES_PER_SECOND = 5
+BARE = "bare 429"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,23 +91,29 @@ class Target:
     spawners: Any = None  # () -> int, or None if the hub cannot be asked
 
 
+PHASES = ("idle", "first pass", "steady")
+
+
 @dataclass
 class Result:
     target: str
     mode: str
+    users: int
     seconds: float
     sent: int = 0
-    answered: int = 0
+    first_pass_seconds: float | None = None
+    first_pass_cpu_ms_per_request: float | None = None
+    answered: int = 0  # in the steady window
     statuses: dict[str, int] = field(default_factory=dict)
     answered_per_second: float = 0.0
-    cpu_ms_per_request: float | None = None
-    cpu_ms_per_request_steady: float | None = None
+    cpu_ms_per_request: float | None = None  # steady
     idle_cpu_ms_per_second: float | None = None
     normal_p50_ms: dict[str, float | None] = field(default_factory=dict)
     normal_p99_ms: dict[str, float | None] = field(default_factory=dict)
     normal_failures: dict[str, int] = field(default_factory=dict)
-    launches_ok: dict[str, str] = field(default_factory=dict)
+    launches_ready: dict[str, str] = field(default_factory=dict)
     launch_ready_p50_s: dict[str, float | None] = field(default_factory=dict)
+    launch_ready_max_s: dict[str, float | None] = field(default_factory=dict)
     log_lines_per_1000: float | None = None
     spawners_before: int | None = None
     spawners_after: int | None = None
@@ -114,59 +123,73 @@ class Result:
 
 
 @dataclass
-class _Tally:
+class _Flood:
+    """What the flood saw, in wall-clock seconds (time.time())."""
+
+    start: float
     sent: int = 0
-    answered: int = 0
+    first_answered: int = 0
+    steady_start: float | None = None  # the first pass is answered: every stop is a repeat
+    end: float | None = None
+    answered: int = 0  # within [steady_start, end]
     statuses: Counter = field(default_factory=Counter)
-    # when the first pass over all users was answered: from then on every stop is a repeat
-    steady_from: float | None = None
-    steady_cpu_from: float | None = None
-    steady_answered_from: int = 0
 
 
 async def _flood(
-    target: Target, users: list[str], args: argparse.Namespace, start: float, end: float
-) -> _Tally:
+    target: Target,
+    users: list[str],
+    args: argparse.Namespace,
+    start: float,
+    on_steady: Any,
+) -> _Flood:
+    """Flood from wall-clock `start`: a first pass over all users, then `args.seconds` more.
+
+    `on_steady()` runs when the first pass has been answered, before the steady window."""
     import aiohttp
 
-    tally = _Tally()
+    flood = _Flood(start=start)
     headers = {"Authorization": f"token {target.token}"}
     urls = [f"{target.url}/hub/api/users/{user}/server" for user in users]
     connector = aiohttp.TCPConnector(limit=args.concurrency if args.closed_loop else 256)
     timeout = aiohttp.ClientTimeout(total=60)
-    loop = asyncio.get_running_loop()
 
     async def one(i: int) -> None:
-        tally.sent += 1
+        flood.sent += 1
         try:
             async with session.delete(urls[i % len(urls)], headers=headers) as reply:
                 await reply.read()
                 status = str(reply.status)
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             status = type(e).__name__
-        if loop.time() <= end:
-            tally.answered += 1
-            tally.statuses[status] += 1
-            if i == len(urls) - 1:
-                tally.steady_from = loop.time()
-                tally.steady_cpu_from = _cpu_seconds(target.pid)
-                tally.steady_answered_from = tally.answered
+        now = time.time()
+        if flood.steady_start is None:
+            flood.first_answered += 1
+            if flood.first_answered >= len(urls):
+                on_steady()
+                flood.steady_start = time.time()
+                flood.end = flood.steady_start + args.seconds
+        elif now <= flood.end:
+            flood.answered += 1
+            flood.statuses[status] += 1
+
+    def running() -> bool:
+        return flood.end is None or time.time() < flood.end
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await asyncio.sleep(max(0.0, start - loop.time()))
+        await asyncio.sleep(max(0.0, start - time.time()))
         if args.closed_loop:
             counter = iter(range(10**12))
 
             async def worker() -> None:
-                while loop.time() < end:
+                while running():
                     await one(next(counter))
 
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         else:
             in_flight: set[asyncio.Task] = set()
             i = 0
-            while (now := loop.time()) < end:
-                due = int((now - start) * args.rate) + 1
+            while running():
+                due = int((time.time() - start) * args.rate) + 1
                 while i < due:
                     task = asyncio.ensure_future(one(i))
                     in_flight.add(task)
@@ -174,16 +197,19 @@ async def _flood(
                     i += 1
                 await asyncio.sleep(1 / args.rate)
             if in_flight:
-                await asyncio.wait(in_flight, timeout=10)
-    return tally
+                await asyncio.wait(in_flight, timeout=5)
+                for task in in_flight:
+                    task.cancel()
+    return flood
 
 
 # --- the observer process ----------------------------------------------------------------------
 
 
-def _observe(url: str, token: str, launch_users: list[str], t_idle: float, t_flood: float,
-             t_end: float, conn: Any) -> None:  # fmt: skip
-    """In its own process: time a normal API call 5x/s, launch one server per second."""
+def _observe(url: str, token: str, launch_users: list[str], start: float, stop: Any,
+             conn: Any) -> None:  # fmt: skip
+    """In its own process until `stop` is set: time a normal API call 5x/s, launch one server
+    per second (start, wait until ready, stop)."""
     import requests
 
     from .hubclient import HubClient
@@ -196,8 +222,8 @@ def _observe(url: str, token: str, launch_users: list[str], t_idle: float, t_flo
 
     def sample() -> None:
         n = 0
-        while (due := t_idle + n / SAMPLES_PER_SECOND) < t_end:
-            time.sleep(max(0.0, due - time.time()))
+        while not stop.is_set():
+            time.sleep(max(0.0, start + n / SAMPLES_PER_SECOND - time.time()))
             sent = time.time()
             try:
                 reply = session.get(f"{url}/hub/api/users/{SAMPLE_USER}", timeout=30)
@@ -222,21 +248,19 @@ def _observe(url: str, token: str, launch_users: list[str], t_idle: float, t_flo
     sampler.start()
     launchers = []
     for n, user in enumerate(launch_users):
-        due = t_idle + n
-        if due >= t_end:
+        if stop.wait(max(0.0, start + n - time.time())):
             break
-        time.sleep(max(0.0, due - time.time()))
         launcher = threading.Thread(target=launch, args=(user,))
         launcher.start()
         launchers.append(launcher)
     sampler.join()
     for launcher in launchers:
         launcher.join()
-    conn.send({"samples": samples, "launches": launches, "t_flood": t_flood})
+    conn.send({"samples": samples, "launches": launches})
     conn.close()
 
 
-def _percentile(values: list[float], q: float) -> float | None:
+def _percentile(values: list[float], q: int) -> float | None:
     if not values:
         return None
     if len(values) == 1:
@@ -264,100 +288,104 @@ def _flood_log_lines(path: Path | None, offset: int | None) -> int | None:
         return sum(1 for line in log if f"/{FLOOD_USER_PREFIX}" in line or "StopGuard:" in line)
 
 
-async def _timed_flood(
-    target: Target, users: list[str], args: argparse.Namespace, t_flood: float
-) -> tuple[_Tally, float]:
-    """The flood from wall-clock `t_flood` for `args.seconds`; returns its loop-time end too."""
-    loop = asyncio.get_running_loop()
-    start = loop.time() + max(0.0, t_flood - time.time())
-    end = start + args.seconds
-    return await _flood(target, users, args, start, end), end
+def _fill_observations(result: Result, observed: dict, bounds: list[float]) -> None:
+    """Normal calls and launches by phase; `bounds` are the phases' start times and the end."""
+
+    def phase_of(t: float) -> str | None:
+        for phase, begin, end in zip(PHASES, bounds, bounds[1:], strict=False):
+            if begin <= t < end:
+                return phase
+        return None
+
+    for phase in PHASES:
+        latencies = [s for t, s in observed["samples"] if phase_of(t) == phase]
+        ok = sorted(1000 * s for s in latencies if s is not None)
+        result.normal_p50_ms[phase] = _percentile(ok, 50)
+        result.normal_p99_ms[phase] = _percentile(ok, 99)
+        result.normal_failures[phase] = len(latencies) - len(ok)
+        launches = [ready for t, ready in observed["launches"] if phase_of(t) == phase]
+        ready = sorted(r for r in launches if r is not None)
+        result.launches_ready[phase] = f"{len(ready)}/{len(launches)}"
+        result.launch_ready_p50_s[phase] = _percentile(ready, 50)
+        result.launch_ready_max_s[phase] = ready[-1] if ready else None
 
 
 def run_flood(target: Target, args: argparse.Namespace, mode: str) -> tuple[Result, Any]:
-    """Idle baseline, then the flood, against one target. Returns the result and a finisher
-    that fills in what can only be read once the hub has stopped (its last log lines)."""
+    """Idle baseline, the flood's first pass, then the steady flood, against one target.
+
+    Returns the result and a finisher for what can only be read once the hub has stopped
+    (the guard's last summary lines)."""
     users = [f"{FLOOD_USER_PREFIX}{i:05d}" for i in range(args.users)]
-    launch_users = [
-        f"{LAUNCH_USER_PREFIX}{i:03d}" for i in range(int(args.idle_seconds + args.seconds) + 1)
-    ]
+    # enough for one launch per second, whatever the first pass takes
+    launch_users = [f"{LAUNCH_USER_PREFIX}{i:03d}" for i in range(int(args.seconds) + 300)]
     observed = target.spawners is not None
+    result = Result(target=target.name, mode=mode, users=args.users, seconds=args.seconds)
     if observed:
         from .hubclient import HubClient
 
         client = HubClient(target.url, target.token)
         client.create_users(users + launch_users)
         client.close()
-    result = Result(target=target.name, mode=mode, seconds=args.seconds)
-    if observed:
         result.spawners_before = target.spawners()
 
     t_idle = time.time() + 1
     t_flood = t_idle + (args.idle_seconds if observed else 0)
-    t_end = t_flood + args.seconds
     observer = None
     if observed:
         ctx = multiprocessing.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe(duplex=False)
+        stop_observing = ctx.Event()
         observer = ctx.Process(
             target=_observe,
-            args=(target.url, target.token, launch_users, t_idle, t_flood, t_end, child_conn),
+            args=(target.url, target.token, launch_users, t_idle, stop_observing, child_conn),
         )
         observer.start()
 
     time.sleep(max(0.0, t_idle - time.time()))
-    cpu_idle_start = _cpu_seconds(target.pid)
+    cpu = {"idle": _cpu_seconds(target.pid)}
     time.sleep(max(0.0, t_flood - time.time()))
-    cpu_flood_start = _cpu_seconds(target.pid)
-    log_offset = _log_size(target.log_path)
+    cpu["first pass"] = _cpu_seconds(target.pid)
+    marks: dict[str, Any] = {}
 
-    tally, flood_end = asyncio.run(_timed_flood(target, users, args, t_flood))
-    cpu_end = _cpu_seconds(target.pid)
+    def on_steady() -> None:
+        cpu["steady"] = _cpu_seconds(target.pid)
+        marks["log_offset"] = _log_size(target.log_path)
 
-    result.sent = tally.sent
-    result.answered = tally.answered
-    result.statuses = dict(tally.statuses)
-    result.answered_per_second = tally.answered / args.seconds
+    flood = asyncio.run(_flood(target, users, args, t_flood, on_steady))
+    cpu["end"] = _cpu_seconds(target.pid)
+
+    result.sent = flood.sent
+    result.answered = flood.answered
+    result.statuses = dict(flood.statuses)
+    result.answered_per_second = flood.answered / args.seconds
+    if flood.steady_start is not None:
+        result.first_pass_seconds = flood.steady_start - t_flood
 
     if observer is not None:
-        observed_data = parent_conn.recv()
+        stop_observing.set()
+        observations = parent_conn.recv()
         observer.join()
-        _fill_observations(result, observed_data, t_flood)
+        bounds = [t_idle, t_flood, flood.steady_start or flood.end, flood.end]
+        _fill_observations(result, observations, bounds)
         result.spawners_after = target.spawners()
 
-    if cpu_end is not None:
+    if cpu["end"] is not None and flood.steady_start is not None:
         idle_rate = 0.0
         if observed and args.idle_seconds > 0:
-            idle_rate = (cpu_flood_start - cpu_idle_start) / args.idle_seconds
-        result.idle_cpu_ms_per_second = idle_rate * 1000
-        flood_cpu = cpu_end - cpu_flood_start - idle_rate * args.seconds
-        result.cpu_ms_per_request = 1000 * flood_cpu / max(1, tally.answered)
-        steady_answered = tally.answered - tally.steady_answered_from
-        if tally.steady_from is not None and steady_answered > 0:
-            steady_seconds = flood_end - tally.steady_from
-            steady = cpu_end - tally.steady_cpu_from - idle_rate * steady_seconds
-            result.cpu_ms_per_request_steady = 1000 * steady / steady_answered
+            idle_rate = (cpu["first pass"] - cpu["idle"]) / args.idle_seconds
+        result.idle_cpu_ms_per_second = 1000 * idle_rate
+        first = cpu["steady"] - cpu["first pass"] - idle_rate * result.first_pass_seconds
+        result.first_pass_cpu_ms_per_request = 1000 * first / len(users)
+        steady = cpu["end"] - cpu["steady"] - idle_rate * args.seconds
+        result.cpu_ms_per_request = 1000 * steady / max(1, flood.answered)
 
     def finish() -> Result:
-        lines = _flood_log_lines(target.log_path, log_offset)
+        lines = _flood_log_lines(target.log_path, marks.get("log_offset"))
         if lines is not None:
-            result.log_lines_per_1000 = 1000 * lines / max(1, tally.answered)
+            result.log_lines_per_1000 = 1000 * lines / max(1, flood.answered)
         return result
 
     return result, finish
-
-
-def _fill_observations(result: Result, observed: dict, t_flood: float) -> None:
-    for phase, in_phase in (("idle", lambda t: t < t_flood), ("flood", lambda t: t >= t_flood)):
-        latencies = [s for t, s in observed["samples"] if in_phase(t)]
-        ok = sorted(1000 * s for s in latencies if s is not None)
-        result.normal_p50_ms[phase] = _percentile(ok, 50)
-        result.normal_p99_ms[phase] = _percentile(ok, 99)
-        result.normal_failures[phase] = len(latencies) - len(ok)
-        launches = [ready for t, ready in observed["launches"] if in_phase(t)]
-        ready = sorted(r for r in launches if r is not None)
-        result.launches_ok[phase] = f"{len(ready)}/{len(launches)}"
-        result.launch_ready_p50_s[phase] = _percentile(ready, 50)
 
 
 # --- the floor: a bare tornado handler answering 429 -------------------------------------------
@@ -399,7 +427,7 @@ class _BareServer:
         if not parent_conn.poll(30):
             raise RuntimeError("the bare 429 server did not start")
         port = parent_conn.recv()
-        return Target("bare 429", f"http://127.0.0.1:{port}", "unused", pid=self.process.pid)
+        return Target(BARE, f"http://127.0.0.1:{port}", "unused", pid=self.process.pid)
 
     def __exit__(self, *exc: Any) -> None:
         self.process.terminate()
@@ -474,32 +502,40 @@ def _statuses(r: Result) -> str:
 
 
 def _rows(results: list[Result]) -> list[tuple[str, list[str]]]:
+    floor = next((r for r in results if r.target == BARE), None)
+
     def each(get: Any, digits: int = 2) -> list[str]:
         return [_fmt(get(r), digits) for r in results]
 
     def phases(get: Any, digits: int = 2) -> list[str]:
-        return [
-            f"{_fmt(get(r, 'idle'), digits)} / {_fmt(get(r, 'flood'), digits)}" for r in results
-        ]
+        return [" / ".join(_fmt(get(r, p), digits) for p in PHASES) for r in results]
+
+    def vs_floor(r: Result) -> float | None:
+        if floor is None or r.cpu_ms_per_request is None or not floor.cpu_ms_per_request:
+            return None
+        return r.cpu_ms_per_request / floor.cpu_ms_per_request
 
     return [
-        ("flood requests sent", each(lambda r: r.sent)),
+        ("first pass: seconds to answer", each(lambda r: r.first_pass_seconds, 1)),
+        ("first pass: hub CPU ms per stop", each(lambda r: r.first_pass_cpu_ms_per_request, 3)),
         ("flood requests answered per s", each(lambda r: r.answered_per_second, 1)),
         ("answers by status", each(_statuses)),
         ("hub CPU ms per flood request", each(lambda r: r.cpu_ms_per_request, 3)),
-        ("  steady (every stop a repeat)", each(lambda r: r.cpu_ms_per_request_steady, 3)),
+        ("  x the bare 429 handler's", each(vs_floor)),
         ("hub CPU ms/s at idle (subtracted)", each(lambda r: r.idle_cpu_ms_per_second, 1)),
-        ("normal call p50 ms idle / flood", phases(lambda r, p: r.normal_p50_ms.get(p), 1)),
-        ("normal call p99 ms idle / flood", phases(lambda r, p: r.normal_p99_ms.get(p), 1)),
-        ("normal call failures idle / flood", phases(lambda r, p: r.normal_failures.get(p))),
-        ("launches ready idle / flood", phases(lambda r, p: r.launches_ok.get(p))),
+        ("normal call p50 ms", phases(lambda r, p: r.normal_p50_ms.get(p), 1)),
+        ("normal call p99 ms", phases(lambda r, p: r.normal_p99_ms.get(p), 1)),
+        ("normal call failures", phases(lambda r, p: r.normal_failures.get(p))),
+        ("launches ready", phases(lambda r, p: r.launches_ready.get(p))),
         ("launch time to ready p50 s", phases(lambda r, p: r.launch_ready_p50_s.get(p))),
+        ("launch time to ready max s", phases(lambda r, p: r.launch_ready_max_s.get(p))),
         ("hub log lines per 1000 flood req", each(lambda r: r.log_lines_per_1000, 1)),
-        (
-            "hub spawners before / after",
-            phases(lambda r, p: r.spawners_before if p == "idle" else r.spawners_after),
-        ),
+        ("hub spawner objects before/after", each(_spawners)),
     ]
+
+
+def _spawners(r: Result) -> str:
+    return f"{_fmt(r.spawners_before)} -> {_fmt(r.spawners_after)}"
 
 
 def format_table(results: list[Result], args: argparse.Namespace) -> str:
@@ -514,8 +550,9 @@ def format_table(results: list[Result], args: argparse.Namespace) -> str:
         lines.append(" | ".join(c.ljust(w) for c, w in zip([name, *cells], widths, strict=True)))
     mode = results[0].mode if results else ""
     title = (
-        f"stop flood: {mode}, {args.seconds:g}s per target, {args.users} never-started users,"
-        f" observed after {args.idle_seconds:g}s idle"
+        f"stop flood, {mode}: {args.users} never-started users, {args.idle_seconds:g}s idle,"
+        f" a first pass over all users, then {args.seconds:g}s steady (every stop a repeat)."
+        f"\nphases: {' / '.join(PHASES)}"
     )
     return title + "\n" + "\n".join(lines)
 
