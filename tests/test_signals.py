@@ -120,14 +120,29 @@ def test_rss_growth_over_too_few_spawns_is_not_judged():
     assert evaluate(samples, RULES) == []
 
 
-def test_watches_exceeding_reflectors_for_the_whole_window():
-    def at(watches, reflectors):
-        return Sample(time=0, watched={"Watch": watches, "ResourceReflector": reflectors})
+def test_watches_beyond_what_reflectors_hold_for_a_minute():
+    def at(t, watches, reflectors=2):
+        return Sample(time=t, watched={"Watch": watches, "ResourceReflector": reflectors})
 
-    assert evaluate([at(3, 2), at(3, 2), at(3, 2)], RULES)[0]["name"] == (
-        "watches_exceed_reflectors"
-    )
-    assert evaluate([at(3, 2), at(2, 2), at(3, 2)], RULES) == []
+    leaking = [at(t, 5) for t in range(0, 70, 10)]
+    [signal] = evaluate(leaking, RULES)
+    assert signal["name"] == "watches_exceed_reflectors"
+    assert signal["evidence"] == {"watches": 5, "reflectors": 2, "seconds": 60}
+    # a reflector holds the finished stream's Watch while it relists: up to two each
+    relisting = [at(t, 4) for t in range(0, 70, 10)]
+    assert evaluate(relisting, RULES) == []
+    # not yet a minute of evidence, or one sample within the minute back to normal
+    assert evaluate(leaking[:3], RULES) == []
+    assert evaluate([*leaking[:-3], at(45, 3), *leaking[-2:]], RULES) == []
+
+
+def test_growth_before_the_first_spawn_is_left_out():
+    # the first spawn creates the shared reflectors in steps while no server is running yet
+    samples = [
+        Sample(time=t, watched={"ResourceReflector": n}, active_servers=0, spawns_total=spawns)
+        for t, (n, spawns) in enumerate([(0, 0), (1, 0), (2, 0), (3, 0), (3, 1), (3, 1)])
+    ]
+    assert evaluate(samples, RULES) == []
 
 
 def test_one_thousand_clean_cycles_raise_nothing():

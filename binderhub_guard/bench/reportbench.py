@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -153,20 +154,28 @@ async def measure_stall(objects: int, seconds: float) -> dict[str, Any]:
 
 
 def ballast_config(objects: int, sample_interval: float = 1.0) -> str:
+    """Hub config that allocates the extra objects once the hub runs (a hub that allocates
+    them while loading its config answers its first requests late)."""
     return (
         f"c.GuardReport.sample_interval = {sample_interval}\n"
-        "import builtins\n"
+        "import asyncio, builtins\n"
         "class _Ballast:\n"
         "    pass\n"
-        f"builtins._binderhub_guard_ballast = [[] for _ in range({objects // 2})] + "
-        f"[_Ballast() for _ in range({objects - objects // 2})]\n"
+        "def _allocate():\n"
+        f"    builtins._binderhub_guard_ballast = [[] for _ in range({objects // 2})] + [\n"
+        f"        _Ballast() for _ in range({objects - objects // 2})]\n"
+        "asyncio.get_running_loop().call_later(1, _allocate)\n"
     )
 
 
 def measure_latency(objects: int, count: int) -> dict[str, Any]:
     with DevHub(extra_config=ballast_config(objects)) as hub:
+        deadline = time.monotonic() + 60
+        while hub.api("GET", "/guard?full=1").json()["objects"]["most_common"]["objects"] < objects:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the hub did not allocate its ballast within 60 s")
+            time.sleep(1)
         time.sleep(2)
-        hub.api("GET", "/guard").raise_for_status()
         times = []
         for _ in range(count):
             started = time.perf_counter()
@@ -200,20 +209,31 @@ LEAKY = "binderhub_guard.testing.leaky"
 def measure_leak_detection(
     max_cycles: int, clean_cycles: int, parallel: int, sample_interval: float
 ) -> dict[str, Any]:
-    variants = {
-        "leaky_guarded_spawner": f'c.JupyterHub.spawner_class = "{LEAKY}.LeakyGuardedKubeSpawner"',
-        "leaky_plain_kubespawner": f'c.JupyterHub.spawner_class = "{LEAKY}.LeakyKubeSpawner"',
+    """Cycles to the first signal for each leaky variant (one user at a time, then
+    ``parallel`` at a time), and signals seen over clean cycles (false positives)."""
+    leaky = {
+        name: f'c.JupyterHub.spawner_class = "{LEAKY}.{name}"'
+        for name in ("LeakyKubeSpawner", "LeakyGuardedKubeSpawner")
     }
+    runs = [
+        (f"{name} x{users}", spawner, max_cycles, users, True)
+        for name, spawner in leaky.items()
+        for users in sorted({1, parallel})
+    ]
+    runs += [
+        (f"clean GuardedKubeSpawner x{users}", "", clean_cycles, users, False)
+        for users in sorted({1, parallel}, reverse=True)
+    ]
     figures: dict[str, Any] = {"sample_interval_s": sample_interval}
-    for name, spawner in variants.items():
+    for name, spawner, cycles, users, stop_at_signal in runs:
         config = f"c.GuardReport.sample_interval = {sample_interval}\n{spawner}\n"
+        if not stop_at_signal and users == 1:
+            cycles = min(cycles, 200)  # one at a time is slow: 200 are enough to see noise
         with DevHub(extra_config=config) as hub:
-            figures[name] = run_cycles(hub, max_cycles, 1, sample_interval, stop_at_signal=True)
-    config = f"c.GuardReport.sample_interval = {sample_interval}\n"
-    with DevHub(extra_config=config) as hub:
-        figures["clean_guarded_spawner"] = run_cycles(
-            hub, clean_cycles, parallel, sample_interval, stop_at_signal=False
-        )
+            figures[name] = run_cycles(
+                hub, cycles, users, sample_interval, stop_at_signal=stop_at_signal
+            )
+        print(f"reportbench: {name}: {figures[name]}", file=sys.stderr, flush=True)
     return figures
 
 
@@ -286,8 +306,6 @@ def print_table(part: str, figures: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
     parser = argparse.ArgumentParser(prog="python -m binderhub_guard.bench.reportbench")
     add_arguments(parser)
     sys.exit(main(parser.parse_args()))

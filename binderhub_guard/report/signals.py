@@ -52,7 +52,10 @@ class SignalRules:
     rss_min_spawns: int = 50
     reflector_type: str = "ResourceReflector"
     watch_type: str = "Watch"
-    watch_excess_window: int = 3
+    # A reflector briefly holds two Watch objects: the finished stream's stays referenced
+    # while the next list call runs (and through a relist storm).
+    watches_per_reflector: int = 2
+    watch_excess_seconds: float = 60.0
 
 
 def evaluate(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
@@ -93,7 +96,8 @@ def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
     servers do not matter. Walking back from the latest such sample while the count never
     falls, the rule fires when that run grew by ``growth_min_increase`` in at least
     ``growth_min_steps`` separate increases: one jump is a new feature starting, repeated
-    growth at the same load is a leak.
+    growth at the same load is a leak. Samples from before the first successful spawn are
+    left out: the first spawn creates kubespawner's shared reflectors and clients.
     """
     latest = samples[-1]
     series = {"asyncio.Task": lambda s: s.asyncio_tasks}
@@ -110,6 +114,8 @@ def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
         counts: list[int] = []
         since = latest.time
         for sample in reversed(samples):
+            if sample.spawns_total == 0:
+                break  # before the first spawn the hub is still creating its shared machinery
             if load(sample) != level:
                 continue
             count = count_of(sample)
@@ -164,27 +170,26 @@ def rss_per_spawn(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
 
 
 def watches_exceed_reflectors(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
-    """Every reflector owns one watch at a time: more watches than reflectors, sample
-    after sample, means watches started outside a reflector are left open."""
-    window = samples[-rules.watch_excess_window :]
-    if len(window) < rules.watch_excess_window:
+    """More watches than the reflectors can hold (``watches_per_reflector`` each), in every
+    sample for ``watch_excess_seconds``: watches started outside a reflector are left open."""
+    latest = samples[-1]
+    window = [s for s in samples if s.time >= latest.time - rules.watch_excess_seconds]
+    if len(window) < 3 or latest.time - samples[0].time < rules.watch_excess_seconds:
         return []
     pairs = [(s.watched.get(rules.watch_type), s.watched.get(rules.reflector_type)) for s in window]
-    if any(w is None or r is None or w <= r for w, r in pairs):
+    if any(w is None or r is None or w <= r * rules.watches_per_reflector for w, r in pairs):
         return []
     return [
         _signal(
             "watches_exceed_reflectors",
             WARNING,
-            {"watches": [w for w, _ in pairs], "reflectors": [r for _, r in pairs]},
+            {
+                "watches": latest.watched[rules.watch_type],
+                "reflectors": latest.watched[rules.reflector_type],
+                "seconds": round(latest.time - window[0].time, 1),
+            },
         )
     ]
-
-
-def _delta(values: list[int | None]) -> int:
-    if values[0] is None or values[-1] is None:
-        return 0
-    return values[-1] - values[0]
 
 
 def _signal(name: str, severity: str, evidence: dict[str, Any]) -> Signal:
