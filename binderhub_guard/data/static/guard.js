@@ -35,13 +35,34 @@
     return node;
   }
 
+  // Long tables show their first rows and a button for the rest, which stays pressed.
+  const ROWS_SHOWN = 10;
+  const expanded = new Set();
+
   function fill(tbody, rows, emptyText, columns) {
+    const table = tbody.parentElement.id;
     tbody.replaceChildren();
     if (!rows.length) {
       tbody.append(el("tr", {}, el("td", { colspan: columns, class: "text-body-secondary" }, emptyText)));
       return;
     }
-    tbody.append(...rows);
+    if (expanded.has(table) || rows.length <= ROWS_SHOWN + 2) {
+      tbody.append(...rows);
+      return;
+    }
+    const more = el("button", { type: "button", class: "btn btn-link btn-sm p-0 align-baseline" }, `show all ${rows.length}`);
+    more.addEventListener("click", () => {
+      expanded.add(table);
+      tbody.replaceChildren(...rows);
+    });
+    const note = el("td", { colspan: columns, class: "text-body-secondary" }, `${rows.length - ROWS_SHOWN} more, `, more);
+    tbody.append(...rows.slice(0, ROWS_SHOWN), el("tr", {}, note));
+  }
+
+  // site-packages paths are long and say little: show the package path, keep the full one
+  function site(path) {
+    const short = path.replace(/^.*\/site-packages\//, "");
+    return el("td", { class: "guard-label", title: path }, short);
   }
 
   function mib(bytes) {
@@ -250,7 +271,7 @@
         return el(
           "li",
           {
-            class: `guard-signal alert ${critical ? "alert-danger" : "alert-warning"} py-2`,
+            class: `guard-signal alert ${critical ? "alert-danger" : "alert-warning"} py-2 mb-2`,
             "data-signal": signal.name,
           },
           el("span", { class: `badge ${critical ? "text-bg-danger" : "text-bg-warning"} me-2` }, signal.severity),
@@ -315,20 +336,23 @@
     );
     fill(
       orphans,
-      ledger.orphans.map((o) =>
-        el(
-          "tr",
-          { class: o.live ? "table-danger guard-orphaned" : "" },
-          el("td", {}, o.kind),
-          el("td", { class: "guard-label" }, o.label),
-          el("td", {}, o.user),
-          el("td", {}, o.server),
-          el("td", {}, o.spawn_id),
-          el("td", {}, formatAge(report.time - o.found) + " ago"),
-          el("td", {}, o.live ? "live" : o.released ? "released" : "ended"),
-          el("td", { class: "guard-origin" }, origin(o.origin))
-        )
-      ),
+      ledger.orphans
+        .slice()
+        .sort((a, b) => b.live - a.live || b.found - a.found)
+        .map((o) =>
+          el(
+            "tr",
+            { class: o.live ? "table-danger guard-orphaned" : "" },
+            el("td", {}, o.kind),
+            el("td", { class: "guard-label" }, o.label),
+            el("td", {}, o.user),
+            el("td", {}, o.server),
+            el("td", {}, o.spawn_id),
+            el("td", {}, formatAge(report.time - o.found) + " ago"),
+            el("td", {}, o.live ? "live" : o.released ? "released" : "ended"),
+            el("td", { class: "guard-origin" }, origin(o.origin))
+          )
+        ),
       "No orphans.",
       8
     );
@@ -399,7 +423,7 @@
         el(
           "tr",
           {},
-          el("td", { class: "guard-label" }, a.site),
+          site(a.site),
           el("td", {}, formatBytes(a.size_growth_bytes)),
           el("td", {}, formatBytes(a.size_bytes)),
           el("td", {}, a.count_growth)
