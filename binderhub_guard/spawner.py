@@ -104,11 +104,10 @@ def _recording_init(original: Callable, kind: str, label: Callable[[Any], str] |
         if current_owner.get() is not None:
             ledger.record(kind, self, label(self) if label else None)
 
-    __init__._binderhub_guard_original = original
     return __init__
 
 
-_HOOKED: list[tuple[type, Callable]] = []
+_HOOKED: list[type] = []
 
 
 def install_hooks(ledger: Ledger = registry) -> None:
@@ -125,16 +124,8 @@ def install_hooks(ledger: Ledger = registry) -> None:
         (Watch, WATCH, None),
         (ApiClient, API_CLIENT, None),
     ):
-        original = cls.__init__
-        cls.__init__ = _recording_init(original, kind, label, ledger)
-        _HOOKED.append((cls, original))
-
-
-def uninstall_hooks() -> None:
-    """Undo :func:`install_hooks` (tests)."""
-    while _HOOKED:
-        cls, original = _HOOKED.pop()
-        cls.__init__ = original
+        cls.__init__ = _recording_init(cls.__init__, kind, label, ledger)
+        _HOOKED.append(cls)
 
 
 _LOOPS_SET_UP: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()

@@ -163,7 +163,11 @@ def test_hub_shutdown_with_a_running_server_is_clean(leaky_hub: DevHub):
 
 
 def test_stock_base_leaks_one_watch_and_spawner_per_spawn(workdir):
-    with DevHub(stock=True, leaky=True, workdir=workdir, extra_config=probe_config(workdir)) as hub:
+    # the same hub as above but for the spawner: the leaky code on plain KubeSpawner
+    stock_spawner = (
+        "\nc.JupyterHub.spawner_class = 'binderhub_guard.testing.leaky.LeakyKubeSpawner'\n"
+    )
+    with DevHub(workdir=workdir, extra_config=probe_config(workdir) + stock_spawner) as hub:
         hub.client.create_users(["leaker"])
         cycles = 3
         for _ in range(cycles):

@@ -1,16 +1,17 @@
 """`binderhub-guard soak`: spawn/stop cycles through a real hub's REST API, with leak figures.
 
-Each variant runs on its own dev hub on the simulator (or on a given hub by URL and token):
-``stock`` (plain KubeSpawner), ``guarded`` (GuardedKubeSpawner and the guard's snippets),
-``leaky-stock`` and ``leaky-guarded`` (the 2018 per-spawn events reflector, replayed by
-``binderhub_guard.testing.leaky``).  Cycles run in batches with `--users` servers in parallel;
-after each batch every server is stopped and the hub is measured: RSS, live reflectors, asyncio
-tasks, TCP connections from the hub to the Kubernetes API, open aiohttp ClientSessions, ledger
-size and live orphans.  The end table adds the RSS slope per cycle after warm-up and the hub's
-CPU time per cycle (stock vs guarded: the ledger's overhead).
+Each variant runs on its own dev hub on the simulator (or on a given hub by URL and token),
+with the guard's snippets loaded and only the spawner class changed: ``stock`` (KubeSpawner),
+``guarded`` (GuardedKubeSpawner), ``leaky-stock`` and ``leaky-guarded`` (the 2018 per-spawn
+events reflector, replayed by ``binderhub_guard.testing.leaky``).  Cycles run in batches with
+`--users` servers in parallel; after each batch every server is stopped and the hub is
+measured: RSS, live reflectors and spawners, asyncio tasks, TCP connections from the hub to
+the Kubernetes API, open aiohttp ClientSessions, ledger size and live orphans.  The end table
+adds the RSS slope per cycle after warm-up and the hub's CPU time per cycle.  ``--overhead``
+measures the ledger's own cost per spawn in process, without a hub.
 
 Object counts come from inside the hub: a probe installed in the config of hubs this command
-starts (stock ones included, for a like-for-like comparison), or the guard report
+starts (the same probe in every variant), or the guard report
 (``/hub/api/guard``) of a hub given by URL.  Connections and CPU need the hub's PID.
 """
 
@@ -32,11 +33,13 @@ from .devhub import DevHub
 from .hubclient import HubClient
 from .probe import probe_config, read_probe
 
+# spawner class of each variant; the rest of the hub (the guard's snippets, the report) is the
+# same in all four, so the figures differ by the spawner alone
 VARIANTS = {
-    "stock": {"stock": True, "leaky": False},
-    "guarded": {"stock": False, "leaky": False},
-    "leaky-stock": {"stock": True, "leaky": True},
-    "leaky-guarded": {"stock": False, "leaky": True},
+    "stock": "kubespawner.KubeSpawner",
+    "guarded": "binderhub_guard.spawner.GuardedKubeSpawner",
+    "leaky-stock": "binderhub_guard.testing.leaky.LeakyKubeSpawner",
+    "leaky-guarded": "binderhub_guard.testing.leaky.LeakyGuardedKubeSpawner",
 }
 
 
@@ -48,6 +51,7 @@ class Sample:
     rss_bytes: int | None
     hub_cpu_seconds: float | None
     reflectors: int | None
+    spawners: int | None
     tasks: int | None
     api_connections: int | None
     client_sessions: int | None
@@ -89,6 +93,7 @@ class HubGauges:
             rss_bytes=rss if rss is not None else inside.get("rss"),
             hub_cpu_seconds=None if cpu_before is None else cpu_before - self._measured_before,
             reflectors=inside.get("reflectors"),
+            spawners=inside.get("spawners"),
             tasks=inside.get("tasks"),
             api_connections=self._api_connections(),
             client_sessions=inside.get("client_sessions"),
@@ -118,6 +123,7 @@ class HubGauges:
             guarded = self.guarded
             return {
                 "reflectors": counts["reflectors_watching"],
+                "spawners": counts["spawners"],
                 "tasks": counts["tasks"],
                 "client_sessions": counts["client_sessions_open"],
                 "ledger_size": sum(ledger["live"].values()) if guarded else None,
@@ -136,6 +142,7 @@ class HubGauges:
         return {
             "rss": report.get("process", {}).get("rss_bytes"),
             "reflectors": watched.get("ResourceReflector", {}).get("count"),
+            "spawners": watched.get("Spawner", {}).get("count"),
             "tasks": report.get("process", {}).get("asyncio_tasks"),
             "client_sessions": watched.get("ClientSession", {}).get("count"),
             "ledger_size": sum(counts["live"].values()) if counts else None,
@@ -222,6 +229,7 @@ def summarize(variant: str, samples: list[Sample], warmup: int) -> dict[str, Any
             f"{name}_{end}": getattr(sample, name)
             for name in (
                 "reflectors",
+                "spawners",
                 "tasks",
                 "api_connections",
                 "client_sessions",
@@ -234,7 +242,7 @@ def summarize(variant: str, samples: list[Sample], warmup: int) -> dict[str, Any
     }
 
 
-ROW = "{:>7} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>8} {:>7} {:>8}"
+ROW = "{:>7} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>8}"
 
 
 def _fmt(value: Any) -> str:
@@ -250,6 +258,7 @@ def print_sample(sample: Sample) -> None:
             sample.failures,
             _fmt(rss),
             _fmt(sample.reflectors),
+            _fmt(sample.spawners),
             _fmt(sample.tasks),
             _fmt(sample.api_connections),
             _fmt(sample.client_sessions),
@@ -282,6 +291,7 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
         ),
         ("hub CPU, ms/cycle", lambda r: _fmt(r["hub_cpu_ms_per_cycle"])),
         ("watching ResourceReflectors", lambda r: span(r, "reflectors")),
+        ("Spawner instances", lambda r: span(r, "spawners")),
         ("asyncio tasks", lambda r: span(r, "tasks")),
         ("TCP conns hub->API", lambda r: span(r, "api_connections")),
         ("open ClientSessions", lambda r: span(r, "client_sessions")),
@@ -306,6 +316,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
                 "fail",
                 "rss_MiB",
                 "refl",
+                "spawnr",
                 "tasks",
                 "conns",
                 "sessions",
@@ -338,9 +349,9 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix=f"soak-{variant}-")
     try:
         with DevHub(
-            **VARIANTS[variant],
             workdir=workdir,
-            extra_config=probe_config(workdir),
+            extra_config=probe_config(workdir)
+            + f"\nc.JupyterHub.spawner_class = {VARIANTS[variant]!r}\n",
             sim_args=["--event-ttl", str(args.event_ttl)],
         ) as hub:
             api_port = int(hub.sim_url.rsplit(":", 1)[1])
@@ -349,7 +360,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
                 hub.hub_pid,
                 api_port,
                 probe_dir=workdir,
-                guarded=not VARIANTS[variant]["stock"],
+                guarded=variant.endswith("guarded"),
             )
             samples = run_cycles(hub.client, gauges, **common)
     finally:
@@ -359,7 +370,9 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cycles", type=int, default=1000, help="spawn/stop cycles per variant")
-    parser.add_argument("--stock", action="store_true", help="plain KubeSpawner, no guard")
+    parser.add_argument(
+        "--stock", action="store_true", help="KubeSpawner instead of GuardedKubeSpawner"
+    )
     parser.add_argument("--leaky", action="store_true", help="replay the 2018 per-spawn leak")
     parser.add_argument(
         "--all", action="store_true", help="stock, guarded, leaky-stock and leaky-guarded"
