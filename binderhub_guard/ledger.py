@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import itertools
 import logging
 import os
@@ -199,6 +200,7 @@ def format_origin(origin: Origin) -> list[str]:
     ]
 
 
+@functools.lru_cache(maxsize=4096)
 def _line_at(code: CodeType, offset: int) -> int | None:
     for start, end, line in code.co_lines():
         if start <= offset < end:
@@ -246,7 +248,7 @@ class Ledger:
         orphan_grace_seconds: float = 5.0,
         origin_depth: int = 4,
         recent_limit: int = 100,
-        orphan_limit: int = 1000,
+        orphan_limit: int = 200,
     ) -> None:
         self.log = log or logging.getLogger("binderhub_guard.ledger")
         self.enabled = True
