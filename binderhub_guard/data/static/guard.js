@@ -139,7 +139,7 @@
 
   const W = 400;
   const H = 150;
-  const PAD = { left: 40, right: 6, top: 8, bottom: 18 };
+  const PAD = { left: 44, right: 6, top: 8, bottom: 20 };
 
   function niceMax(value) {
     if (value <= 0) return 1;
@@ -317,7 +317,6 @@
     fill(
       spawns,
       ledger.spawns.map((s) => {
-        const age = (s.ended || report.time) - s.started;
         const orphaned = orphanedSpawns.has(s.spawn_id);
         return el(
           "tr",
@@ -326,7 +325,7 @@
           el("td", {}, s.server),
           el("td", {}, s.spawn_id),
           el("td", {}, s.state),
-          el("td", {}, formatAge(age)),
+          el("td", {}, formatAge(report.time - s.started)),
           el("td", {}, liveKinds(s.live)),
           el("td", {}, s.ended ? `${formatAge(report.time - s.ended)} ago, ${s.end_reason || ""}` : "")
         );
