@@ -1,0 +1,823 @@
+"""`binderhub-guard replay`: the 2018 mybinder outage, re-enacted on a stock and a guarded hub.
+
+Two real hubs run the same compressed timeline in turn, on their own simulator each:
+
+- **stock**: KubeSpawner with the 2018 per-spawn reflector leak, no stop guard;
+- **guarded**: the same leaky code under GuardedKubeSpawner, with the package's snippets (stop
+  guard, report) loaded; everything else identical.
+
+Against each: simulated users launching and stopping servers all along (some leave theirs to the
+real jupyterhub-idle-culler, running as a hub service), then the culler bug of 2018 (a flood of
+stops of servers that are not running, sent open-loop by `bench.flood`'s sender), then watch
+drops and a burst of API-server latency from the simulator's fault knobs, then a calm end.
+
+Every second it records launches (success, time to ready), the p99 of a normal API call, the
+hub's RSS and CPU (psutil, the hub process only), live reflectors (those whose watch runs,
+counted inside the hub by a small instrument installed the same way in both hubs), open watch
+connections (the simulator's own count), flood answers and throttles, and the leak signals of
+/hub/api/guard. Output: a table (stock vs guarded, at start, middle = the flood, end), a verdict
+per failure mode, ``replay.json`` with every sample and launch, and ``replay.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import multiprocessing
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+
+from .devhub import DevHub, DevHubError
+from .flood import FLOOD_SERVICE, FLOOD_USER_PREFIX, Target, _flood, _hub_base_url
+from .hubclient import HubClient
+
+HUBS = ("stock", "guarded")
+USER_PREFIX = "user-"
+PROBE_USER = "admin"
+REFLECTORS_FILE = "replay-reflectors.json"
+# a user gives up on a launch not ready after this long (the browser's spinner, in 2018)
+GIVE_UP_SECONDS = 15.0
+HOLD_SECONDS = 1.0
+ARRIVAL_SECONDS = 0.3
+CULL_TIMEOUT_SECONDS = 4
+PROBES_PER_SECOND = 5
+# the 2018 culler stopped the same few servers again and again
+FLOOD_TARGETS = 20
+PROGRESS_EVERY_SECONDS = 5
+
+
+# --- the timeline ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The compressed day, as fractions of its length so that --minutes only scales it."""
+
+    seconds: float
+    flood: tuple[float, float]
+    watch_drops: tuple[float, float]
+    latency_burst: tuple[float, float]
+
+    @classmethod
+    def scaled(cls, minutes: float) -> Timeline:
+        total = minutes * 60
+
+        def window(start: float, end: float) -> tuple[float, float]:
+            return (round(start * total, 1), round(end * total, 1))
+
+        return cls(total, window(0.3, 0.6), window(0.5, 0.8), window(0.65, 0.75))
+
+    @property
+    def windows(self) -> dict[str, tuple[float, float]]:
+        """The table's columns: before any trouble, the flood, after all of it."""
+        return {
+            "start": (0.0, self.flood[0]),
+            "middle": self.flood,
+            "end": (self.watch_drops[1], self.seconds),
+        }
+
+    def phase_at(self, t: float) -> str:
+        parts = [
+            name
+            for name, (start, end) in (
+                ("culler flood", self.flood),
+                ("watch drops", self.watch_drops),
+                ("apiserver latency", self.latency_burst),
+            )
+            if start <= t < end
+        ]
+        if parts:
+            return " + ".join(parts)
+        return "steady load" if t < self.flood[0] else "aftermath"
+
+    def phase_end(self, t: float) -> float:
+        edges = sorted({*self.flood, *self.watch_drops, *self.latency_burst, self.seconds})
+        return next((edge for edge in edges if edge > t), self.seconds)
+
+    def faults_at(self, t: float) -> dict[str, Any]:
+        drops = self.watch_drops[0] <= t < self.watch_drops[1]
+        slow = self.latency_burst[0] <= t < self.latency_burst[1]
+        return {
+            "watch_drop_after_seconds": 1.0 if drops else None,
+            "latency_seconds": 0.3 if slow else 0.0,
+        }
+
+
+# --- the hubs' configuration -------------------------------------------------------------------
+
+
+def replay_config(workdir: Path, flood_token: str, cleanup_servers: bool = False) -> str:
+    """Config appended to both hubs: the culler, the flooding culler's token, the reflector
+    count.
+
+    On the simulator, servers are not stopped at hub shutdown (the simulator goes with the hub,
+    and a leaky hub's shutdown would take long); on a real cluster they are."""
+    culler = os.path.join(os.path.dirname(sys.executable), "jupyterhub-idle-culler")
+    reflectors_path = str(workdir / REFLECTORS_FILE)
+    return f"""
+c.JupyterHub.cleanup_servers = {cleanup_servers!r}
+c.GuardReport.sample_interval = 1
+c.JupyterHub.services += [
+    {{
+        "name": "idle-culler",
+        "command": [{culler!r}, "--timeout={CULL_TIMEOUT_SECONDS}", "--cull-every=1"],
+    }},
+    {{"name": {FLOOD_SERVICE!r}, "api_token": {flood_token!r}}},
+]
+c.JupyterHub.load_roles += [
+    {{
+        "name": "idle-culler",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
+    }},
+    {{
+        "name": {FLOOD_SERVICE!r},
+        "scopes": ["admin:servers", "list:users"],
+        "services": [{FLOOD_SERVICE!r}],
+    }},
+]
+
+
+def _count_watching_reflectors(path):
+    # Reflectors whose watch is running, counted the same way in both hubs and written once
+    # a second for the replay to read. Weak references: the count keeps nothing alive. (An
+    # instance count would include reflectors the guard stopped that the collector has not
+    # freed yet.)
+    import json, os, weakref
+    from kubespawner.reflector import ResourceReflector
+    from tornado.ioloop import PeriodicCallback
+
+    started = weakref.WeakSet()
+    original_start = ResourceReflector.start
+
+    async def start(self, *args, **kwargs):
+        started.add(self)
+        return await original_start(self, *args, **kwargs)
+
+    ResourceReflector.start = start
+
+    def write():
+        tasks = [getattr(reflector, "watch_task", None) for reflector in list(started)]
+        counts = {{"reflectors": sum(1 for t in tasks if t is not None and not t.done())}}
+        with open(path + ".tmp", "w") as f:
+            json.dump(counts, f)
+        os.replace(path + ".tmp", path)
+
+    PeriodicCallback(write, 1000).start()
+
+
+_count_watching_reflectors({reflectors_path!r})
+"""
+
+
+# --- load: users, the normal-call probe, the flood ---------------------------------------------
+
+
+@dataclass
+class Launch:
+    user: str
+    started: float  # seconds into the timeline
+    ended: float
+    ready: bool
+    seconds: float | None  # to ready
+    why: str = ""
+
+
+class Users:
+    """Simulated users, each in a loop: launch, use it a moment, stop (or leave it idle for
+    the culler, one user in four), launch again."""
+
+    def __init__(self, client: HubClient, names: list[str], t0: float, end: float) -> None:
+        self.client = client
+        self.names = names
+        self.t0 = t0
+        self.end = end
+        self.launches: list[Launch] = []
+        self.stopping = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._run, args=(name, i, i % 4 == 3), daemon=True)
+            for i, name in enumerate(names)
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def _run(self, user: str, i: int, leaves_it_to_the_culler: bool) -> None:
+        # users arrive one by one, not in one burst at t=0
+        self.stopping.wait(i * ARRIVAL_SECONDS)
+        while not self.stopping.is_set() and self._now() < self.end:
+            started = self._now()
+            try:
+                launch = self._launch(user, started)
+            except requests.RequestException as e:
+                launch = Launch(user, started, self._now(), False, None, type(e).__name__)
+            if self.stopping.is_set():
+                return
+            self.launches.append(launch)
+            try:
+                if launch.ready and leaves_it_to_the_culler:
+                    self._wait_until_stopped(user)
+                else:
+                    if launch.ready:
+                        self.stopping.wait(HOLD_SECONDS)
+                    self._stop(user)
+            except requests.RequestException:
+                self.stopping.wait(1)
+
+    def _launch(self, user: str, started: float) -> Launch:
+        path = self.client.server_path(user)
+        reply = self.client.api("POST", path, timeout=GIVE_UP_SECONDS)
+        if reply.status_code == 201:
+            return Launch(user, started, self._now(), True, self._now() - started)
+        if reply.status_code != 202:
+            return Launch(user, started, self._now(), False, None, f"POST {reply.status_code}")
+        while self._now() - started < GIVE_UP_SECONDS and not self.stopping.is_set():
+            model = self.client.server_model(user)
+            if model is None:
+                return Launch(user, started, self._now(), False, None, "spawn failed")
+            if model.get("ready"):
+                return Launch(user, started, self._now(), True, self._now() - started)
+            self.stopping.wait(0.25)
+        return Launch(user, started, self._now(), False, None, "gave up")
+
+    def _stop(self, user: str) -> None:
+        """Stop the server (a launch given up on included) and wait until it is gone."""
+        if _stopped(self.client.server_model(user)):
+            return
+        self.client.api("DELETE", self.client.server_path(user), timeout=GIVE_UP_SECONDS)
+        self._wait_until_stopped(user, timeout=60)
+
+    def _wait_until_stopped(self, user: str, timeout: float = math.inf) -> None:
+        deadline = self._now() + timeout
+        while not self.stopping.is_set() and self._now() < min(self.end, deadline):
+            if _stopped(self.client.server_model(user)):
+                return
+            self.stopping.wait(0.5)
+
+
+def _stopped(model: dict[str, Any] | None) -> bool:
+    return model is None or not (model.get("ready") or model.get("pending"))
+
+
+class Prober:
+    """A normal API call (GET /users/NAME, what the admin page and the culler do), sent
+    open-loop PROBES_PER_SECOND times a second so a stalled hub cannot hide its stall."""
+
+    def __init__(self, client: HubClient, t0: float, end: float) -> None:
+        self.client = client
+        self.t0 = t0
+        self.end = end
+        self.calls: list[tuple[float, float, bool]] = []  # (sent at, seconds, answered ok)
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            due = n / PROBES_PER_SECOND
+            if due >= self.end:
+                return
+            self.stopping.wait(max(0.0, due - (time.monotonic() - self.t0)))
+            try:
+                self.pool.submit(self._call, due)
+            except RuntimeError:  # shut down meanwhile
+                return
+            n += 1
+
+    def _call(self, sent: float) -> None:
+        started = time.monotonic()
+        try:
+            ok = self.client.api("GET", f"/users/{PROBE_USER}", timeout=10).ok
+        except requests.RequestException:
+            ok = False
+        self.calls.append((sent, time.monotonic() - started, ok))
+
+
+class Flood:
+    """The 2018 culler bug: `bench.flood`'s open-loop sender, in a process of its own (in
+    this one it would compete with the users and the probe for the GIL).
+
+    The sender tallies its answers only when it returns, so the replay has the flood's totals
+    (the flood only runs in the middle window); per second, the guarded hub's own stop-guard
+    counters show the throttling."""
+
+    def __init__(self, target: Target, rate: float, t0: float, window: tuple[float, float]):
+        context = multiprocessing.get_context("spawn")
+        self.answers, sender_end = context.Pipe(duplex=False)
+        # the sender keeps wall-clock time
+        start = time.time() + t0 + window[0] - time.monotonic()
+        self.process = context.Process(
+            target=_send_flood,
+            args=(target, rate, start, window[1] - window[0], sender_end),
+            daemon=True,
+        )
+        self.rate = rate
+        self.window = window
+
+    def start(self) -> None:
+        self.process.start()
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(5)
+
+    def counts(self, wait: float) -> dict[str, Any]:
+        """Answers by JupyterHub (2xx), throttled (429), anything else (errors, timeouts), and
+        requests sent but unanswered by the end of the flood."""
+        seen = {"sent": 0, "first_pass": 0, "statuses": {}}
+        try:
+            if self.answers.poll(wait):
+                seen = self.answers.recv()
+        except EOFError:  # the sender died; its traceback is on stderr
+            pass
+        statuses = seen["statuses"]
+        # the first pass over the targets stops each once (a first stop passes any guard)
+        answered = seen["first_pass"] + sum(
+            n for status, n in statuses.items() if status.startswith("2")
+        )
+        throttled = statuses.get("429", 0)
+        other = sum(statuses.values()) - throttled - (answered - seen["first_pass"])
+        return {
+            "rate": self.rate,
+            "window": self.window,
+            "sent": seen["sent"],
+            "answered": answered,
+            "throttled": throttled,
+            "other": other,
+            "unanswered": seen["sent"] - answered - throttled - other,
+        }
+
+
+def _send_flood(target: Target, rate: float, start: float, seconds: float, answers: Any) -> None:
+    # The replay stops this process itself; a Ctrl-C reaching the whole process group must
+    # not print a traceback from here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    users = [f"{FLOOD_USER_PREFIX}{i:05d}" for i in range(FLOOD_TARGETS)]
+    settings = argparse.Namespace(closed_loop=False, rate=rate, concurrency=16, seconds=seconds)
+    seen = asyncio.run(_flood(target, users, settings, start, on_steady=lambda: None))
+    answers.send(
+        {"sent": seen.sent, "first_pass": seen.first_answered, "statuses": dict(seen.statuses)}
+    )
+
+
+# --- one hub through the timeline --------------------------------------------------------------
+
+
+class Progress:
+    """One line on stderr at each phase change and every few seconds: where, how long left."""
+
+    def __init__(self, timeline: Timeline, hubs_after: int) -> None:
+        self.timeline = timeline
+        self.hubs_after = hubs_after
+        self.last_phase = ""
+        self.last_print = -math.inf
+
+    def show(self, hub: str, t: float) -> None:
+        phase = self.timeline.phase_at(t)
+        if phase == self.last_phase and t - self.last_print < PROGRESS_EVERY_SECONDS:
+            return
+        self.last_phase, self.last_print = phase, t
+        left = self.timeline.seconds - t + self.hubs_after * (self.timeline.seconds + 10)
+        print(
+            f"replay: [{hub}] {phase}, {self.timeline.phase_end(t) - t:.0f} s left in phase;"
+            f" t={t:.0f}/{self.timeline.seconds:.0f} s, about {left:.0f} s left in all",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def run_hub(
+    name: str,
+    hub: DevHub,
+    timeline: Timeline,
+    users: int,
+    flood_rate: float,
+    flood_token: str,
+    progress: Progress,
+) -> dict[str, Any]:
+    """The timeline against one started hub (see `prepare_hub`); returns its samples, launches
+    and flood counts."""
+    client = hub.client
+    report_available = client.api("GET", "/guard").status_code == 200
+    hub_process = psutil.Process(hub.hub_pid)
+    t0 = time.monotonic() + 0.5
+    load = Users(client, user_names(users), t0, timeline.seconds)
+    prober = Prober(client, t0, timeline.seconds)
+    target = Target(name, _hub_base_url(hub), flood_token, pid=hub.hub_pid)
+    flood = Flood(target, flood_rate, t0, timeline.flood)
+    flood.start()
+    time.sleep(max(0.0, t0 - time.monotonic()))
+    load.start()
+    prober.start()
+    samples = []
+    faults: dict[str, Any] = {}
+    cpu_before, wall_before = _cpu_seconds(hub_process), time.monotonic()
+    try:
+        for second in range(1, int(timeline.seconds) + 1):
+            wanted = timeline.faults_at(second - 1)
+            if hub.sim_url and wanted != faults:
+                faults = wanted
+                hub.set_faults(**faults)
+            progress.show(name, second - 1)
+            time.sleep(max(0.0, t0 + second - time.monotonic()))
+            cpu_now, wall_now = _cpu_seconds(hub_process), time.monotonic()
+            sample = {
+                "t": second,
+                "phase": timeline.phase_at(second - 0.5),
+                "rss_mib": round(hub_process.memory_info().rss / 2**20, 1),
+                "cpu_percent": round(100 * (cpu_now - cpu_before) / (wall_now - wall_before), 1),
+                "reflectors": _read_reflectors(hub),
+                **_simulator_counts(hub),
+                **(_guard_counts(client) if report_available else {}),
+            }
+            cpu_before, wall_before = cpu_now, wall_now
+            samples.append(sample)
+        load.stop()
+        prober.stop()
+        flood_counts = flood.counts(wait=15)
+    finally:
+        load.stop()
+        prober.stop()
+        flood.stop()
+    _add_per_second(samples, load.launches, prober.calls)
+    return {
+        "hub": name,
+        "report_available": report_available,
+        "samples": samples,
+        "launches": [asdict(launch) for launch in load.launches],
+        "api_calls": [[round(at, 3), round(seconds, 4), ok] for at, seconds, ok in prober.calls],
+        "flood": flood_counts,
+    }
+
+
+def user_names(users: int) -> list[str]:
+    return [f"{USER_PREFIX}{i:02d}" for i in range(users)]
+
+
+def prepare_hub(hub: DevHub, users: int) -> None:
+    """Start the hub and create its users (JupyterHub blocks its loop while it does)."""
+    hub.start()
+    flood_targets = [f"{FLOOD_USER_PREFIX}{i:05d}" for i in range(FLOOD_TARGETS)]
+    hub.client.create_users(user_names(users) + flood_targets)
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _read_reflectors(hub: DevHub) -> int | None:
+    try:
+        return json.loads((hub.workdir / REFLECTORS_FILE).read_text())["reflectors"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _simulator_counts(hub: DevHub) -> dict[str, Any]:
+    if not hub.sim_url:
+        return {"watch_connections": None, "pods": None}
+    state = hub.sim_state()
+    return {"watch_connections": state["watches"]["open"], "pods": len(state["pods"])}
+
+
+def _guard_counts(client: HubClient) -> dict[str, Any]:
+    try:
+        reply = client.api("GET", "/guard", timeout=5)
+        report = reply.json()
+    except (requests.RequestException, ValueError):
+        return {"leak_signals": None, "stop_guard": None}
+    guard = report.get("stop_guard", {})
+    return {
+        "leak_signals": sorted({s["name"] for s in report.get("leak_signals", [])}),
+        "stop_guard": guard.get("totals") if guard.get("available") else None,
+    }
+
+
+def _add_per_second(
+    samples: list[dict[str, Any]], launches: list[Launch], calls: list[tuple[float, float, bool]]
+) -> None:
+    for sample in samples:
+        lo, hi = sample["t"] - 1, sample["t"]
+        ended = [launch for launch in launches if lo <= launch.ended < hi]
+        sample["launches_ready"] = sum(launch.ready for launch in ended)
+        sample["launches_failed"] = len(ended) - sample["launches_ready"]
+        sample["ready_seconds"] = [round(x.seconds, 3) for x in ended if x.seconds is not None]
+        # a failed call counts with the time it took to fail: a timeout is the worst latency
+        sent = [(seconds, ok) for at, seconds, ok in calls if lo <= at < hi]
+        sample["api_calls"] = len(sent)
+        sample["api_failures"] = sum(not ok for _, ok in sent)
+        sample["api_p99_ms"] = _percentile_ms([seconds for seconds, _ in sent], 99)
+
+
+def _percentile_ms(values: list[float], q: int) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0] * 1000, 1)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000, 1)
+
+
+# --- figures, table, verdicts ------------------------------------------------------------------
+
+
+def window_figures(run: dict[str, Any], window: tuple[float, float]) -> dict[str, Any]:
+    """One column of the table: a hub's figures over a window of the timeline."""
+    lo, hi = window
+    samples = [s for s in run["samples"] if lo < s["t"] <= hi] or run["samples"][-1:]
+    launches = [x for x in run["launches"] if lo <= x["ended"] < hi]
+    ready = [x["seconds"] for x in launches if x["ready"]]
+    latencies = [seconds for at, seconds, _ in run["api_calls"] if lo <= at < hi]
+    flood = run["flood"]
+    in_flood = window == tuple(flood["window"])
+    signals = None
+    if run["report_available"]:
+        signals = sorted({name for s in samples for name in s.get("leak_signals") or ()})
+    # levels: at the start of the first window, at the end of the others
+    level = samples[0] if lo == 0 else samples[-1]
+    return {
+        "launches": len(launches),
+        "launches_ready": len(ready),
+        "launch_success_pct": round(100 * len(ready) / len(launches), 1) if launches else None,
+        "ready_p50_s": _percentile_seconds(ready, 50),
+        "ready_p90_s": _percentile_seconds(ready, 90),
+        "api_p99_ms": _percentile_ms(latencies, 99),
+        "api_failures": sum(not ok for at, _, ok in run["api_calls"] if lo <= at < hi),
+        "rss_mib": level["rss_mib"],
+        "cpu_percent": round(statistics.fmean(s["cpu_percent"] for s in samples), 1),
+        "reflectors": level["reflectors"],
+        "watch_connections": level["watch_connections"],
+        "flood_answered": flood["answered"] if in_flood else 0,
+        "flood_throttled": flood["throttled"] if in_flood else 0,
+        "leak_signals": signals,
+    }
+
+
+def _percentile_seconds(values: list[float], q: int) -> float | None:
+    ms = _percentile_ms(values, q)
+    return None if ms is None else round(ms / 1000, 2)
+
+
+def summarize(runs: dict[str, dict[str, Any]], timeline: Timeline) -> dict[str, Any]:
+    return {
+        name: {col: window_figures(run, window) for col, window in timeline.windows.items()}
+        for name, run in runs.items()
+    }
+
+
+ROWS: list[tuple[str, Any]] = [
+    ("launches ready", lambda f: f"{f['launches_ready']}/{f['launches']}"),
+    ("launch success %", lambda f: f["launch_success_pct"]),
+    ("time to ready p90 s", lambda f: f["ready_p90_s"]),
+    ("normal API p99 ms", lambda f: f["api_p99_ms"]),
+    ("hub RSS MiB", lambda f: f["rss_mib"]),
+    ("hub CPU %", lambda f: f["cpu_percent"]),
+    ("live reflectors", lambda f: f["reflectors"]),
+    ("watch connections", lambda f: f["watch_connections"]),
+    ("flood stops answered", lambda f: f["flood_answered"]),
+    ("flood stops throttled", lambda f: f["flood_throttled"]),
+    (
+        "leak signals raised",
+        lambda f: "no view" if f["leak_signals"] is None else len(f["leak_signals"]),
+    ),
+]
+
+
+def format_table(summary: dict[str, Any], timeline: Timeline) -> str:
+    columns = [(hub, col) for hub in summary for col in timeline.windows]
+    label_width = max(len(label) for label, _ in ROWS)
+    cells = [[_cell(get(summary[hub][col])) for hub, col in columns] for _, get in ROWS]
+    width = max(7, *(len(c) for row in cells for c in row))
+    group = (width + 1) * len(timeline.windows) - 1
+    lines = [
+        " " * label_width + " | " + " | ".join(hub.center(group) for hub in summary),
+        " " * label_width
+        + " | "
+        + " | ".join(" ".join(col.rjust(width) for col in timeline.windows) for _ in summary),
+    ]
+    lines.append("-" * len(lines[1]))
+    n = len(timeline.windows)
+    for (label, _), row in zip(ROWS, cells, strict=True):
+        groups = [" ".join(c.rjust(width) for c in row[i : i + n]) for i in range(0, len(row), n)]
+        lines.append(label.ljust(label_width) + " | " + " | ".join(groups))
+    windows = ", ".join(f"{col} {lo:g}-{hi:g} s" for col, (lo, hi) in timeline.windows.items())
+    return f"windows: {windows} (middle = the culler flood)\n" + "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def verdicts(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[str]:
+    """One line per failure mode of 2018: what each hub did, and whether the guard held."""
+    stock, guarded = summary["stock"], summary["guarded"]
+
+    def leak(hub: dict[str, Any]) -> tuple[str, int]:
+        grown = (hub["end"]["reflectors"] or 0) - (hub["start"]["reflectors"] or 0)
+        rss = hub["end"]["rss_mib"] - hub["start"]["rss_mib"]
+        return (
+            f"reflectors {hub['start']['reflectors']}->{hub['end']['reflectors']},"
+            f" watches {hub['start']['watch_connections']}->{hub['end']['watch_connections']},"
+            f" RSS {rss:+.0f} MiB",
+            grown,
+        )
+
+    stock_leak, stock_grown = leak(stock)
+    guarded_leak, guarded_grown = leak(guarded)
+    leak_held = guarded_grown <= max(2, stock_grown // 10) and stock_grown > guarded_grown
+
+    def flood(name: str) -> str:
+        counts = runs[name]["flood"]
+        hub = summary[name]
+        return (
+            f"{counts['answered']}/{counts['sent']} answered, {counts['throttled']} throttled,"
+            f" normal p99 {_cell(hub['start']['api_p99_ms'])}->{_cell(hub['middle']['api_p99_ms'])}"
+            " ms"
+        )
+
+    guarded_flood = runs["guarded"]["flood"]
+    answers = guarded_flood["answered"] + guarded_flood["throttled"]
+    flood_held = guarded_flood["throttled"] >= 0.9 * max(1, answers) and (
+        (guarded["middle"]["api_p99_ms"] or 0) <= (stock["middle"]["api_p99_ms"] or math.inf)
+    )
+
+    def seen(name: str) -> str:
+        run = runs[name]
+        if not run["report_available"]:
+            return "no view (GET /hub/api/guard: 404), nothing raised"
+        raised = [s for s in run["samples"] if s.get("leak_signals")]
+        if not raised:
+            return "report up, no leak signal raised"
+        names = sorted({n for s in raised for n in s["leak_signals"]})
+        return f"first leak signal at t={raised[0]['t']} s: {', '.join(names)}"
+
+    blind_fixed = not runs["stock"]["report_available"] and any(
+        s.get("leak_signals") for s in runs["guarded"]["samples"]
+    )
+    verdict = {True: "guard held", False: "GUARD DID NOT HOLD"}
+    return [
+        f"leak:      stock {stock_leak} | guarded {guarded_leak} => {verdict[leak_held]}",
+        f"flood:     stock {flood('stock')} | guarded {flood('guarded')} => {verdict[flood_held]}",
+        f"blindness: stock {seen('stock')} | guarded {seen('guarded')}"
+        f" => {'leak seen' if blind_fixed else 'LEAK NOT SEEN'}",
+    ]
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--minutes", type=float, default=0.8, help="timeline length per hub (default 0.8)"
+    )
+    parser.add_argument("--users", type=int, default=12, help="simulated users (default 12)")
+    parser.add_argument(
+        "--flood-rate", type=float, default=100, help="culler-bug stops per second (default 100)"
+    )
+    parser.add_argument("--out", default=".", help="directory for replay.json and replay.png")
+    parser.add_argument(
+        "--kubeconfig", help="run both hubs on this cluster (no simulator, no fault knobs)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.minutes <= 0 or args.users < 1 or args.flood_rate <= 0:
+        print("replay: --minutes, --users and --flood-rate must be positive", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timeline = Timeline.scaled(args.minutes)
+    started = time.monotonic()
+    flood_token = secrets.token_hex(16)
+    hubs: dict[str, DevHub] = {}
+    for name in HUBS:
+        workdir = Path(tempfile.mkdtemp(prefix=f"replay-{name}-"))
+        config = replay_config(workdir, flood_token, cleanup_servers=bool(args.kubeconfig))
+        hubs[name] = DevHub(
+            stock=name == "stock",
+            leaky=True,
+            kubeconfig=args.kubeconfig,
+            extra_config=config,
+            workdir=str(workdir),
+        )
+    runs: dict[str, dict[str, Any]] = {}
+    try:
+        print(f"replay: starting the {' and '.join(HUBS)} hubs", file=sys.stderr, flush=True)
+        start_hubs(hubs, args.users)
+        for i, name in enumerate(HUBS):
+            progress = Progress(timeline, hubs_after=len(HUBS) - 1 - i)
+            runs[name] = run_hub(
+                name, hubs[name], timeline, args.users, args.flood_rate, flood_token, progress
+            )
+            print(f"replay: [{name}] done, stopping its hub", file=sys.stderr, flush=True)
+            _stop_and_keep_log(name, hubs[name], out)
+    except KeyboardInterrupt:
+        print("replay: interrupted, stopping every hub", file=sys.stderr, flush=True)
+        return 130
+    except DevHubError as e:
+        print(f"replay: {e}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
+        for name, hub in hubs.items():
+            _stop_and_keep_log(name, hub, out)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    summary = summarize(runs, timeline)
+    table = format_table(summary, timeline)
+    lines = verdicts(runs, summary)
+    wall = round(time.monotonic() - started, 1)
+    result = {
+        "minutes": args.minutes,
+        "users": args.users,
+        "flood_rate": args.flood_rate,
+        "timeline": asdict(timeline),
+        "wall_seconds": wall,
+        "summary": summary,
+        "verdicts": lines,
+        "hubs": runs,
+    }
+    (out / "replay.json").write_text(json.dumps(result, indent=1))
+    from .replay_plot import plot
+
+    plot(runs, timeline, out / "replay.png")
+    print(table)
+    print()
+    print("\n".join(lines))
+    print(f"\nwall time {wall} s; wrote {out / 'replay.json'} and {out / 'replay.png'}")
+    return 0
+
+
+def start_hubs(hubs: dict[str, DevHub], users: int) -> None:
+    """Start the hubs side by side (start-up is mostly waiting); the caller stops them."""
+    errors: list[BaseException] = []
+
+    def start(hub: DevHub) -> None:
+        try:
+            prepare_hub(hub, users)
+        except BaseException as e:  # reported in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(hub,), daemon=True) for hub in hubs.values()]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    except KeyboardInterrupt:
+        # stop what has started so far, let the starters notice, stop what they started since
+        for hub in hubs.values():
+            hub.stop()
+        for thread in threads:
+            thread.join(60)
+        raise
+    if errors:
+        raise errors[0]
+
+
+def _stop_and_keep_log(name: str, hub: DevHub, out: Path) -> None:
+    hub.stop()
+    if hub.log_path.exists():
+        (out / f"replay-{name}-hub.log").write_bytes(hub.log_path.read_bytes())
+    shutil.rmtree(hub.workdir, ignore_errors=True)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
