@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "soak": ("binderhub_guard.bench.soak", "spawn/stop cycles: leak figures, stock vs guarded"),
     "flood": ("binderhub_guard.bench.flood", "stop flood: hub cost, stock vs guarded"),
     "report": ("binderhub_guard.report.cli", "print a hub's guard report"),
+    "replay": ("binderhub_guard.bench.replay", "the 2018 outage re-enacted, stock vs guarded"),
 }
 
 
