@@ -10,18 +10,20 @@ loop, not the hub's) times a normal API call 5 times a second and launches one r
 second (start, wait until ready, stop). Each hub is first observed for a while without the
 flood, so every figure has its idle baseline from the same run.
 
-Phases: idle (no flood), the flood's first pass over all users (each stop is a first one: the
-guard sends it through JupyterHub's authentication), then `--seconds` of steady flood, where
-every stop is a repeat. Hub CPU is read from /proc for the hub process only (not the proxy, not
-the simulator), and the CPU the hub spends at idle on the observer's calls and launches is
-subtracted. The floor is a bare tornado `RequestHandler` answering 429, flooded the same way in
-the same run. Figures from a shared machine move with its load: compare columns of one run.
+Phases: idle (no flood), the flood's first pass over all users at `--concurrency` (each stop
+is a first one, which the guard sends through JupyterHub's authentication), then `--seconds` of
+steady flood over the same users, where every stop is a repeat. Hub CPU is read from /proc for
+the hub process only (not the proxy, not the simulator), and the CPU the hub spends at idle on
+the observer's calls and launches is subtracted. The floor is a bare tornado `RequestHandler`
+answering 429, flooded the same way in the same run. Figures from a shared machine move with
+its load: compare the columns of one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import multiprocessing
 import re
@@ -45,6 +47,7 @@ LAUNCH_USER_PREFIX = "launch-"
 SAMPLE_USER = "admin"
 SAMPLES_PER_SECOND = 5
 BARE = "bare 429"
+LAUNCH_USERS = 30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--closed-loop", action="store_true", help="flood at --concurrency, not at --rate"
     )
-    parser.add_argument("--concurrency", type=int, default=16, help="closed-loop in-flight stops")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=10,
+        help="in-flight stops of the first pass, and of a closed-loop flood (culler default: 10)",
+    )
     parser.add_argument(
         "--stock",
         action=argparse.BooleanOptionalAction,
@@ -89,6 +97,7 @@ class Target:
     pid: int | None = None
     log_path: Path | None = None
     spawners: Any = None  # () -> int, or None if the hub cannot be asked
+    observer_token: str | None = None  # for normal calls and launches; default: `token`
 
 
 PHASES = ("idle", "first pass", "steady")
@@ -142,9 +151,10 @@ async def _flood(
     start: float,
     on_steady: Any,
 ) -> _Flood:
-    """Flood from wall-clock `start`: a first pass over all users, then `args.seconds` more.
+    """From wall-clock `start`: a first pass (each user once, at `args.concurrency`, as a culler
+    makes its round), then `args.seconds` of flood over the same users, all of them repeats.
 
-    `on_steady()` runs when the first pass has been answered, before the steady window."""
+    `on_steady()` runs between the two."""
     import aiohttp
 
     flood = _Flood(start=start)
@@ -161,35 +171,34 @@ async def _flood(
                 status = str(reply.status)
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             status = type(e).__name__
-        now = time.time()
         if flood.steady_start is None:
             flood.first_answered += 1
-            if flood.first_answered >= len(urls):
-                on_steady()
-                flood.steady_start = time.time()
-                flood.end = flood.steady_start + args.seconds
-        elif now <= flood.end:
+        elif time.time() <= flood.end:
             flood.answered += 1
             flood.statuses[status] += 1
 
-    def running() -> bool:
-        return flood.end is None or time.time() < flood.end
+    async def closed_loop(indices: Any, until: float) -> None:
+        async def worker() -> None:
+            for i in indices:
+                if time.time() >= until:
+                    return
+                await one(i)
+
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.sleep(max(0.0, start - time.time()))
+        await closed_loop(iter(range(len(urls))), until=float("inf"))
+        on_steady()
+        flood.steady_start = time.time()
+        flood.end = flood.steady_start + args.seconds
         if args.closed_loop:
-            counter = iter(range(10**12))
-
-            async def worker() -> None:
-                while running():
-                    await one(next(counter))
-
-            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            await closed_loop(itertools.count(), until=flood.end)
         else:
             in_flight: set[asyncio.Task] = set()
             i = 0
-            while running():
-                due = int((time.time() - start) * args.rate) + 1
+            while time.time() < flood.end:
+                due = int((time.time() - flood.steady_start) * args.rate) + 1
                 while i < due:
                     task = asyncio.ensure_future(one(i))
                     in_flight.add(task)
@@ -246,18 +255,41 @@ def _observe(url: str, token: str, launch_users: list[str], start: float, stop: 
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    launchers = []
-    for n, user in enumerate(launch_users):
-        if stop.wait(max(0.0, start + n - time.time())):
-            break
-        launcher = threading.Thread(target=launch, args=(user,))
-        launcher.start()
-        launchers.append(launcher)
+    launchers: dict[str, threading.Thread] = {}
+    n = 0
+    while not stop.wait(max(0.0, start + n - time.time())):
+        idle_user = next((u for u in launch_users if not _busy(launchers.get(u))), None)
+        if idle_user is None:
+            launches.append((time.time(), None))  # every launch user still busy: the hub is slow
+        else:
+            launchers[idle_user] = threading.Thread(target=launch, args=(idle_user,))
+            launchers[idle_user].start()
+        n += 1
     sampler.join()
-    for launcher in launchers:
+    for launcher in launchers.values():
         launcher.join()
     conn.send({"samples": samples, "launches": launches})
     conn.close()
+
+
+def _busy(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()
+
+
+def _create_users(target: Target, names: list[str]) -> None:
+    """In batches: JupyterHub takes tens of milliseconds per new user."""
+    import requests
+
+    headers = {"Authorization": f"token {target.token}"}
+    for i in range(0, len(names), 100):
+        reply = requests.post(
+            f"{target.url}/hub/api/users",
+            headers=headers,
+            json={"usernames": names[i : i + 100]},
+            timeout=300,
+        )
+        if reply.status_code != 409:  # 409: they all exist already
+            reply.raise_for_status()
 
 
 def _percentile(values: list[float], q: int) -> float | None:
@@ -316,16 +348,12 @@ def run_flood(target: Target, args: argparse.Namespace, mode: str) -> tuple[Resu
     Returns the result and a finisher for what can only be read once the hub has stopped
     (the guard's last summary lines)."""
     users = [f"{FLOOD_USER_PREFIX}{i:05d}" for i in range(args.users)]
-    # enough for one launch per second, whatever the first pass takes
-    launch_users = [f"{LAUNCH_USER_PREFIX}{i:03d}" for i in range(int(args.seconds) + 300)]
+    # one launch a second, each user relaunched once its last launch is over
+    launch_users = [f"{LAUNCH_USER_PREFIX}{i:02d}" for i in range(LAUNCH_USERS)]
     observed = target.spawners is not None
     result = Result(target=target.name, mode=mode, users=args.users, seconds=args.seconds)
     if observed:
-        from .hubclient import HubClient
-
-        client = HubClient(target.url, target.token)
-        client.create_users(users + launch_users)
-        client.close()
+        _create_users(target, users + launch_users)
         result.spawners_before = target.spawners()
 
     t_idle = time.time() + 1
@@ -337,7 +365,14 @@ def run_flood(target: Target, args: argparse.Namespace, mode: str) -> tuple[Resu
         stop_observing = ctx.Event()
         observer = ctx.Process(
             target=_observe,
-            args=(target.url, target.token, launch_users, t_idle, stop_observing, child_conn),
+            args=(
+                target.url,
+                target.observer_token or target.token,
+                launch_users,
+                t_idle,
+                stop_observing,
+                child_conn,
+            ),
         )
         observer.start()
 
@@ -445,11 +480,30 @@ c.JupyterHub.services += [{{"name": {FLOOD_SERVICE!r}, "api_token": {token!r}}}]
 c.JupyterHub.load_roles += [
     {{
         "name": {FLOOD_SERVICE!r},
-        "scopes": ["admin:users", "admin:servers", "list:users"],
+        "scopes": ["admin:users", "admin:servers", "list:users", "tokens"],
         "services": [{FLOOD_SERVICE!r}],
     }}
 ]
 """ + probe_config(workdir)
+
+
+def _generated_token(target: Target) -> str:
+    """A token the hub generated, as a browser session or a user server holds: one hash round
+    to check, where a token from config (the flood's, like z2jh's culler) takes 16,384."""
+    import requests
+
+    reply = requests.post(
+        f"{target.url}/hub/api/users/{SAMPLE_USER}/tokens",
+        headers={"Authorization": f"token {target.token}"},
+        json={
+            "note": "flood observer",
+            "expires_in": 3600,
+            "scopes": ["admin:users", "admin:servers", "list:users"],
+        },
+        timeout=30,
+    )
+    reply.raise_for_status()
+    return reply.json()["token"]
 
 
 def _hub_base_url(hub: Any) -> str:
@@ -477,6 +531,7 @@ def _flood_dev_hub(stock: bool, args: argparse.Namespace, mode: str) -> Result:
             log_path=hub.log_path,
             spawners=lambda: read_probe(hub.hub_pid, workdir, timeout=60)["spawners"],
         )
+        target.observer_token = _generated_token(target)
         result, finish = run_flood(target, args, mode)
     finally:
         hub.stop()  # the guard logs its last summary at shutdown

@@ -1,0 +1,30 @@
+"""`binderhub-guard flood`, small: the floor and a guarded hub, as JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from binderhub_guard.cli import build_parser
+
+pytestmark = pytest.mark.hub
+
+
+def test_flood_prints_figures_for_the_floor_and_a_guarded_hub(capsys):
+    argv = ["flood", "--users", "20", "--rate", "100", "--seconds", "3", "--idle-seconds", "2"]
+    args = build_parser().parse_args([*argv, "--no-stock", "--json"])
+    assert args.run(args) == 0
+    bare, guarded = json.loads(capsys.readouterr().out)
+
+    assert bare["target"] == "bare 429" and set(bare["statuses"]) == {"429"}
+    assert guarded["target"] == "guarded"
+    # every steady stop is a repeat, answered by the guard
+    assert set(guarded["statuses"]) == {"429"}
+    assert guarded["answered_per_second"] > 50
+    assert guarded["cpu_ms_per_request"] > 0 and bare["cpu_ms_per_request"] > 0
+    assert guarded["spawners_after"] == guarded["spawners_before"] == 0
+    log_lines = guarded["log_lines_per_1000"] * guarded["answered"] / 1000
+    assert log_lines <= 2  # summary lines, not one line per request
+    assert guarded["launches_ready"]["idle"].endswith("/2")
+    assert set(guarded["normal_p99_ms"]) == {"idle", "first pass", "steady"}
