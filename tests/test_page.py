@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote, urljoin
 
+import jupyterhub
 import pytest
 import requests
 from browser.chromium import Chromium, missing
@@ -26,11 +27,13 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 BASE_URL = "/binder/jupyter/"
 EVIL_NAME = "<img src=x onerror=alert(1)>"
+EVIL_SERVER = "<svg onload=alert(2)>"
 READER = "reader"
 HUB_CONFIG = f"""
 c.GuardReport.sample_interval = 0.5
 c.GuardedKubeSpawner.orphan_grace_seconds = 0.5
 c.GuardedKubeSpawner.release_orphans = False
+c.JupyterHub.allow_named_servers = True
 c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [
     {{"name": "guard-reader", "scopes": ["custom:guard:read"], "users": [{READER!r}]}}
 ]
@@ -172,6 +175,7 @@ def test_charts_draw_the_points_the_api_returned(browser, hub):
         for before, now in zip(reports, reports[1:], strict=False)
     ]
     close("passed", rates)
+    assert browser("errors") == []
     latest_rss = browser(
         "evaluate", expression="document.querySelector('#chart-rss .guard-legend').textContent"
     )
@@ -252,5 +256,24 @@ def test_user_names_are_never_markup(browser, hub):
     assert cells.count(EVIL_NAME) >= 3, cells  # spawn row, orphan rows, throttled caller
     assert browser("evaluate", expression="document.querySelectorAll('#guard img').length") == 0
     assert browser("dialogs") == []
+    assert browser("errors") == []
     ARTIFACTS.mkdir(exist_ok=True)
     browser("screenshot", path=str(ARTIFACTS / "guard-page.png"))
+
+
+def test_server_names_are_never_markup(browser, hub):
+    reply = hub.api("POST", f"/users/{quote(EVIL_NAME, safe='')}/servers/{quote(EVIL_SERVER)}")
+    if reply.status_code == 400 and "Invalid server_name" in reply.text:
+        pytest.skip(f"jupyterhub {jupyterhub.__version__} refuses server names that are not slugs")
+    assert reply.status_code in (201, 202), reply.text
+    hub.client.wait_for(EVIL_NAME, EVIL_SERVER, ready=True, timeout=60)
+    hub.client.stop_server(EVIL_NAME, EVIL_SERVER)
+    open_page(browser, hub, refresh=1)
+    wait_for_refreshes(browser, 2)
+    cells = browser(
+        "evaluate",
+        expression="[...document.querySelectorAll('#guard td')].map((td) => td.textContent)",
+    )
+    assert cells.count(EVIL_SERVER) >= 2, cells  # spawn row, orphan rows
+    assert browser("evaluate", expression="document.querySelectorAll('#guard svg').length") == 4
+    assert browser("dialogs") == []

@@ -7,6 +7,8 @@
 // injected alert() would show up there), so tests can compare what the page drew with what
 // the API said.
 //
+// Uncaught script errors are recorded too.
+//
 // Environment: PLAYWRIGHT_CORE (path of the playwright-core package), CHROMIUM (executable),
 // GUARD_API_PATH (the report URL path that is recorded).
 "use strict";
@@ -22,7 +24,7 @@ async function tab(name) {
   if (!contexts.has(name)) {
     const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     const page = await context.newPage();
-    const entry = { context, page, reports: [], pending: [], dialogs: [] };
+    const entry = { context, page, reports: [], pending: [], dialogs: [], errors: [] };
     page.on("response", (response) => {
       const url = new URL(response.url());
       if (url.pathname === reportPath && response.request().method() === "GET" && response.ok()) {
@@ -31,6 +33,7 @@ async function tab(name) {
         entry.pending.push(body);
       }
     });
+    page.on("pageerror", (error) => entry.errors.push(String(error)));
     page.on("dialog", (dialog) => {
       entry.dialogs.push(dialog.message());
       dialog.dismiss().catch(() => {});
@@ -74,6 +77,9 @@ const commands = {
   },
   async dialogs({ context }) {
     return (await tab(context)).dialogs;
+  },
+  async errors({ context }) {
+    return (await tab(context)).errors;
   },
   async screenshot({ context, path }) {
     await (await tab(context)).page.screenshot({ path, fullPage: true });
