@@ -49,6 +49,7 @@ async def test_every_metric_has_help_and_the_prefix(guard):
         "binderhub_guard_orphans_found_total",
         "binderhub_guard_stop_requests_total",
         "binderhub_guard_leak_signals_active",
+        "binderhub_guard_leak_signals_raised_total",
         "binderhub_guard_sample_duration_seconds",
     ):
         assert f"\n{name}" in "\n" + text, name

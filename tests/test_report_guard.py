@@ -93,6 +93,9 @@ async def test_ledger_and_stop_guard_sections_and_orphan_signal(report):
     assert body["stop_guard"]["available"] is True
     assert body["stop_guard"]["totals"]["pass"] == 1
     assert [s["name"] for s in body["leak_signals"]] == ["orphans_live"]
+    guard.sampler.tick()
+    assert body["sampler"]["signals_raised_total"] == {"orphans_live": 1}
+    assert guard.sampler.signals_raised == {"orphans_live": 1}
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 

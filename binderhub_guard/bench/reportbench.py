@@ -273,6 +273,7 @@ def run_cycles(
                     first_signal = {"after_cycles": done, "signals": active}
                 if stop_at_signal:
                     break
+    raised = hub.api("GET", "/guard").json()["sampler"]["signals_raised_total"]
     return {
         "cycles": done,
         "failed_cycles": failures,
@@ -281,6 +282,7 @@ def run_cycles(
         "detected_after_cycles": first_signal["after_cycles"] if first_signal else None,
         "signals": sorted(signal_names),
         "rounds_with_signals": rounds_with_signals,
+        "signals_raised_over_all_samples": raised,
         "first_signal_evidence": first_signal["signals"] if first_signal else None,
     }
 

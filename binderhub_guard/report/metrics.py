@@ -70,6 +70,14 @@ class GuardCollector(Collector):
         for name, count in counts.items():
             active.add_metric([name], count)
         yield active
+        raised = CounterMetricFamily(
+            f"{PREFIX}_leak_signals_raised",
+            "Times each leak signal went from inactive to active.",
+            labels=["signal"],
+        )
+        for name in counts:
+            raised.add_metric([name], self.report.sampler.signals_raised.get(name, 0))
+        yield raised
         tick = GaugeMetricFamily(
             f"{PREFIX}_sample_duration_seconds", "Time the latest report sample took."
         )

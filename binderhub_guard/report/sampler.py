@@ -11,7 +11,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +41,9 @@ class Sampler:
         self.log = log
         self.ring: deque[Sample] = deque(maxlen=ring_size)
         self.active_signals: list[signals.Signal] = []
+        # how often each signal went from inactive to active: catches a signal that comes
+        # and goes between two looks at the report
+        self.signals_raised: Counter[str] = Counter()
         self.ledger_snapshot: dict[str, Any] | None = None
         self.last_tick_seconds = 0.0
         self.longest_tick_seconds = 0.0
@@ -85,7 +88,9 @@ class Sampler:
             orphans_found=orphans_found,
         )
         self.ring.append(sample)
+        was_active = {s["name"] for s in self.active_signals}
         self.active_signals = signals.evaluate(list(self.ring), self.rules)
+        self.signals_raised.update({s["name"] for s in self.active_signals} - was_active)
         self.ticks += 1
         self.last_tick_seconds = time.perf_counter() - started
         self.longest_tick_seconds = max(self.longest_tick_seconds, self.last_tick_seconds)
