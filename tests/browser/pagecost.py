@@ -12,6 +12,7 @@ rows, logs in as the admin and measures, from the hub process's own CPU counters
   ``?refresh=1``, against the same time with the page closed.
 
     .venv/bin/python tests/browser/pagecost.py [--refreshes 300] [--servers 5] [--browser]
+        [--leaky-cycles 60]
 
 Prints a table, or JSON with --json.
 """
@@ -123,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--refreshes", type=int, default=300, help="report GETs to time")
     parser.add_argument("--servers", type=int, default=5, help="servers running meanwhile")
+    parser.add_argument(
+        "--leaky-cycles",
+        type=int,
+        default=0,
+        help="first run the 2018 leaky spawner through this many start/stop cycles, so the"
+        " ledger lists their orphans (released, as configured by default)",
+    )
     parser.add_argument("--idle-seconds", type=float, default=10)
     parser.add_argument("--browser", action="store_true", help="also time the page in Chromium")
     parser.add_argument("--browser-seconds", type=float, default=30)
@@ -130,9 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     results: dict = {}
-    with DevHub(base_url=BASE_URL) as hub:
+    with DevHub(base_url=BASE_URL, leaky=args.leaky_cycles > 0) as hub:
         users = [f"user-{i}" for i in range(args.servers)]
-        hub.client.create_users(users)
+        cycled = [f"cycled-{i}" for i in range(args.leaky_cycles)]
+        hub.client.create_users(users + cycled)
+        for user in cycled:
+            hub.client.start_server(user)
+            hub.client.stop_server(user)
         for user in users:
             hub.client.start_server(user)
         admin = log_in(hub, "admin")
@@ -154,11 +166,17 @@ def main(argv: list[str] | None = None) -> int:
                 results["browser"] = {"skipped": f"no {', '.join(missing())}"}
             else:
                 results["browser"] = browser_cost(hub, args.browser_seconds, idle)
-        results["hub"] = {"servers_running": args.servers, "hub_pid": hub.hub_pid}
+        orphans = hub.api("GET", "/guard").json()["ledger"]["orphans"]
+        results["hub"] = {
+            "servers_running": args.servers,
+            "leaky_cycles": args.leaky_cycles,
+            "orphans_listed": len(orphans),
+        }
 
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
+    print(f"HUB {results['hub']}")
     print("PAGE WEIGHT (bytes, uncompressed)")
     for name, value in results["weight"].items():
         print(f"  {name:<34} {value:>8}")
