@@ -145,13 +145,19 @@ def test_plain_user_gets_the_hubs_403_page(browser, hub):
     assert browser("evaluate", "bob", expression="document.getElementById('guard')") is None
 
 
+HELD_BACK = ("throttle", "dry-run")  # the stop chart's "throttled" line counts both
 CHART_VALUES = """() => Object.fromEntries(
     [...document.querySelectorAll('#guard polyline')].map(
         (line) => [line.dataset.series, line.dataset.values.split(' ').map(Number)]))"""
 
 
 def test_charts_draw_the_points_the_api_returned(browser, hub):
+    hub.client.create_users(["stopper"])
     open_page(browser, hub, refresh=1)
+    wait_for_refreshes(browser, 1)
+    # a culler's repeats between two refreshes: the stop chart gets a non-zero rate
+    stops = [hub.api("DELETE", "/users/stopper/server").status_code for _ in range(4)]
+    assert 429 in stops, stops
     wait_for_refreshes(browser, 3)
     drawn = browser("evaluate", expression=f"({CHART_VALUES})()")
     reports = browser("reports")
@@ -175,6 +181,13 @@ def test_charts_draw_the_points_the_api_returned(browser, hub):
         for before, now in zip(reports, reports[1:], strict=False)
     ]
     close("passed", rates)
+    held_back = [
+        sum(now["stop_guard"]["totals"][k] - before["stop_guard"]["totals"][k] for k in HELD_BACK)
+        / (now["time"] - before["time"])
+        for before, now in zip(reports, reports[1:], strict=False)
+    ]
+    close("throttled", held_back)
+    assert max(rates) > 0 and max(held_back) > 0
     assert browser("errors") == []
     latest_rss = browser(
         "evaluate", expression="document.querySelector('#chart-rss .guard-legend').textContent"
