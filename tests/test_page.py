@@ -80,6 +80,7 @@ def test_page_extends_the_hubs_page_and_serves_its_assets_from_package_data(hub)
         html = session.get(page_url(hub), timeout=10).text
         assert 'id="jupyterhub-logo"' in html and 'id="login_widget"' in html
         assert f'data-api-url="{BASE_URL}hub/api/guard"' in html
+        assert re.search(rf'<a [^>]*href="{BASE_URL}hub/guard"[^>]*>Guard</a>', html)
         assets = re.findall(r'(?:src|href)="([^"]+)"', html)
         external = [a for a in assets if re.match(r"(https?:)?//", a)]
         assert not external, f"the page must not load anything from elsewhere: {external}"
@@ -90,6 +91,15 @@ def test_page_extends_the_hubs_page_and_serves_its_assets_from_package_data(hub)
             reply = session.get(urljoin(hub.url, asset), timeout=10)
             assert reply.status_code == 200 and reply.content
             assert "max-age" in reply.headers["Cache-Control"]  # versioned by content hash
+
+
+def test_other_hub_pages_do_not_link_to_the_page(hub):
+    for name in ("admin", "carol"):
+        with session_for(hub, name) as session:
+            for path in ("home", "token"):
+                reply = session.get(page_url(hub, path), timeout=10)
+                assert reply.status_code == 200
+                assert "hub/guard" not in reply.text, (name, path)
 
 
 def test_bad_refresh_is_refused_naming_the_parameter(hub):
