@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -60,6 +62,10 @@ PROBES_PER_SECOND = 5
 # the 2018 culler stopped the same few servers again and again
 FLOOD_TARGETS = 20
 PROGRESS_EVERY_SECONDS = 5
+# after the timeline, for the last stops to finish
+SETTLE_SECONDS = 5
+# kubespawner's pod and event reflectors, one each per hub
+SHARED_REFLECTORS = 2
 
 
 # --- the timeline ------------------------------------------------------------------------------
@@ -67,21 +73,31 @@ PROGRESS_EVERY_SECONDS = 5
 
 @dataclass(frozen=True)
 class Timeline:
-    """The compressed day, as fractions of its length so that --minutes only scales it."""
+    """The compressed day, as fractions of its length so that --minutes only scales it:
+    steady load, the culler flood, watch drops with a burst of API-server latency inside,
+    recovery, then the users leave (they stop their servers and launch no more), so that
+    whatever is still live at the end was left behind."""
 
     seconds: float
     flood: tuple[float, float]
     watch_drops: tuple[float, float]
     latency_burst: tuple[float, float]
+    leave: float
 
     @classmethod
     def scaled(cls, minutes: float) -> Timeline:
         total = minutes * 60
 
-        def window(start: float, end: float) -> tuple[float, float]:
-            return (round(start * total, 1), round(end * total, 1))
+        def at(fraction: float) -> float:
+            return round(fraction * total, 1)
 
-        return cls(total, window(0.3, 0.6), window(0.5, 0.8), window(0.65, 0.75))
+        return cls(
+            seconds=total,
+            flood=(at(0.25), at(0.5)),
+            watch_drops=(at(0.45), at(0.7)),
+            latency_burst=(at(0.55), at(0.65)),
+            leave=at(0.85),
+        )
 
     @property
     def windows(self) -> dict[str, tuple[float, float]]:
@@ -104,11 +120,13 @@ class Timeline:
         ]
         if parts:
             return " + ".join(parts)
-        return "steady load" if t < self.flood[0] else "aftermath"
+        if t < self.flood[0]:
+            return "steady load"
+        return "recovery" if t < self.leave else "users leave"
 
     def phase_end(self, t: float) -> float:
-        edges = sorted({*self.flood, *self.watch_drops, *self.latency_burst, self.seconds})
-        return next((edge for edge in edges if edge > t), self.seconds)
+        edges = {*self.flood, *self.watch_drops, *self.latency_burst, self.leave, self.seconds}
+        return min((edge for edge in edges if edge > t), default=self.seconds)
 
     def faults_at(self, t: float) -> dict[str, Any]:
         drops = self.watch_drops[0] <= t < self.watch_drops[1]
@@ -132,6 +150,8 @@ def replay_config(workdir: Path, flood_token: str, cleanup_servers: bool = False
     reflectors_path = str(workdir / REFLECTORS_FILE)
     return f"""
 c.JupyterHub.cleanup_servers = {cleanup_servers!r}
+# the timeline compresses a day into a minute: the ledger's grace period shrinks with it
+c.GuardedKubeSpawner.orphan_grace_seconds = 1
 c.GuardReport.sample_interval = 1
 c.JupyterHub.services += [
     {{
@@ -201,13 +221,13 @@ class Launch:
 
 class Users:
     """Simulated users, each in a loop: launch, use it a moment, stop (or leave it idle for
-    the culler, one user in four), launch again."""
+    the culler, one user in four), launch again; at `leave`, stop and launch no more."""
 
-    def __init__(self, client: HubClient, names: list[str], t0: float, end: float) -> None:
+    def __init__(self, client: HubClient, names: list[str], t0: float, leave: float) -> None:
         self.client = client
         self.names = names
         self.t0 = t0
-        self.end = end
+        self.leave = leave
         self.launches: list[Launch] = []
         self.stopping = threading.Event()
         self.threads = [
@@ -222,13 +242,20 @@ class Users:
     def stop(self) -> None:
         self.stopping.set()
 
+    def finish(self, timeout: float) -> None:
+        """Give the users up to `timeout` seconds to finish leaving, then stop them."""
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.stop()
+
     def _now(self) -> float:
         return time.monotonic() - self.t0
 
     def _run(self, user: str, i: int, leaves_it_to_the_culler: bool) -> None:
         # users arrive one by one, not in one burst at t=0
         self.stopping.wait(i * ARRIVAL_SECONDS)
-        while not self.stopping.is_set() and self._now() < self.end:
+        while not self.stopping.is_set() and self._now() < self.leave:
             started = self._now()
             try:
                 launch = self._launch(user, started)
@@ -239,13 +266,17 @@ class Users:
             self.launches.append(launch)
             try:
                 if launch.ready and leaves_it_to_the_culler:
-                    self._wait_until_stopped(user)
+                    self._wait_until_stopped(user, until=self.leave)
                 else:
                     if launch.ready:
                         self.stopping.wait(HOLD_SECONDS)
                     self._stop(user)
             except requests.RequestException:
                 self.stopping.wait(1)
+        try:
+            self._stop(user)  # leaving
+        except requests.RequestException:
+            pass
 
     def _launch(self, user: str, started: float) -> Launch:
         path = self.client.server_path(user)
@@ -268,11 +299,10 @@ class Users:
         if _stopped(self.client.server_model(user)):
             return
         self.client.api("DELETE", self.client.server_path(user), timeout=GIVE_UP_SECONDS)
-        self._wait_until_stopped(user, timeout=60)
+        self._wait_until_stopped(user, until=self._now() + 60)
 
-    def _wait_until_stopped(self, user: str, timeout: float = math.inf) -> None:
-        deadline = self._now() + timeout
-        while not self.stopping.is_set() and self._now() < min(self.end, deadline):
+    def _wait_until_stopped(self, user: str, until: float) -> None:
+        while not self.stopping.is_set() and self._now() < until:
             if _stopped(self.client.server_model(user)):
                 return
             self.stopping.wait(0.5)
@@ -284,14 +314,16 @@ def _stopped(model: dict[str, Any] | None) -> bool:
 
 class Prober:
     """A normal API call (GET /users/NAME, what the admin page and the culler do), sent
-    open-loop PROBES_PER_SECOND times a second so a stalled hub cannot hide its stall."""
+    open-loop PROBES_PER_SECOND times a second, each in its own thread, so a stalled hub
+    cannot hide its stall by slowing the probe down."""
 
     def __init__(self, client: HubClient, t0: float, end: float) -> None:
         self.client = client
         self.t0 = t0
         self.end = end
         self.calls: list[tuple[float, float, bool]] = []  # (sent at, seconds, answered ok)
-        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        self.outstanding: dict[int, float] = {}  # call number -> sent at
+        self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -300,28 +332,32 @@ class Prober:
 
     def stop(self) -> None:
         self.stopping.set()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        waited = time.monotonic() - self.t0
+        with self.lock:
+            # still unanswered: failed, after at least the time waited so far
+            self.calls.extend((sent, waited - sent, False) for sent in self.outstanding.values())
+            self.outstanding.clear()
 
     def _run(self) -> None:
-        n = 0
-        while not self.stopping.is_set():
+        for n in itertools.count():
             due = n / PROBES_PER_SECOND
             if due >= self.end:
                 return
-            self.stopping.wait(max(0.0, due - (time.monotonic() - self.t0)))
-            try:
-                self.pool.submit(self._call, due)
-            except RuntimeError:  # shut down meanwhile
+            if self.stopping.wait(max(0.0, due - (time.monotonic() - self.t0))):
                 return
-            n += 1
+            with self.lock:
+                self.outstanding[n] = due
+            threading.Thread(target=self._call, args=(n, due), daemon=True).start()
 
-    def _call(self, sent: float) -> None:
+    def _call(self, n: int, sent: float) -> None:
         started = time.monotonic()
         try:
             ok = self.client.api("GET", f"/users/{PROBE_USER}", timeout=10).ok
         except requests.RequestException:
             ok = False
-        self.calls.append((sent, time.monotonic() - started, ok))
+        with self.lock:
+            if self.outstanding.pop(n, None) is not None:
+                self.calls.append((sent, time.monotonic() - started, ok))
 
 
 class Flood:
@@ -431,9 +467,9 @@ def run_hub(
     and flood counts."""
     client = hub.client
     report_available = client.api("GET", "/guard").status_code == 200
-    hub_process = psutil.Process(hub.hub_pid)
+    sampler = HubSampler(hub, report_available)
     t0 = time.monotonic() + 0.5
-    load = Users(client, user_names(users), t0, timeline.seconds)
+    load = Users(client, user_names(users), t0, timeline.leave)
     prober = Prober(client, t0, timeline.seconds)
     target = Target(name, _hub_base_url(hub), flood_token, pid=hub.hub_pid)
     flood = Flood(target, flood_rate, t0, timeline.flood)
@@ -443,7 +479,6 @@ def run_hub(
     prober.start()
     samples = []
     faults: dict[str, Any] = {}
-    cpu_before, wall_before = _cpu_seconds(hub_process), time.monotonic()
     try:
         for second in range(1, int(timeline.seconds) + 1):
             wanted = timeline.faults_at(second - 1)
@@ -452,21 +487,14 @@ def run_hub(
                 hub.set_faults(**faults)
             progress.show(name, second - 1)
             time.sleep(max(0.0, t0 + second - time.monotonic()))
-            cpu_now, wall_now = _cpu_seconds(hub_process), time.monotonic()
-            sample = {
-                "t": second,
-                "phase": timeline.phase_at(second - 0.5),
-                "rss_mib": round(hub_process.memory_info().rss / 2**20, 1),
-                "cpu_percent": round(100 * (cpu_now - cpu_before) / (wall_now - wall_before), 1),
-                "reflectors": _read_reflectors(hub),
-                **_simulator_counts(hub),
-                **(_guard_counts(client) if report_available else {}),
-            }
-            cpu_before, wall_before = cpu_now, wall_now
-            samples.append(sample)
-        load.stop()
+            samples.append(sampler.sample(second, timeline.phase_at(second - 0.5)))
         prober.stop()
         flood_counts = flood.counts(wait=15)
+        # the users finish leaving, the ledger's grace period passes: what is still
+        # watching now was left behind
+        load.finish(timeout=SETTLE_SECONDS)
+        time.sleep(2)
+        after = sampler.sample(round(time.monotonic() - t0, 1), "after the users left")
     finally:
         load.stop()
         prober.stop()
@@ -476,21 +504,64 @@ def run_hub(
         "hub": name,
         "report_available": report_available,
         "samples": samples,
+        "after": after,
         "launches": [asdict(launch) for launch in load.launches],
         "api_calls": [[round(at, 3), round(seconds, 4), ok] for at, seconds, ok in prober.calls],
         "flood": flood_counts,
     }
 
 
+class HubSampler:
+    """One sample of a hub: psutil on its process, its reflector count, the simulator's view,
+    and (guarded) its report."""
+
+    def __init__(self, hub: DevHub, report_available: bool) -> None:
+        self.hub = hub
+        self.report_available = report_available
+        self.process = psutil.Process(hub.hub_pid)
+        self.cpu, self.wall = _cpu_seconds(self.process), time.monotonic()
+
+    def sample(self, t: float, phase: str) -> dict[str, Any]:
+        cpu, wall = _cpu_seconds(self.process), time.monotonic()
+        cpu_percent = round(100 * (cpu - self.cpu) / (wall - self.wall), 1)
+        self.cpu, self.wall = cpu, wall
+        return {
+            "t": t,
+            "phase": phase,
+            "rss_mib": round(self.process.memory_info().rss / 2**20, 1),
+            "cpu_percent": cpu_percent,
+            "reflectors": _read_reflectors(self.hub),
+            **_simulator_counts(self.hub),
+            **(_guard_counts(self.hub.client) if self.report_available else {}),
+        }
+
+
 def user_names(users: int) -> list[str]:
     return [f"{USER_PREFIX}{i:02d}" for i in range(users)]
 
 
-def prepare_hub(hub: DevHub, users: int) -> None:
-    """Start the hub and create its users (JupyterHub blocks its loop while it does)."""
+def prepare_hub(hub: DevHub, users: int) -> int:
+    """Start the hub, create its users (JupyterHub blocks its loop while it does) and warm it
+    up: each user launches and stops once, so the timeline starts from a hub that has done
+    its first-launch work (OAuth clients, spawner objects, shared reflectors). Returns the
+    warm-up launches that became ready."""
     hub.start()
+    names = user_names(users)
     flood_targets = [f"{FLOOD_USER_PREFIX}{i:05d}" for i in range(FLOOD_TARGETS)]
-    hub.client.create_users(user_names(users) + flood_targets)
+    hub.client.create_users(names + flood_targets)
+
+    def cycle(user: str) -> bool:
+        try:
+            hub.client.start_server(user, timeout=60)
+            return True
+        except (RuntimeError, TimeoutError, requests.RequestException):
+            return False
+        finally:
+            with contextlib.suppress(RuntimeError, TimeoutError, requests.RequestException):
+                hub.client.stop_server(user, timeout=60)
+
+    with ThreadPoolExecutor(max_workers=users) as pool:
+        return sum(pool.map(cycle, names))
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
@@ -564,8 +635,10 @@ def window_figures(run: dict[str, Any], window: tuple[float, float]) -> dict[str
     signals = None
     if run["report_available"]:
         signals = sorted({name for s in samples for name in s.get("leak_signals") or ()})
-    # levels: at the start of the first window, at the end of the others
-    level = samples[0] if lo == 0 else samples[-1]
+    # levels: at the start of the first window, at the end of the middle one, and once the
+    # users have left for the last one
+    last_window = hi >= run["samples"][-1]["t"]
+    level = samples[0] if lo == 0 else run["after"] if last_window else samples[-1]
     return {
         "launches": len(launches),
         "launches_ready": len(ready),
@@ -647,19 +720,24 @@ def verdicts(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[s
     """One line per failure mode of 2018: what each hub did, and whether the guard held."""
     stock, guarded = summary["stock"], summary["guarded"]
 
-    def leak(hub: dict[str, Any]) -> tuple[str, int]:
-        grown = (hub["end"]["reflectors"] or 0) - (hub["start"]["reflectors"] or 0)
+    def left_behind(name: str) -> int:
+        """Reflectors still watching at the end beyond the shared ones and one per server
+        still running (in the simulator's own view)."""
+        after = runs[name]["after"]
+        return (after["reflectors"] or 0) - SHARED_REFLECTORS - (after["pods"] or 0)
+
+    def leak(name: str) -> str:
+        hub = summary[name]
+        launches = len(runs[name]["launches"]) + runs[name]["warm_up"]["launches"]
         rss = hub["end"]["rss_mib"] - hub["start"]["rss_mib"]
         return (
-            f"reflectors {hub['start']['reflectors']}->{hub['end']['reflectors']},"
-            f" watches {hub['start']['watch_connections']}->{hub['end']['watch_connections']},"
-            f" RSS {rss:+.0f} MiB",
-            grown,
+            f"{left_behind(name)} reflectors left behind after "
+            f"{launches} launches (watching {hub['start']['reflectors']}"
+            f"->{hub['end']['reflectors']}, watches {hub['start']['watch_connections']}"
+            f"->{hub['end']['watch_connections']}), RSS {rss:+.0f} MiB"
         )
 
-    stock_leak, stock_grown = leak(stock)
-    guarded_leak, guarded_grown = leak(guarded)
-    leak_held = guarded_grown <= max(2, stock_grown // 10) and stock_grown > guarded_grown
+    leak_held = left_behind("guarded") <= 0 < left_behind("stock")
 
     def flood(name: str) -> str:
         counts = runs[name]["flood"]
@@ -691,7 +769,7 @@ def verdicts(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[s
     )
     verdict = {True: "guard held", False: "GUARD DID NOT HOLD"}
     return [
-        f"leak:      stock {stock_leak} | guarded {guarded_leak} => {verdict[leak_held]}",
+        f"leak:      stock {leak('stock')} | guarded {leak('guarded')} => {verdict[leak_held]}",
         f"flood:     stock {flood('stock')} | guarded {flood('guarded')} => {verdict[flood_held]}",
         f"blindness: stock {seen('stock')} | guarded {seen('guarded')}"
         f" => {'leak seen' if blind_fixed else 'LEAK NOT SEEN'}",
@@ -739,12 +817,19 @@ def main(args: argparse.Namespace) -> int:
     runs: dict[str, dict[str, Any]] = {}
     try:
         print(f"replay: starting the {' and '.join(HUBS)} hubs", file=sys.stderr, flush=True)
-        start_hubs(hubs, args.users)
+        warmed = start_hubs(hubs, args.users)
+        print(
+            "replay: hubs up and warm; warm-up launches ready: "
+            + ", ".join(f"{name} {n}/{args.users}" for name, n in warmed.items()),
+            file=sys.stderr,
+            flush=True,
+        )
         for i, name in enumerate(HUBS):
             progress = Progress(timeline, hubs_after=len(HUBS) - 1 - i)
             runs[name] = run_hub(
                 name, hubs[name], timeline, args.users, args.flood_rate, flood_token, progress
             )
+            runs[name]["warm_up"] = {"launches": args.users, "ready": warmed[name]}
             print(f"replay: [{name}] done, stopping its hub", file=sys.stderr, flush=True)
             _stop_and_keep_log(name, hubs[name], out)
     except KeyboardInterrupt:
@@ -784,13 +869,15 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_hubs(hubs: dict[str, DevHub], users: int) -> None:
-    """Start the hubs side by side (start-up is mostly waiting); the caller stops them."""
+def start_hubs(hubs: dict[str, DevHub], users: int) -> dict[str, int]:
+    """Start and warm up the hubs side by side; the caller stops them. Returns the warm-up
+    launches that became ready, by hub."""
     errors: list[BaseException] = []
+    warm: dict[DevHub, int] = {}
 
     def start(hub: DevHub) -> None:
         try:
-            prepare_hub(hub, users)
+            warm[hub] = prepare_hub(hub, users)
         except BaseException as e:  # reported in the main thread
             errors.append(e)
 
@@ -810,6 +897,7 @@ def start_hubs(hubs: dict[str, DevHub], users: int) -> None:
         raise
     if errors:
         raise errors[0]
+    return {name: warm[hub] for name, hub in hubs.items()}
 
 
 def _stop_and_keep_log(name: str, hub: DevHub, out: Path) -> None:

@@ -1,0 +1,178 @@
+"""`binderhub-guard replay`, end to end: a short replay's directions, its files, and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from binderhub_guard.bench.replay import (
+    PROBES_PER_SECOND,
+    SHARED_REFLECTORS,
+    Timeline,
+    format_table,
+    verdicts,
+)
+from binderhub_guard.bench.replay_plot import DPI, SIZE_INCHES
+
+pytestmark = pytest.mark.hub
+
+# as short as still shows every direction: the flood and the fault windows are seconds long
+MINUTES = 0.5
+USERS = 12
+
+
+def replay_command(out: Path, minutes: float = MINUTES) -> list[str]:
+    return [sys.executable, "-m", "binderhub_guard.cli", "replay", "--minutes", str(minutes)] + [
+        "--users",
+        str(USERS),
+        "--out",
+        str(out),
+    ]
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory) -> tuple[Path, str, dict]:
+    out = tmp_path_factory.mktemp("replay")
+    done = subprocess.run(replay_command(out), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out, done.stdout, json.loads((out / "replay.json").read_text())
+
+
+def test_replay_prints_a_table_and_a_verdict_per_failure_mode(replay):
+    _, stdout, result = replay
+    for row in ("launch success %", "normal API p99 ms", "hub RSS MiB", "live reflectors"):
+        assert row in stdout
+    for mode in ("leak:", "flood:", "blindness:"):
+        assert mode in stdout
+    assert result["verdicts"] == verdicts(result["hubs"], result["summary"])
+    timeline = Timeline(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in result["timeline"].items()})  # fmt: skip
+    assert format_table(result["summary"], timeline) in stdout
+
+
+def test_every_second_is_recorded_for_both_hubs(replay):
+    _, _, result = replay
+    seconds = int(MINUTES * 60)
+    for name in ("stock", "guarded"):
+        samples = result["hubs"][name]["samples"]
+        assert [s["t"] for s in samples] == list(range(1, seconds + 1))
+        for sample in samples:
+            assert sample["rss_mib"] > 0
+            assert sample["reflectors"] is not None
+            assert sample["watch_connections"] is not None
+        assert sum(s["api_calls"] for s in samples) == PROBES_PER_SECOND * seconds
+
+
+def test_stock_leaks_and_the_guarded_hub_holds(replay):
+    _, _, result = replay
+    end = {name: result["hubs"][name]["after"] for name in ("stock", "guarded")}
+    launches = {name: len(result["hubs"][name]["launches"]) for name in ("stock", "guarded")}
+
+    def left_behind(name: str) -> int:
+        return end[name]["reflectors"] - SHARED_REFLECTORS - end[name]["pods"]
+
+    # after the users left: stock still watches for servers long gone, guarded does not
+    assert left_behind("stock") >= min(5, launches["stock"] // 2), (end, launches)
+    assert left_behind("guarded") <= 0, end
+    assert end["guarded"]["reflectors"] < end["stock"]["reflectors"]
+    assert result["verdicts"][0].endswith("guard held")
+
+
+def test_the_flood_reaches_jupyterhub_in_stock_and_is_throttled_when_guarded(replay):
+    _, _, result = replay
+    stock, guarded = result["hubs"]["stock"]["flood"], result["hubs"]["guarded"]["flood"]
+    assert stock["sent"] > 0 and guarded["sent"] > 0
+    assert stock["throttled"] == 0 and stock["answered"] > 0
+    assert guarded["throttled"] >= 0.9 * (guarded["answered"] + guarded["throttled"])
+    # the stock hub falls behind the flood: more of its stops are still unanswered
+    assert stock["unanswered"] >= guarded["unanswered"]
+    middle = {name: result["summary"][name]["middle"] for name in ("stock", "guarded")}
+    assert middle["guarded"]["api_p99_ms"] < middle["stock"]["api_p99_ms"]
+
+
+def test_launches_hold_under_the_guard_and_degrade_in_stock(replay):
+    _, _, result = replay
+
+    def success(name: str) -> float:
+        launches = result["hubs"][name]["launches"]
+        return sum(x["ready"] for x in launches) / max(1, len(launches))
+
+    assert result["hubs"]["guarded"]["launches"]
+    assert success("guarded") >= success("stock")
+
+
+def test_only_the_guarded_hub_sees_its_leak(replay):
+    _, _, result = replay
+    assert not result["hubs"]["stock"]["report_available"]
+    assert result["summary"]["stock"]["end"]["leak_signals"] is None
+    raised = [s for s in result["hubs"]["guarded"]["samples"] if s["leak_signals"]]
+    assert raised
+
+
+def test_the_plot_is_a_png_of_the_expected_size(replay):
+    out, _, _ = replay
+    data = (out / "replay.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (SIZE_INCHES[0] * DPI, SIZE_INCHES[1] * DPI)
+
+
+def test_ctrl_c_mid_run_leaves_no_process_or_port_behind(tmp_path):
+    replay = subprocess.Popen(
+        replay_command(tmp_path / "out"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    try:
+        running = _wait_for_line(replay, "[stock] steady load", timeout=180)
+        assert running, "the replay never started its timeline"
+        children = psutil.Process(replay.pid).children(recursive=True)
+        ports = _listening_ports(children)
+        assert len(children) >= 5 and ports  # simulators, hubs, proxies, culler, flood
+        os.kill(replay.pid, signal.SIGINT)
+        assert replay.wait(timeout=90) == 130
+    finally:
+        if replay.poll() is None:
+            replay.kill()
+            replay.wait()
+        replay.stderr.close()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, alive
+    for address in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)  # nothing listens there any more
+
+
+def _wait_for_line(process: subprocess.Popen, text: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stderr], [], [], 1)
+        if ready:
+            line = process.stderr.readline().decode()
+            if not line:
+                return False
+            if text in line:
+                return True
+    return False
+
+
+def _listening_ports(processes: list[psutil.Process]) -> set[tuple[str, int]]:
+    ports = set()
+    for process in processes:
+        try:
+            connections = process.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        ports.update(tuple(c.laddr) for c in connections if c.status == psutil.CONN_LISTEN)
+    return ports
