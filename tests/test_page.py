@@ -122,7 +122,7 @@ def test_read_scope_alone_shows_the_page_without_the_tracemalloc_switch(hub):
 @pytest.fixture(scope="module")
 def browser(hub):
     if missing():
-        pytest.skip(f"no {', '.join(missing())}: run scripts/bootstrap-browser.sh")
+        pytest.skip(f"no {', '.join(missing())}: run scripts/bootstrap-test-tools.sh")
     with Chromium(report_path=f"{BASE_URL}hub/api/guard") as chromium:
         log_in(chromium, hub, "admin")
         yield chromium

@@ -1,7 +1,7 @@
 """Headless Chromium from Python: runs driver.cjs (playwright-core) and sends it commands.
 
 Used by tests/test_page.py and by the scripts next to this file. `missing()` says what is not
-installed (scripts/bootstrap-browser.sh installs it).
+installed (scripts/bootstrap-test-tools.sh installs it).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="docs/guard-page.png")
     args = parser.parse_args(argv)
     if missing():
-        print(f"screenshot: no {', '.join(missing())}: run scripts/bootstrap-browser.sh")
+        print(f"screenshot: no {', '.join(missing())}: run scripts/bootstrap-test-tools.sh")
         return 1
 
     with DevHub(leaky=True, base_url=BASE_URL, extra_config=HUB_CONFIG) as hub:
