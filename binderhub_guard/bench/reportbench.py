@@ -135,6 +135,7 @@ async def measure_stall(objects: int, seconds: float) -> dict[str, Any]:
             "objects_seen": scans[-1].objects,
             "seconds": [round(s.seconds, 3) for s in scans],
             "longest_step_ms": [round(s.longest_step_seconds * 1000, 2) for s in scans],
+            "get_objects_ms": [round(s.list_seconds * 1000, 2) for s in scans],
             "loop_lateness": scanning.summary(),
         }
 
@@ -181,6 +182,12 @@ def measure_latency(objects: int, count: int) -> dict[str, Any]:
             started = time.perf_counter()
             hub.api("GET", "/guard").raise_for_status()
             times.append(time.perf_counter() - started)
+        # JupyterHub's own cost for a token-authenticated GET, for comparison
+        user_times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            hub.api("GET", "/user").raise_for_status()
+            user_times.append(time.perf_counter() - started)
         full_times, scans = [], []
         for _ in range(3):
             started = time.perf_counter()
@@ -196,6 +203,8 @@ def measure_latency(objects: int, count: int) -> dict[str, Any]:
         "report_full_scan_ms": _spread_ms(full_times),
         "full_scan_in_hub_s": [s["scan_seconds"] for s in scans],
         "full_scan_longest_stall_ms": [round(s["longest_stall_seconds"] * 1000, 1) for s in scans],
+        "full_scan_get_objects_ms": [round(s["get_objects_seconds"] * 1000, 1) for s in scans],
+        "hub_own_get_user_ms": _spread_ms(user_times),
         "sampler_longest_tick_ms": round(body["sampler"]["longest_tick_seconds"] * 1000, 3),
         "sampler_ticks": body["sampler"]["ticks"],
     }

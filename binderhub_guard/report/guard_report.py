@@ -278,6 +278,7 @@ class GuardReport(LoggingConfigurable):
             "objects": scan.objects,
             "scan_seconds": round(scan.seconds, 4),
             "longest_stall_seconds": round(scan.longest_step_seconds, 4),
+            "get_objects_seconds": round(scan.list_seconds, 4),
             "growth_since": "previous full scan",
             "types": scan.top(top),
             "watched_by_gc": scan.watched,

@@ -34,6 +34,7 @@ class HeapScan:
     by_type: dict[str, int]
     watched: dict[str, int]
     seconds: float
+    list_seconds: float
     longest_step_seconds: float
     growth: dict[str, int] = field(default_factory=dict)
 
@@ -52,7 +53,7 @@ async def scan_heap(
     started = time.perf_counter()
     step = time.perf_counter()
     objects = gc.get_objects()
-    longest = time.perf_counter() - step
+    list_seconds = longest = time.perf_counter() - step
     total = len(objects)
     by_class: Counter[type] = Counter()
     try:
@@ -79,6 +80,7 @@ async def scan_heap(
         by_type=dict(by_type),
         watched=watched_counts,
         seconds=time.perf_counter() - started,
+        list_seconds=list_seconds,
         longest_step_seconds=longest,
     )
     if previous is not None:
