@@ -161,7 +161,8 @@ def _heap(most_common: dict[str, Any], top: int) -> list[str]:
         f" in {most_common['scan_seconds']:.2f}s"
     ]
     for row in most_common["types"][:top]:
-        lines.append(f"  {row['type'][:50]:<50}{row['count']:>10}{row['growth']:>+10}")
+        growth = "" if row["growth"] is None else f"{row['growth']:+}"
+        lines.append(f"  {row['type'][:50]:<50}{row['count']:>10}{growth:>10}")
     return [*lines, ""]
 
 

@@ -41,7 +41,12 @@ class HeapScan:
     def top(self, n: int) -> list[dict[str, Any]]:
         ranked = sorted(self.by_type.items(), key=lambda item: item[1], reverse=True)[:n]
         return [
-            {"type": name, "count": count, "growth": self.growth.get(name, count)}
+            {
+                "type": name,
+                "count": count,
+                # None on the first scan: nothing to compare with
+                "growth": self.growth.get(name, count) if self.growth else None,
+            }
             for name, count in ranked
         ]
 
