@@ -28,14 +28,14 @@ from binderhub_guard.bench.replay_plot import DPI, SIZE_INCHES
 pytestmark = pytest.mark.hub
 
 # as short as still shows every direction: the flood and the fault windows are seconds long
-MINUTES = 0.5
+MINUTES = 0.4
 USERS = 12
 
 
-def replay_command(out: Path, minutes: float = MINUTES) -> list[str]:
-    return [sys.executable, "-m", "binderhub_guard.cli", "replay", "--minutes", str(minutes)] + [
+def replay_command(out: Path, users: int = USERS) -> list[str]:
+    return [sys.executable, "-m", "binderhub_guard.cli", "replay", "--minutes", str(MINUTES)] + [
         "--users",
-        str(USERS),
+        str(users),
         "--out",
         str(out),
     ]
@@ -47,6 +47,26 @@ def replay(tmp_path_factory) -> tuple[Path, str, dict]:
     done = subprocess.run(replay_command(out), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     return out, done.stdout, json.loads((out / "replay.json").read_text())
+
+
+def test_the_timeline_scales_with_minutes_and_keeps_its_order():
+    short, long = Timeline.scaled(0.5), Timeline.scaled(10)
+    assert long.flood == (short.flood[0] * 20, short.flood[1] * 20)
+    for timeline in (short, long):
+        assert 0 < timeline.flood[0] < timeline.watch_drops[0] < timeline.flood[1]
+        assert timeline.watch_drops[0] < timeline.latency_burst[0] < timeline.latency_burst[1]
+        assert timeline.latency_burst[1] < timeline.watch_drops[1] < timeline.leave
+        assert timeline.leave < timeline.seconds
+    t = short
+    assert t.phase_at(0) == "steady load"
+    assert t.phase_at(t.flood[0]) == "culler flood"
+    assert t.phase_at(t.latency_burst[0]) == "watch drops + apiserver latency"
+    assert t.phase_at(t.watch_drops[1]) == "recovery"
+    assert t.phase_at(t.leave) == "users leave"
+    assert t.faults_at(0) == {"watch_drop_after_seconds": None, "latency_seconds": 0.0}
+    assert t.faults_at(t.latency_burst[0])["latency_seconds"] > 0
+    assert t.faults_at(t.watch_drops[0])["watch_drop_after_seconds"] is not None
+    assert t.phase_end(0) == t.flood[0]
 
 
 def test_replay_prints_a_table_and_a_verdict_per_failure_mode(replay):
@@ -131,7 +151,7 @@ def test_the_plot_is_a_png_of_the_expected_size(replay):
 
 def test_ctrl_c_mid_run_leaves_no_process_or_port_behind(tmp_path):
     replay = subprocess.Popen(
-        replay_command(tmp_path / "out"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        replay_command(tmp_path / "out", users=4), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
     )
     try:
         running = _wait_for_line(replay, "[stock] steady load", timeout=180)

@@ -8,7 +8,7 @@ Two real hubs run the same compressed timeline in turn, on their own simulator e
 
 Against each: simulated users launching and stopping servers all along (some leave theirs to the
 real jupyterhub-idle-culler, running as a hub service), then the culler bug of 2018 (a flood of
-stops of servers that are not running, sent open-loop by `bench.flood`'s sender), then watch
+stops of servers that are not running, sent open-loop), then watch
 drops and a burst of API-server latency from the simulator's fault knobs, then a calm end.
 
 Every second it records launches (success, time to ready), the p99 of a normal API call, the
@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,11 +46,12 @@ from typing import Any
 import psutil
 import requests
 
-from .devhub import DevHub, DevHubError
-from .flood import FLOOD_SERVICE, FLOOD_USER_PREFIX, Target, _flood, _hub_base_url
+from .devhub import DevHub, DevHubError, free_port
 from .hubclient import HubClient
 
 HUBS = ("stock", "guarded")
+FLOOD_SERVICE = "flooding-culler"
+FLOOD_USER_PREFIX = "gone-"
 USER_PREFIX = "user-"
 PROBE_USER = "admin"
 REFLECTORS_FILE = "replay-reflectors.json"
@@ -140,8 +142,11 @@ class Timeline:
 # --- the hubs' configuration -------------------------------------------------------------------
 
 
-def replay_config(workdir: Path, flood_token: str, cleanup_servers: bool = False) -> str:
-    """Config appended to both hubs: the culler, the flooding culler's token, the reflector
+def replay_config(
+    workdir: Path, hub_port: int, flood_token: str, cleanup_servers: bool = False
+) -> str:
+    """Config appended to both hubs: the hub's own port (the flood goes there, as a culler in
+    the cluster reaches the hub), the culler, the flooding culler's token, the reflector
     count.
 
     On the simulator, servers are not stopped at hub shutdown (the simulator goes with the hub,
@@ -149,6 +154,7 @@ def replay_config(workdir: Path, flood_token: str, cleanup_servers: bool = False
     culler = os.path.join(os.path.dirname(sys.executable), "jupyterhub-idle-culler")
     reflectors_path = str(workdir / REFLECTORS_FILE)
     return f"""
+c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_port}"
 c.JupyterHub.cleanup_servers = {cleanup_servers!r}
 # the timeline compresses a day into a minute: the ledger's grace period shrinks with it
 c.GuardedKubeSpawner.orphan_grace_seconds = 1
@@ -331,6 +337,11 @@ class Prober:
         self.thread.start()
 
     def stop(self) -> None:
+        """No more calls; those sent go on until answered or timed out."""
+        self.stopping.set()
+
+    def close(self) -> None:
+        """Stop, and count calls still unanswered as failed."""
         self.stopping.set()
         waited = time.monotonic() - self.t0
         with self.lock:
@@ -361,21 +372,20 @@ class Prober:
 
 
 class Flood:
-    """The 2018 culler bug: `bench.flood`'s open-loop sender, in a process of its own (in
-    this one it would compete with the users and the probe for the GIL).
+    """The 2018 culler bug: stops of servers that are not running, sent open-loop at `rate`
+    (requests leave on schedule whatever the hub does, as the culler's did), with the
+    flooding culler's service token, to the hub's own port as a culler in the cluster would,
+    from a process of its own (in this one it would compete with the users and the probe for
+    the GIL). Answers are counted per second of the timeline."""
 
-    The sender tallies its answers only when it returns, so the replay has the flood's totals
-    (the flood only runs in the middle window); per second, the guarded hub's own stop-guard
-    counters show the throttling."""
-
-    def __init__(self, target: Target, rate: float, t0: float, window: tuple[float, float]):
+    def __init__(self, url: str, token: str, rate: float, t0: float, window: tuple[float, float]):
         context = multiprocessing.get_context("spawn")
         self.answers, sender_end = context.Pipe(duplex=False)
-        # the sender keeps wall-clock time
+        # the sender keeps wall-clock time, the same in every process
         start = time.time() + t0 + window[0] - time.monotonic()
         self.process = context.Process(
             target=_send_flood,
-            args=(target, rate, start, window[1] - window[0], sender_end),
+            args=(url, token, rate, start, window[1] - window[0], sender_end),
             daemon=True,
         )
         self.rate = rate
@@ -390,21 +400,24 @@ class Flood:
         self.process.join(5)
 
     def counts(self, wait: float) -> dict[str, Any]:
-        """Answers by JupyterHub (2xx), throttled (429), anything else (errors, timeouts), and
-        requests sent but unanswered by the end of the flood."""
-        seen = {"sent": 0, "first_pass": 0, "statuses": {}}
+        """Stops answered by JupyterHub (2xx), throttled (429), failed otherwise (errors,
+        timeouts) and unanswered when the flood ended; `per_second`: answered and throttled
+        by second of the timeline."""
+        seen: dict[str, Any] = {"sent": 0, "by_second": {}}
         try:
             if self.answers.poll(wait):
                 seen = self.answers.recv()
         except EOFError:  # the sender died; its traceback is on stderr
             pass
-        statuses = seen["statuses"]
-        # the first pass over the targets stops each once (a first stop passes any guard)
-        answered = seen["first_pass"] + sum(
-            n for status, n in statuses.items() if status.startswith("2")
-        )
-        throttled = statuses.get("429", 0)
-        other = sum(statuses.values()) - throttled - (answered - seen["first_pass"])
+        totals: Counter[str] = Counter()
+        per_second = {}
+        for second, statuses in seen["by_second"].items():
+            totals.update(statuses)
+            answered = sum(n for status, n in statuses.items() if status.startswith("2"))
+            per_second[int(self.window[0]) + second + 1] = (answered, statuses.get("429", 0))
+        answered = sum(n for status, n in totals.items() if status.startswith("2"))
+        throttled = totals["429"]
+        other = sum(totals.values()) - answered - throttled
         return {
             "rate": self.rate,
             "window": self.window,
@@ -413,19 +426,53 @@ class Flood:
             "throttled": throttled,
             "other": other,
             "unanswered": seen["sent"] - answered - throttled - other,
+            "per_second": per_second,
         }
 
 
-def _send_flood(target: Target, rate: float, start: float, seconds: float, answers: Any) -> None:
+def _send_flood(
+    url: str, token: str, rate: float, start: float, seconds: float, answers: Any
+) -> None:
     # The replay stops this process itself; a Ctrl-C reaching the whole process group must
     # not print a traceback from here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    users = [f"{FLOOD_USER_PREFIX}{i:05d}" for i in range(FLOOD_TARGETS)]
-    settings = argparse.Namespace(closed_loop=False, rate=rate, concurrency=16, seconds=seconds)
-    seen = asyncio.run(_flood(target, users, settings, start, on_steady=lambda: None))
-    answers.send(
-        {"sent": seen.sent, "first_pass": seen.first_answered, "statuses": dict(seen.statuses)}
-    )
+    urls = [f"{url}/hub/api/users/{FLOOD_USER_PREFIX}{i:05d}/server" for i in range(FLOOD_TARGETS)]
+    answers.send(asyncio.run(_flood_stops(urls, token, rate, start, start + seconds)))
+
+
+async def _flood_stops(
+    urls: list[str], token: str, rate: float, start: float, end: float
+) -> dict[str, Any]:
+    import aiohttp
+
+    by_second: dict[int, Counter[str]] = {}
+    headers = {"Authorization": f"token {token}"}
+    sent = 0
+
+    async def stop(i: int) -> None:
+        try:
+            async with session.delete(urls[i % len(urls)], headers=headers) as reply:
+                await reply.read()
+                status = str(reply.status)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            status = type(e).__name__
+        by_second.setdefault(int(time.time() - start), Counter())[status] += 1
+
+    in_flight: set[asyncio.Task] = set()
+    connector = aiohttp.TCPConnector(limit=256)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.sleep(max(0.0, start - time.time()))
+        while (now := time.time()) < end:
+            while sent < int((now - start) * rate) + 1:
+                task = asyncio.ensure_future(stop(sent))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                sent += 1
+            await asyncio.sleep(1 / rate)
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=5)
+    return {"sent": sent, "by_second": {s: dict(c) for s, c in by_second.items()}}
 
 
 # --- one hub through the timeline --------------------------------------------------------------
@@ -454,25 +501,29 @@ class Progress:
         )
 
 
+@dataclass(frozen=True)
+class Replay:
+    """What both hubs get alike."""
+
+    timeline: Timeline
+    users: int
+    flood_rate: float
+    flood_token: str
+
+
 def run_hub(
-    name: str,
-    hub: DevHub,
-    timeline: Timeline,
-    users: int,
-    flood_rate: float,
-    flood_token: str,
-    progress: Progress,
+    name: str, hub: DevHub, hub_own_url: str, replay: Replay, progress: Progress
 ) -> dict[str, Any]:
     """The timeline against one started hub (see `prepare_hub`); returns its samples, launches
-    and flood counts."""
+    and flood counts. The flood goes to `hub_own_url`, the hub's own port."""
+    timeline = replay.timeline
     client = hub.client
     report_available = client.api("GET", "/guard").status_code == 200
     sampler = HubSampler(hub, report_available)
     t0 = time.monotonic() + 0.5
-    load = Users(client, user_names(users), t0, timeline.leave)
+    load = Users(client, user_names(replay.users), t0, timeline.leave)
     prober = Prober(client, t0, timeline.seconds)
-    target = Target(name, _hub_base_url(hub), flood_token, pid=hub.hub_pid)
-    flood = Flood(target, flood_rate, t0, timeline.flood)
+    flood = Flood(hub_own_url, replay.flood_token, replay.flood_rate, t0, timeline.flood)
     flood.start()
     time.sleep(max(0.0, t0 - time.monotonic()))
     load.start()
@@ -497,9 +548,14 @@ def run_hub(
         after = sampler.sample(round(time.monotonic() - t0, 1), "after the users left")
     finally:
         load.stop()
-        prober.stop()
+        prober.close()
         flood.stop()
     _add_per_second(samples, load.launches, prober.calls)
+    flood_per_second = flood_counts.pop("per_second")
+    for sample in samples:
+        sample["flood_answered"], sample["flood_throttled"] = flood_per_second.get(
+            sample["t"], (0, 0)
+        )
     return {
         "hub": name,
         "report_available": report_available,
@@ -802,11 +858,16 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     timeline = Timeline.scaled(args.minutes)
     started = time.monotonic()
-    flood_token = secrets.token_hex(16)
+    replay = Replay(timeline, args.users, args.flood_rate, secrets.token_hex(16))
     hubs: dict[str, DevHub] = {}
+    hub_own_urls: dict[str, str] = {}
     for name in HUBS:
         workdir = Path(tempfile.mkdtemp(prefix=f"replay-{name}-"))
-        config = replay_config(workdir, flood_token, cleanup_servers=bool(args.kubeconfig))
+        hub_port = free_port()
+        hub_own_urls[name] = f"http://127.0.0.1:{hub_port}"
+        config = replay_config(
+            workdir, hub_port, replay.flood_token, cleanup_servers=bool(args.kubeconfig)
+        )
         hubs[name] = DevHub(
             stock=name == "stock",
             leaky=True,
@@ -826,9 +887,7 @@ def main(args: argparse.Namespace) -> int:
         )
         for i, name in enumerate(HUBS):
             progress = Progress(timeline, hubs_after=len(HUBS) - 1 - i)
-            runs[name] = run_hub(
-                name, hubs[name], timeline, args.users, args.flood_rate, flood_token, progress
-            )
+            runs[name] = run_hub(name, hubs[name], hub_own_urls[name], replay, progress)
             runs[name]["warm_up"] = {"launches": args.users, "ready": warmed[name]}
             print(f"replay: [{name}] done, stopping its hub", file=sys.stderr, flush=True)
             _stop_and_keep_log(name, hubs[name], out)

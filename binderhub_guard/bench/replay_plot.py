@@ -37,6 +37,8 @@ def plot(runs: dict[str, dict[str, Any]], timeline: Any, path: Path) -> None:
                      fill=False, label="watch drops")  # fmt: skip
         axes.axvspan(*timeline.latency_burst, color="tab:purple", alpha=0.12,
                      label="apiserver latency")  # fmt: skip
+        axes.axvline(timeline.leave, color="dimgray", linestyle="--", linewidth=1,
+                     label="users leave")  # fmt: skip
         axes.grid(alpha=0.3)
     success.set_ylabel(f"launch success %\n({SUCCESS_WINDOW_SECONDS} s window)")
     success.set_ylim(-5, 105)
@@ -45,8 +47,10 @@ def plot(runs: dict[str, dict[str, Any]], timeline: Any, path: Path) -> None:
     latency.set_yscale("log")
     latency.set_xlabel("seconds into the timeline")
     latency.set_xlim(0, timeline.seconds)
-    success.legend(loc="lower left", ncols=5, fontsize="small")
     figure.suptitle("binderhub-guard replay: the 2018 mybinder outage, stock vs guarded")
+    figure.legend(
+        *success.get_legend_handles_labels(), loc="outside lower center", ncols=6, fontsize="small"
+    )
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
 
