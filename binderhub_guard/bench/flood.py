@@ -12,10 +12,11 @@ flood, so every figure has its idle baseline from the same run.
 
 Phases: idle (no flood), the flood's first pass over all users at `--concurrency` (each stop
 is a first one, which the guard sends through JupyterHub's authentication), then `--seconds` of
-steady flood over the same users, where every stop is a repeat. Hub CPU is read from /proc for
-the hub process only (not the proxy, not the simulator), and the CPU the hub spends at idle on
-the observer's calls and launches is subtracted. The floor is a bare tornado `RequestHandler`
-answering 429, flooded the same way in the same run. Figures from a shared machine move with
+steady flood over the same users, where every stop is a repeat. Then the observer stops, and
+after its last launch has ended comes a quiet window (`--cpu-seconds`, flood only) where the
+hub's CPU per flood request is read from /proc, for the hub process only (not the proxy, not
+the simulator), with nothing else to share it. The floor is a bare tornado `RequestHandler`
+answering 429, flooded the same way in the same run. Latencies from a shared machine move with
 its load: compare the columns of one run.
 """
 
@@ -57,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seconds", type=float, default=20, help="flood duration per hub")
     parser.add_argument("--idle-seconds", type=float, default=5, help="baseline before flooding")
+    parser.add_argument(
+        "--cpu-seconds",
+        type=float,
+        default=5,
+        help="quiet window (flood on, no launches, no normal calls) where hub CPU is read",
+    )
     parser.add_argument(
         "--closed-loop", action="store_true", help="flood at --concurrency, not at --rate"
     )
@@ -111,12 +118,11 @@ class Result:
     seconds: float
     sent: int = 0
     first_pass_seconds: float | None = None
-    first_pass_cpu_ms_per_request: float | None = None
     answered: int = 0  # in the steady window
     statuses: dict[str, int] = field(default_factory=dict)
     answered_per_second: float = 0.0
-    cpu_ms_per_request: float | None = None  # steady
-    idle_cpu_ms_per_second: float | None = None
+    cpu_ms_per_request: float | None = None  # in the quiet window
+    cpu_window_answered: int = 0
     normal_p50_ms: dict[str, float | None] = field(default_factory=dict)
     normal_p99_ms: dict[str, float | None] = field(default_factory=dict)
     normal_failures: dict[str, int] = field(default_factory=dict)
@@ -133,28 +139,27 @@ class Result:
 
 @dataclass
 class _Flood:
-    """What the flood saw, in wall-clock seconds (time.time())."""
+    """What the flood saw. Times are wall-clock (time.time())."""
 
     start: float
     sent: int = 0
-    first_answered: int = 0
-    steady_start: float | None = None  # the first pass is answered: every stop is a repeat
-    end: float | None = None
-    answered: int = 0  # within [steady_start, end]
-    statuses: Counter = field(default_factory=Counter)
+    window: str | None = "first pass"  # where answers arriving now are counted
+    answered: Counter = field(default_factory=Counter)  # by window
+    statuses: dict[str, Counter] = field(default_factory=dict)  # by window
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # window: start, end
+    answered_after_first_pass: int = 0
 
 
 async def _flood(
-    target: Target,
-    users: list[str],
-    args: argparse.Namespace,
-    start: float,
-    on_steady: Any,
+    target: Target, users: list[str], args: argparse.Namespace, start: float, hooks: Any
 ) -> _Flood:
     """From wall-clock `start`: a first pass (each user once, at `args.concurrency`, as a culler
-    makes its round), then `args.seconds` of flood over the same users, all of them repeats.
+    makes its round), then a flood of repeats over the same users, counted in two windows:
+    "steady" (`args.seconds`, while the observer watches) and, once the observer has stopped,
+    "quiet" (`args.cpu_seconds`, where the hub's CPU per request is read).
 
-    `on_steady()` runs between the two."""
+    `hooks` gets `steady()`, `steady_over()`, `observer_done() -> bool`, `quiet()`, `quiet_over()`
+    calls at the window edges."""
     import aiohttp
 
     flood = _Flood(start=start)
@@ -162,53 +167,82 @@ async def _flood(
     urls = [f"{target.url}/hub/api/users/{user}/server" for user in users]
     connector = aiohttp.TCPConnector(limit=args.concurrency if args.closed_loop else 256)
     timeout = aiohttp.ClientTimeout(total=60)
+    sending = True
 
     async def one(i: int) -> None:
         flood.sent += 1
+        answered = True
         try:
             async with session.delete(urls[i % len(urls)], headers=headers) as reply:
                 await reply.read()
                 status = str(reply.status)
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            status = type(e).__name__
-        if flood.steady_start is None:
-            flood.first_answered += 1
-        elif time.time() <= flood.end:
-            flood.answered += 1
-            flood.statuses[status] += 1
+            status, answered = type(e).__name__, False
+        if flood.window is not None:
+            flood.statuses.setdefault(flood.window, Counter())[status] += 1
+        if not answered:
+            return
+        if flood.window != "first pass":
+            flood.answered_after_first_pass += 1
+        if flood.window is not None:
+            flood.answered[flood.window] += 1
 
-    async def closed_loop(indices: Any, until: float) -> None:
+    async def closed_loop(indices: Any) -> None:
         async def worker() -> None:
             for i in indices:
-                if time.time() >= until:
+                if not sending:
                     return
                 await one(i)
 
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
 
+    async def open_loop(first: int) -> None:
+        in_flight: set[asyncio.Task] = set()
+        began, i = time.time(), first
+        while sending:
+            due = first + int((time.time() - began) * args.rate) + 1
+            while i < due:
+                task = asyncio.ensure_future(one(i))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                i += 1
+            await asyncio.sleep(1 / args.rate)
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=5)
+            for task in in_flight:
+                task.cancel()
+
+    def enter(window: str | None) -> None:
+        now = time.time()
+        if flood.window is not None:
+            flood.bounds[flood.window] = (flood.bounds[flood.window][0], now)
+        if window is not None:
+            flood.bounds[window] = (now, now)
+        flood.window = window
+
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.sleep(max(0.0, start - time.time()))
-        await closed_loop(iter(range(len(urls))), until=float("inf"))
-        on_steady()
-        flood.steady_start = time.time()
-        flood.end = flood.steady_start + args.seconds
+        flood.bounds["first pass"] = (time.time(), time.time())
+        await closed_loop(iter(range(len(urls))))
+        hooks.steady()
+        enter("steady")
         if args.closed_loop:
-            await closed_loop(itertools.count(), until=flood.end)
+            sender = asyncio.ensure_future(closed_loop(itertools.count(len(urls))))
         else:
-            in_flight: set[asyncio.Task] = set()
-            i = 0
-            while time.time() < flood.end:
-                due = int((time.time() - flood.steady_start) * args.rate) + 1
-                while i < due:
-                    task = asyncio.ensure_future(one(i))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
-                    i += 1
-                await asyncio.sleep(1 / args.rate)
-            if in_flight:
-                await asyncio.wait(in_flight, timeout=5)
-                for task in in_flight:
-                    task.cancel()
+            sender = asyncio.ensure_future(open_loop(len(urls)))
+        await asyncio.sleep(args.seconds)
+        enter(None)
+        hooks.steady_over()
+        waited = time.time()
+        while not hooks.observer_done() and time.time() - waited < 120:
+            await asyncio.sleep(0.2)
+        hooks.quiet()
+        enter("quiet")
+        await asyncio.sleep(args.cpu_seconds)
+        hooks.quiet_over()
+        enter(None)
+        sending = False
+        await sender
     return flood
 
 
@@ -343,12 +377,11 @@ def _fill_observations(result: Result, observed: dict, bounds: list[float]) -> N
 
 
 def run_flood(target: Target, args: argparse.Namespace, mode: str) -> tuple[Result, Any]:
-    """Idle baseline, the flood's first pass, then the steady flood, against one target.
+    """Idle baseline, the flood's first pass, the steady flood, then a quiet window for CPU.
 
     Returns the result and a finisher for what can only be read once the hub has stopped
     (the guard's last summary lines)."""
     users = [f"{FLOOD_USER_PREFIX}{i:05d}" for i in range(args.users)]
-    # one launch a second, each user relaunched once its last launch is over
     launch_users = [f"{LAUNCH_USER_PREFIX}{i:02d}" for i in range(LAUNCH_USERS)]
     observed = target.spawners is not None
     result = Result(target=target.name, mode=mode, users=args.users, seconds=args.seconds)
@@ -376,48 +409,54 @@ def run_flood(target: Target, args: argparse.Namespace, mode: str) -> tuple[Resu
         )
         observer.start()
 
-    time.sleep(max(0.0, t_idle - time.time()))
-    cpu = {"idle": _cpu_seconds(target.pid)}
-    time.sleep(max(0.0, t_flood - time.time()))
-    cpu["first pass"] = _cpu_seconds(target.pid)
     marks: dict[str, Any] = {}
 
-    def on_steady() -> None:
-        cpu["steady"] = _cpu_seconds(target.pid)
-        marks["log_offset"] = _log_size(target.log_path)
+    class Hooks:
+        def steady(self) -> None:
+            marks["log_offset"] = _log_size(target.log_path)
 
-    flood = asyncio.run(_flood(target, users, args, t_flood, on_steady))
-    cpu["end"] = _cpu_seconds(target.pid)
+        def steady_over(self) -> None:
+            if observer is not None:
+                stop_observing.set()
+
+        def observer_done(self) -> bool:
+            if observer is None:
+                return True
+            if "observations" not in marks and parent_conn.poll():
+                marks["observations"] = parent_conn.recv()
+            return "observations" in marks
+
+        def quiet(self) -> None:
+            marks["cpu_quiet"] = _cpu_seconds(target.pid)
+
+        def quiet_over(self) -> None:
+            marks["cpu_end"] = _cpu_seconds(target.pid)
+
+    flood = asyncio.run(_flood(target, users, args, t_flood, Hooks()))
 
     result.sent = flood.sent
-    result.answered = flood.answered
-    result.statuses = dict(flood.statuses)
-    result.answered_per_second = flood.answered / args.seconds
-    if flood.steady_start is not None:
-        result.first_pass_seconds = flood.steady_start - t_flood
+    result.first_pass_seconds = flood.bounds["first pass"][1] - flood.bounds["first pass"][0]
+    result.answered = flood.answered["steady"]
+    result.statuses = dict(flood.statuses.get("steady", {}))
+    result.answered_per_second = flood.answered["steady"] / args.seconds
+    result.cpu_window_answered = flood.answered["quiet"]
+    if marks.get("cpu_end") is not None and flood.answered["quiet"]:
+        cpu = marks["cpu_end"] - marks["cpu_quiet"]
+        result.cpu_ms_per_request = 1000 * cpu / flood.answered["quiet"]
 
     if observer is not None:
-        stop_observing.set()
-        observations = parent_conn.recv()
+        if "observations" not in marks:
+            marks["observations"] = parent_conn.recv()
         observer.join()
-        bounds = [t_idle, t_flood, flood.steady_start or flood.end, flood.end]
-        _fill_observations(result, observations, bounds)
+        first, steady = flood.bounds["first pass"], flood.bounds["steady"]
+        bounds = [t_idle, first[0], steady[0], steady[1]]
+        _fill_observations(result, marks["observations"], bounds)
         result.spawners_after = target.spawners()
-
-    if cpu["end"] is not None and flood.steady_start is not None:
-        idle_rate = 0.0
-        if observed and args.idle_seconds > 0:
-            idle_rate = (cpu["first pass"] - cpu["idle"]) / args.idle_seconds
-        result.idle_cpu_ms_per_second = 1000 * idle_rate
-        first = cpu["steady"] - cpu["first pass"] - idle_rate * result.first_pass_seconds
-        result.first_pass_cpu_ms_per_request = 1000 * first / len(users)
-        steady = cpu["end"] - cpu["steady"] - idle_rate * args.seconds
-        result.cpu_ms_per_request = 1000 * steady / max(1, flood.answered)
 
     def finish() -> Result:
         lines = _flood_log_lines(target.log_path, marks.get("log_offset"))
         if lines is not None:
-            result.log_lines_per_1000 = 1000 * lines / max(1, flood.answered)
+            result.log_lines_per_1000 = 1000 * lines / max(1, flood.answered_after_first_pass)
         return result
 
     return result, finish
@@ -572,12 +611,10 @@ def _rows(results: list[Result]) -> list[tuple[str, list[str]]]:
 
     return [
         ("first pass: seconds to answer", each(lambda r: r.first_pass_seconds, 1)),
-        ("first pass: hub CPU ms per stop", each(lambda r: r.first_pass_cpu_ms_per_request, 3)),
         ("flood requests answered per s", each(lambda r: r.answered_per_second, 1)),
         ("answers by status", each(_statuses)),
-        ("hub CPU ms per flood request", each(lambda r: r.cpu_ms_per_request, 3)),
+        ("hub CPU ms per flood request (quiet)", each(lambda r: r.cpu_ms_per_request, 3)),
         ("  x the bare 429 handler's", each(vs_floor)),
-        ("hub CPU ms/s at idle (subtracted)", each(lambda r: r.idle_cpu_ms_per_second, 1)),
         ("normal call p50 ms", phases(lambda r, p: r.normal_p50_ms.get(p), 1)),
         ("normal call p99 ms", phases(lambda r, p: r.normal_p99_ms.get(p), 1)),
         ("normal call failures", phases(lambda r, p: r.normal_failures.get(p))),
@@ -606,7 +643,8 @@ def format_table(results: list[Result], args: argparse.Namespace) -> str:
     mode = results[0].mode if results else ""
     title = (
         f"stop flood, {mode}: {args.users} never-started users, {args.idle_seconds:g}s idle,"
-        f" a first pass over all users, then {args.seconds:g}s steady (every stop a repeat)."
+        f" a first pass over all users, then {args.seconds:g}s steady (every stop a repeat),"
+        f" then {args.cpu_seconds:g}s quiet (flood only) for CPU."
         f"\nphases: {' / '.join(PHASES)}"
     )
     return title + "\n" + "\n".join(lines)
