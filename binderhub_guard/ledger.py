@@ -456,9 +456,15 @@ class Ledger:
 
     async def release_all(self) -> None:
         """Hub shutdown: release every spawn's resources, then the shared ones."""
-        for spawn in self.active_spawns() + list(self._recent):
-            await self.release_entries(list(spawn.entries.values()))
-        await self.release_entries(list(self._shared_entries.values()))
+        owned = [e for s in self.active_spawns() + list(self._recent) for e in s.entries.values()]
+        shared = list(self._shared_entries.values())
+        self.log.info(
+            "Ledger: releasing %d spawn and %d shared resources at shutdown",
+            sum(map(self.is_live, owned)),
+            sum(map(self.is_live, shared)),
+        )
+        await self.release_entries(owned)
+        await self.release_entries(shared)
         if self._housekeeping:
             await asyncio.wait(list(self._housekeeping), timeout=5)
 

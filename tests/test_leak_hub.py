@@ -8,6 +8,7 @@ from the ledger.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -32,7 +33,9 @@ def _settings(workdir) -> str:
     return probe_config(workdir) + (
         "\nc.KubeSpawner.start_timeout = 4"
         "\nc.GuardedKubeSpawner.orphan_grace_seconds = 0.2"
-        "\nc.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}\n"
+        "\nc.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}"
+        # as zero-to-jupyterhub does: servers outlive the hub, their resources must not
+        "\nc.JupyterHub.cleanup_servers = False\n"
     )
 
 
@@ -157,6 +160,7 @@ def test_hub_shutdown_with_a_running_server_is_clean(leaky_hub: DevHub):
     leaky_hub.stop()
     log = leaky_hub.log_path.read_text(errors="replace")
     assert "Received signal SIGTERM" in log
+    assert re.search(r"Ledger: releasing [1-9]\d* spawn and [1-9]\d* shared resources", log)
     assert "Task was destroyed but it is pending" not in log
     assert "Unclosed client session" not in log
     assert "Unclosed connector" not in log
