@@ -129,6 +129,7 @@ class Spawn:
     end_reason: str | None = None
     entries: dict[int, Entry] = field(default_factory=dict)
     held: set[str] = field(default_factory=set)
+    sweep_scheduled: bool = False
 
     @property
     def active(self) -> bool:
@@ -314,13 +315,16 @@ class Ledger:
             if holding is not None:
                 holding.holders.discard(spawn.spawn_id)
         self._prune(spawn)
-        if not spawn.entries:
-            return
+        if spawn.entries:
+            self._schedule_sweep(spawn)
+
+    def _schedule_sweep(self, spawn: Spawn) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.sweep(spawn)
             return
+        spawn.sweep_scheduled = True
         # an empty context: the sweep and what it releases belong to no spawn
         loop.call_later(
             self.orphan_grace_seconds,
@@ -350,8 +354,9 @@ class Ledger:
 
     def _add(self, owner: Spawn | _Shared, kind: str, obj: Any, label: str | None) -> None:
         if isinstance(owner, Spawn) and not owner.active:
-            # created by a spawn's code after that spawn ended: already an orphan
-            self.log.debug("%s created by ended spawn %s", kind, owner.describe())
+            # made by a spawn's code (a task it left running) after the spawn ended
+            if self.release_orphans and not owner.sweep_scheduled:
+                self._schedule_sweep(owner)
         entries = owner.entries if isinstance(owner, Spawn) else self._shared_entries
         key_holder: list[int] = []
 
@@ -429,6 +434,7 @@ class Ledger:
         return found
 
     async def _sweep_and_release(self, spawn: Spawn) -> None:
+        spawn.sweep_scheduled = False
         orphans = self.sweep(spawn)
         if orphans and self.release_orphans:
             await self.release_entries(list(spawn.entries.values()))

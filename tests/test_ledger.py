@@ -148,3 +148,13 @@ async def test_release_all_releases_every_spawn_and_shared_resource(ledger: Ledg
         ledger.record("thing", shared)
     await ledger.release_all()
     assert owned.closed and shared.closed
+
+
+async def test_resources_made_after_the_spawn_ended_are_swept_too(ledger: Ledger):
+    spawn = ledger.begin_spawn("alice")
+    ledger.end_spawn(spawn, "stopped")
+    with ledger.activate(spawn):  # a task the spawn left running keeps its context
+        late = Thing()
+        ledger.record("thing", late)
+    await asyncio.sleep(0.05)
+    assert late.closed

@@ -190,3 +190,20 @@ def test_bad_orphan_grace_fails_naming_the_trait_and_value():
         check_config(config)
     config.GuardedKubeSpawner.orphan_grace_seconds = 2.0
     check_config(config)
+
+
+async def test_a_profile_namespace_adds_shared_reflectors_held_only_while_its_spawn_runs(sim):
+    sim.api.ensure_namespace("profile-ns")
+    spawner = make_spawner(GuardedKubeSpawner, sim, namespace="profile-ns")
+    await spawner.start()
+    key = repr(("pods", "profile-ns"))
+
+    def holding() -> dict:
+        shared = GuardedKubeSpawner.ledger.snapshot()["shared"]
+        return next(entry for entry in shared if entry["key"] == key)
+
+    assert holding()["holder_spawns"] == [spawner._spawn.spawn_id]
+    await spawner.stop()
+    spawner.run_post_stop_hook()
+    # kubespawner keeps it for the hub's lifetime; the ledger shows nobody needs it
+    assert holding()["holders"] == 0 and holding()["live"]
