@@ -26,5 +26,6 @@ def test_flood_prints_figures_for_the_floor_and_a_guarded_hub(capsys):
     assert guarded["spawners_after"] == guarded["spawners_before"] == 0
     log_lines = guarded["log_lines_per_1000"] * guarded["answered"] / 1000
     assert log_lines <= 2  # summary lines, not one line per request
-    assert guarded["launches_ready"]["idle"].endswith("/2")
+    ready, launched = map(int, guarded["launches_ready"]["idle"].split("/"))
+    assert ready == launched >= 1
     assert set(guarded["normal_p99_ms"]) == {"idle", "first pass", "steady"}
