@@ -16,13 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from binderhub_guard.bench.replay import (
-    PROBES_PER_SECOND,
-    SHARED_REFLECTORS,
-    Timeline,
-    format_table,
-    verdicts,
-)
+from binderhub_guard.bench.replay import SHARED_REFLECTORS, Timeline, format_table, verdicts
+from binderhub_guard.bench.replay_load import PROBES_PER_SECOND
 from binderhub_guard.bench.replay_plot import DPI, SIZE_INCHES
 
 pytestmark = pytest.mark.hub

@@ -1,0 +1,292 @@
+"""The replay's load on a hub: simulated users, an open-loop probe of a normal API call, and
+the 2018 culler bug's flood of stops. Each records what it saw in seconds of the timeline."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from .hubclient import HubClient
+
+FLOOD_USER_PREFIX = "gone-"
+# the 2018 culler stopped the same few servers again and again
+FLOOD_TARGETS = 20
+PROBE_USER = "admin"
+PROBES_PER_SECOND = 5
+# a user gives up on a launch not ready after this long (the browser's spinner, in 2018)
+GIVE_UP_SECONDS = 15.0
+HOLD_SECONDS = 1.0
+ARRIVAL_SECONDS = 0.3
+
+
+def flood_targets() -> list[str]:
+    """Users whose servers never run: the flood stops them again and again."""
+    return [f"{FLOOD_USER_PREFIX}{i:05d}" for i in range(FLOOD_TARGETS)]
+
+
+@dataclass
+class Launch:
+    user: str
+    started: float  # seconds into the timeline
+    ended: float
+    ready: bool
+    seconds: float | None  # to ready
+    why: str = ""
+
+
+class Users:
+    """Simulated users, each in a loop: launch, use it a moment, stop (or leave it idle for
+    the culler, one user in four), launch again; at `leave`, stop and launch no more."""
+
+    def __init__(self, client: HubClient, names: list[str], t0: float, leave: float) -> None:
+        self.client = client
+        self.t0 = t0
+        self.leave = leave
+        self.launches: list[Launch] = []
+        self.stopping = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._run, args=(name, i, i % 4 == 3), daemon=True)
+            for i, name in enumerate(names)
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def finish(self, timeout: float) -> None:
+        """Give the users up to `timeout` seconds to finish leaving, then stop them."""
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.stop()
+
+    def _now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def _run(self, user: str, i: int, leaves_it_to_the_culler: bool) -> None:
+        # users arrive one by one, not in one burst at t=0
+        self.stopping.wait(i * ARRIVAL_SECONDS)
+        while not self.stopping.is_set() and self._now() < self.leave:
+            started = self._now()
+            try:
+                launch = self._launch(user, started)
+            except requests.RequestException as e:
+                launch = Launch(user, started, self._now(), False, None, type(e).__name__)
+            if self.stopping.is_set():
+                return
+            self.launches.append(launch)
+            try:
+                if launch.ready and leaves_it_to_the_culler:
+                    self._wait_until_stopped(user, until=self.leave)
+                else:
+                    if launch.ready:
+                        self.stopping.wait(HOLD_SECONDS)
+                    self._stop(user)
+            except requests.RequestException:
+                self.stopping.wait(1)
+        try:
+            self._stop(user)  # leaving
+        except requests.RequestException:
+            pass
+
+    def _launch(self, user: str, started: float) -> Launch:
+        path = self.client.server_path(user)
+        reply = self.client.api("POST", path, timeout=GIVE_UP_SECONDS)
+        if reply.status_code == 201:
+            return Launch(user, started, self._now(), True, self._now() - started)
+        if reply.status_code != 202:
+            return Launch(user, started, self._now(), False, None, f"POST {reply.status_code}")
+        while self._now() - started < GIVE_UP_SECONDS and not self.stopping.is_set():
+            model = self.client.server_model(user)
+            if model is None:
+                return Launch(user, started, self._now(), False, None, "spawn failed")
+            if model.get("ready"):
+                return Launch(user, started, self._now(), True, self._now() - started)
+            self.stopping.wait(0.25)
+        return Launch(user, started, self._now(), False, None, "gave up")
+
+    def _stop(self, user: str) -> None:
+        """Stop the server (a launch given up on included) and wait until it is gone."""
+        if _stopped(self.client.server_model(user)):
+            return
+        self.client.api("DELETE", self.client.server_path(user), timeout=GIVE_UP_SECONDS)
+        self._wait_until_stopped(user, until=self._now() + 60)
+
+    def _wait_until_stopped(self, user: str, until: float) -> None:
+        while not self.stopping.is_set() and self._now() < until:
+            if _stopped(self.client.server_model(user)):
+                return
+            self.stopping.wait(0.5)
+
+
+def _stopped(model: dict[str, Any] | None) -> bool:
+    return model is None or not (model.get("ready") or model.get("pending"))
+
+
+class Prober:
+    """A normal API call (GET /users/NAME, what the admin page and the culler do), sent
+    open-loop PROBES_PER_SECOND times a second, each in its own thread, so a stalled hub
+    cannot hide its stall by slowing the probe down."""
+
+    def __init__(self, client: HubClient, t0: float, end: float) -> None:
+        self.client = client
+        self.t0 = t0
+        self.end = end
+        self.calls: list[tuple[float, float, bool]] = []  # (sent at, seconds, answered ok)
+        self.outstanding: dict[int, float] = {}  # call number -> sent at
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """No more calls; those sent go on until answered or timed out."""
+        self.stopping.set()
+
+    def close(self) -> None:
+        """Stop, and count calls still unanswered as failed."""
+        self.stopping.set()
+        waited = time.monotonic() - self.t0
+        with self.lock:
+            # still unanswered: failed, after at least the time waited so far
+            self.calls.extend((sent, waited - sent, False) for sent in self.outstanding.values())
+            self.outstanding.clear()
+
+    def _run(self) -> None:
+        for n in itertools.count():
+            due = n / PROBES_PER_SECOND
+            if due >= self.end:
+                return
+            if self.stopping.wait(max(0.0, due - (time.monotonic() - self.t0))):
+                return
+            with self.lock:
+                self.outstanding[n] = due
+            threading.Thread(target=self._call, args=(n, due), daemon=True).start()
+
+    def _call(self, n: int, sent: float) -> None:
+        started = time.monotonic()
+        try:
+            ok = self.client.api("GET", f"/users/{PROBE_USER}", timeout=10).ok
+        except requests.RequestException:
+            ok = False
+        with self.lock:
+            if self.outstanding.pop(n, None) is not None:
+                self.calls.append((sent, time.monotonic() - started, ok))
+
+
+class Flood:
+    """The 2018 culler bug: stops of servers that are not running, sent open-loop at `rate`
+    (requests leave on schedule whatever the hub does, as the culler's did), with the
+    flooding culler's service token, to the hub's own port as a culler in the cluster would,
+    from a process of its own (in this one it would compete with the users and the probe for
+    the GIL). Answers are counted per second of the timeline."""
+
+    def __init__(self, url: str, token: str, rate: float, t0: float, window: tuple[float, float]):
+        context = multiprocessing.get_context("spawn")
+        self.answers, sender_end = context.Pipe(duplex=False)
+        # the sender keeps wall-clock time, the same in every process
+        start = time.time() + t0 + window[0] - time.monotonic()
+        self.process = context.Process(
+            target=_send_flood,
+            args=(url, token, rate, start, window[1] - window[0], sender_end),
+            daemon=True,
+        )
+        self.rate = rate
+        self.window = window
+
+    def start(self) -> None:
+        self.process.start()
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(5)
+
+    def counts(self, wait: float) -> dict[str, Any]:
+        """Stops answered by JupyterHub (2xx), throttled (429), failed otherwise (errors,
+        timeouts) and unanswered when the flood ended; `per_second`: answered and throttled
+        by second of the timeline."""
+        seen: dict[str, Any] = {"sent": 0, "by_second": {}}
+        try:
+            if self.answers.poll(wait):
+                seen = self.answers.recv()
+        except EOFError:  # the sender died; its traceback is on stderr
+            pass
+        totals: Counter[str] = Counter()
+        per_second = {}
+        for second, statuses in seen["by_second"].items():
+            totals.update(statuses)
+            answered = sum(n for status, n in statuses.items() if status.startswith("2"))
+            per_second[int(self.window[0]) + second + 1] = (answered, statuses.get("429", 0))
+        answered = sum(n for status, n in totals.items() if status.startswith("2"))
+        throttled = totals["429"]
+        other = sum(totals.values()) - answered - throttled
+        return {
+            "rate": self.rate,
+            "window": self.window,
+            "sent": seen["sent"],
+            "answered": answered,
+            "throttled": throttled,
+            "other": other,
+            "unanswered": seen["sent"] - answered - throttled - other,
+            "per_second": per_second,
+        }
+
+
+def _send_flood(
+    url: str, token: str, rate: float, start: float, seconds: float, answers: Any
+) -> None:
+    # The replay stops this process itself; a Ctrl-C reaching the whole process group must
+    # not print a traceback from here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    urls = [f"{url}/hub/api/users/{user}/server" for user in flood_targets()]
+    answers.send(asyncio.run(_flood_stops(urls, token, rate, start, start + seconds)))
+
+
+async def _flood_stops(
+    urls: list[str], token: str, rate: float, start: float, end: float
+) -> dict[str, Any]:
+    import aiohttp
+
+    by_second: dict[int, Counter[str]] = {}
+    headers = {"Authorization": f"token {token}"}
+    sent = 0
+
+    async def stop(i: int) -> None:
+        try:
+            async with session.delete(urls[i % len(urls)], headers=headers) as reply:
+                await reply.read()
+                status = str(reply.status)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            status = type(e).__name__
+        by_second.setdefault(int(time.time() - start), Counter())[status] += 1
+
+    in_flight: set[asyncio.Task] = set()
+    connector = aiohttp.TCPConnector(limit=256)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.sleep(max(0.0, start - time.time()))
+        while (now := time.time()) < end:
+            while sent < int((now - start) * rate) + 1:
+                task = asyncio.ensure_future(stop(sent))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                sent += 1
+            await asyncio.sleep(1 / rate)
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=5)
+    return {"sent": sent, "by_second": {s: dict(c) for s, c in by_second.items()}}
