@@ -16,7 +16,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from binderhub_guard.bench.replay import SHARED_REFLECTORS, Timeline, format_table, verdicts
+from binderhub_guard.bench.replay import (
+    SHARED_REFLECTORS,
+    Timeline,
+    format_table,
+    format_verdicts,
+    verdicts,
+)
 from binderhub_guard.bench.replay_load import PROBES_PER_SECOND
 from binderhub_guard.bench.replay_plot import DPI, SIZE_INCHES
 
@@ -40,8 +46,9 @@ def replay_command(out: Path, users: int = USERS) -> list[str]:
 def replay(tmp_path_factory) -> tuple[Path, str, dict]:
     out = tmp_path_factory.mktemp("replay")
     done = subprocess.run(replay_command(out), capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return out, done.stdout, json.loads((out / "replay.json").read_text())
+    # 1: the replay ran and a guard did not hold (asserted below, figure by figure)
+    assert done.returncode in (0, 1), done.stderr[-4000:]
+    return out, done, json.loads((out / "replay.json").read_text())
 
 
 def test_the_timeline_scales_with_minutes_and_keeps_its_order():
@@ -65,12 +72,15 @@ def test_the_timeline_scales_with_minutes_and_keeps_its_order():
 
 
 def test_replay_prints_a_table_and_a_verdict_per_failure_mode(replay):
-    _, stdout, result = replay
+    _, done, result = replay
+    stdout = done.stdout
     for row in ("launch success %", "normal API p99 ms", "hub RSS MiB", "live reflectors"):
         assert row in stdout
-    for mode in ("leak:", "flood:", "blindness:"):
-        assert mode in stdout
     assert result["verdicts"] == verdicts(result["hubs"], result["summary"])
+    assert [v["mode"] for v in result["verdicts"]] == ["leak", "flood", "blindness"]
+    assert format_verdicts(result["verdicts"]) in stdout
+    # exit status 0: every guard held
+    assert done.returncode == 0, stdout
     timeline = Timeline(**{k: tuple(v) if isinstance(v, list) else v
                            for k, v in result["timeline"].items()})  # fmt: skip
     assert format_table(result["summary"], timeline) in stdout
@@ -101,7 +111,7 @@ def test_stock_leaks_and_the_guarded_hub_holds(replay):
     assert left_behind("stock") >= min(5, launches["stock"] // 2), (end, launches)
     assert left_behind("guarded") <= 0, end
     assert end["guarded"]["reflectors"] < end["stock"]["reflectors"]
-    assert result["verdicts"][0].endswith("guard held")
+    assert result["verdicts"][0] == {**result["verdicts"][0], "mode": "leak", "held": True}
 
 
 def test_the_flood_reaches_jupyterhub_in_stock_and_is_throttled_when_guarded(replay):

@@ -48,12 +48,11 @@ from .replay_load import Flood, Launch, Prober, Users, flood_targets
 
 HUBS = ("stock", "guarded")
 FLOOD_SERVICE = "flooding-culler"
-USER_PREFIX = "user-"
 REFLECTORS_FILE = "replay-reflectors.json"
 CULL_TIMEOUT_SECONDS = 4
 PROGRESS_EVERY_SECONDS = 5
 # after the timeline, for the last stops to finish
-SETTLE_SECONDS = 5
+SETTLE_SECONDS = 4
 # kubespawner's pod and event reflectors, one each per hub
 SHARED_REFLECTORS = 2
 
@@ -147,14 +146,15 @@ c.JupyterHub.cleanup_servers = {cleanup_servers!r}
 # the timeline compresses a day into a minute: the ledger's grace period shrinks with it
 c.GuardedKubeSpawner.orphan_grace_seconds = 1
 c.GuardReport.sample_interval = 1
-c.JupyterHub.services += [
+# extend, not +=: in a stock hub load_roles is still a lazy value here
+c.JupyterHub.services.extend([
     {{
         "name": "idle-culler",
         "command": [{culler!r}, "--timeout={CULL_TIMEOUT_SECONDS}", "--cull-every=1"],
     }},
     {{"name": {FLOOD_SERVICE!r}, "api_token": {flood_token!r}}},
-]
-c.JupyterHub.load_roles += [
+])
+c.JupyterHub.load_roles.extend([
     {{
         "name": "idle-culler",
         "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
@@ -165,7 +165,7 @@ c.JupyterHub.load_roles += [
         "scopes": ["admin:servers", "list:users"],
         "services": [{FLOOD_SERVICE!r}],
     }},
-]
+])
 
 
 def _count_watching_reflectors(path):
@@ -246,7 +246,7 @@ def run_hub(
     report_available = client.api("GET", "/guard").status_code == 200
     sampler = HubSampler(hub, report_available)
     t0 = time.monotonic() + 0.5
-    load = Users(client, user_names(replay.users), t0, timeline.leave)
+    load = Users(client, user_names(name, replay.users), t0, timeline.leave)
     # its own connection pool: up to 50 calls may wait on a stalled hub at once
     prober = Prober(HubClient(hub.url, hub.token), t0, timeline.seconds)
     flood = Flood(hub_own_url, replay.flood_token, replay.flood_rate, t0, timeline.flood)
@@ -319,17 +319,18 @@ class HubSampler:
         }
 
 
-def user_names(users: int) -> list[str]:
-    return [f"{USER_PREFIX}{i:02d}" for i in range(users)]
+def user_names(hub_name: str, users: int) -> list[str]:
+    """Named after their hub, so that two hubs on one real cluster never share a pod name."""
+    return [f"{hub_name}-{i:02d}" for i in range(users)]
 
 
-def prepare_hub(hub: DevHub, users: int) -> int:
+def prepare_hub(name: str, hub: DevHub, users: int) -> int:
     """Start the hub, create its users (JupyterHub blocks its loop while it does) and warm it
     up: each user launches and stops once, so the timeline starts from a hub that has done
     its first-launch work (OAuth clients, spawner objects, shared reflectors). Returns the
     warm-up launches that became ready."""
     hub.start()
-    names = user_names(users)
+    names = user_names(name, users)
     hub.client.create_users(names + flood_targets())
 
     def cycle(user: str) -> bool:
@@ -498,8 +499,8 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def verdicts(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[str]:
-    """One line per failure mode of 2018: what each hub did, and whether the guard held."""
+def verdicts(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per failure mode of 2018: what each hub did, and whether the guard held."""
     stock, guarded = summary["stock"], summary["guarded"]
 
     def left_behind(name: str) -> int:
@@ -513,10 +514,9 @@ def verdicts(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[s
         launches = len(runs[name]["launches"]) + runs[name]["warm_up"]["launches"]
         rss = hub["end"]["rss_mib"] - hub["start"]["rss_mib"]
         return (
-            f"{left_behind(name)} reflectors left behind after "
-            f"{launches} launches (watching {hub['start']['reflectors']}"
-            f"->{hub['end']['reflectors']}, watches {hub['start']['watch_connections']}"
-            f"->{hub['end']['watch_connections']}), RSS {rss:+.0f} MiB"
+            f"{left_behind(name)} reflectors left behind by {launches} launches"
+            f" (watches {hub['start']['watch_connections']}->{hub['end']['watch_connections']}),"
+            f" RSS {rss:+.0f} MiB"
         )
 
     leak_held = left_behind("guarded") <= 0 < left_behind("stock")
@@ -525,9 +525,9 @@ def verdicts(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[s
         counts = runs[name]["flood"]
         hub = summary[name]
         return (
-            f"{counts['answered']}/{counts['sent']} answered, {counts['throttled']} throttled,"
-            f" normal p99 {_cell(hub['start']['api_p99_ms'])}->{_cell(hub['middle']['api_p99_ms'])}"
-            " ms"
+            f"{counts['answered']} of {counts['sent']} stops answered, {counts['throttled']}"
+            f" throttled; normal p99 {_cell(hub['start']['api_p99_ms'])}"
+            f"->{_cell(hub['middle']['api_p99_ms'])} ms"
         )
 
     guarded_flood = runs["guarded"]["flood"]
@@ -539,23 +539,33 @@ def verdicts(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[s
     def seen(name: str) -> str:
         run = runs[name]
         if not run["report_available"]:
-            return "no view (GET /hub/api/guard: 404), nothing raised"
+            return "no view (GET /hub/api/guard: 404)"
         raised = [s for s in run["samples"] if s.get("leak_signals")]
         if not raised:
             return "report up, no leak signal raised"
         names = sorted({n for s in raised for n in s["leak_signals"]})
-        return f"first leak signal at t={raised[0]['t']} s: {', '.join(names)}"
+        return f"leak signals from t={raised[0]['t']} s: {', '.join(names)}"
 
     blind_fixed = not runs["stock"]["report_available"] and any(
         s.get("leak_signals") for s in runs["guarded"]["samples"]
     )
-    verdict = {True: "guard held", False: "GUARD DID NOT HOLD"}
     return [
-        f"leak:      stock {leak('stock')} | guarded {leak('guarded')} => {verdict[leak_held]}",
-        f"flood:     stock {flood('stock')} | guarded {flood('guarded')} => {verdict[flood_held]}",
-        f"blindness: stock {seen('stock')} | guarded {seen('guarded')}"
-        f" => {'leak seen' if blind_fixed else 'LEAK NOT SEEN'}",
+        {"mode": mode, "held": held, "stock": describe("stock"), "guarded": describe("guarded")}
+        for mode, held, describe in (
+            ("leak", leak_held, leak),
+            ("flood", flood_held, flood),
+            ("blindness", blind_fixed, seen),
+        )
     ]
+
+
+def format_verdicts(lines: list[dict[str, Any]]) -> str:
+    text = []
+    for verdict in lines:
+        held = "guard held" if verdict["held"] else "GUARD DID NOT HOLD"
+        text.append(f"{verdict['mode']:<10} {held:<19} stock:   {verdict['stock']}")
+        text.append(f"{'':<30} guarded: {verdict['guarded']}")
+    return "\n".join(text)
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -563,7 +573,7 @@ def verdicts(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[s
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--minutes", type=float, default=0.8, help="timeline length per hub (default 0.8)"
+        "--minutes", type=float, default=0.75, help="timeline length per hub (default 0.75)"
     )
     parser.add_argument("--users", type=int, default=12, help="simulated users (default 12)")
     parser.add_argument(
@@ -607,7 +617,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"replay: starting the {' and '.join(HUBS)} hubs", file=sys.stderr, flush=True)
         warmed = start_hubs(hubs, args.users)
         print(
-            "replay: hubs up and warm; warm-up launches ready: "
+            f"replay: hubs up and warm after {time.monotonic() - started:.0f} s;"
+            " warm-up launches ready: "
             + ", ".join(f"{name} {n}/{args.users}" for name, n in warmed.items()),
             file=sys.stderr,
             flush=True,
@@ -651,9 +662,10 @@ def main(args: argparse.Namespace) -> int:
         written.append(out / "replay.png")
     print(table)
     print()
-    print("\n".join(lines))
+    print(format_verdicts(lines))
     print(f"\nwall time {wall} s; wrote {' and '.join(map(str, written))}")
-    return 0
+    # the replay is the project's end-to-end regression test: a guard that did not hold fails it
+    return 0 if all(verdict["held"] for verdict in lines) else 1
 
 
 def _plotter() -> Any:
@@ -675,15 +687,15 @@ def start_hubs(hubs: dict[str, DevHub], users: int) -> dict[str, int]:
     """Start and warm up the hubs side by side; the caller stops them. Returns the warm-up
     launches that became ready, by hub."""
     errors: list[BaseException] = []
-    warm: dict[DevHub, int] = {}
+    warm: dict[str, int] = {}
 
-    def start(hub: DevHub) -> None:
+    def start(name: str, hub: DevHub) -> None:
         try:
-            warm[hub] = prepare_hub(hub, users)
+            warm[name] = prepare_hub(name, hub, users)
         except BaseException as e:  # reported in the main thread
             errors.append(e)
 
-    threads = [threading.Thread(target=start, args=(hub,), daemon=True) for hub in hubs.values()]
+    threads = [threading.Thread(target=start, args=item, daemon=True) for item in hubs.items()]
     for thread in threads:
         thread.start()
     try:
@@ -699,7 +711,7 @@ def start_hubs(hubs: dict[str, DevHub], users: int) -> dict[str, int]:
         raise
     if errors:
         raise errors[0]
-    return {name: warm[hub] for name, hub in hubs.items()}
+    return warm
 
 
 def _stop_and_keep_log(name: str, hub: DevHub, out: Path) -> None:
