@@ -117,11 +117,13 @@ class StopGuard(LoggingConfigurable):
     ).tag(config=True)
 
     window_seconds = Float(
-        60.0,
+        600.0,
         help="""Seconds during which repeated stops of the same not-running server by the
         same caller key are answered 429 (the first one gets JupyterHub's own answer).
+        The default covers one round of an idle culler run every 10 minutes (the Zero to
+        JupyterHub default); a server that starts is stoppable at once whatever the window.
         Also how long a revoked token may keep getting 429 instead of 403 for a server it
-        was allowed to stop.
+        was allowed to stop (it learns nothing new: that server is still not running).
         """,
     ).tag(config=True)
 
