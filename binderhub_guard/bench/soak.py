@@ -28,10 +28,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import psutil
+import requests
 
 from .devhub import DevHub
 from .hubclient import HubClient
 from .probe import probe_config, read_probe
+
+# a hub that stops answering (the leak's end state) fails cycles; it does not end the run
+CYCLE_ERRORS = (RuntimeError, TimeoutError, requests.RequestException)
 
 # spawner class of each variant; the rest of the hub (the guard's snippets, the report) is the
 # same in all four, so the figures differ by the spawner alone
@@ -83,7 +87,10 @@ class HubGauges:
         self._measured_before = self.measuring_cpu_seconds
         cpu_before = self._cpu_seconds()
         rss = self.process.memory_info().rss if self.process else None
-        inside = self._inside()
+        try:
+            inside = self._inside()
+        except CYCLE_ERRORS:
+            inside = {}  # the hub did not answer in time: its counts are unknown
         if cpu_before is not None:
             self.measuring_cpu_seconds += self._cpu_seconds() - cpu_before
         return Sample(
@@ -118,7 +125,7 @@ class HubGauges:
 
     def _inside(self) -> dict[str, Any]:
         if self.probe_dir is not None and self.process is not None:
-            counts = read_probe(self.process.pid, self.probe_dir)
+            counts = read_probe(self.process.pid, self.probe_dir, timeout=60)
             ledger = counts["ledger"]
             guarded = self.guarded
             return {
@@ -175,11 +182,11 @@ def run_cycles(
         for _ in range(count):
             try:
                 client.start_server(name, timeout=start_timeout)
-            except (RuntimeError, TimeoutError):
+            except CYCLE_ERRORS:
                 failed += 1
             try:
                 client.stop_server(name, timeout=start_timeout)
-            except (RuntimeError, TimeoutError):
+            except CYCLE_ERRORS:
                 failed += 1
         return failed
 
@@ -443,7 +450,11 @@ def main(args: argparse.Namespace) -> int:
         variants = list(VARIANTS)
     else:
         variants = [("leaky-" if args.leaky else "") + ("stock" if args.stock else "guarded")]
-    results = [run_variant(variant, args) for variant in variants]
+    results = []
+    for variant in variants:
+        results.append(run_variant(variant, args))
+        if not args.json and len(variants) > 1:
+            print_comparison(results[-1:])
     if args.json:
         json.dump({"results": results}, sys.stdout, indent=1)
         print()
