@@ -76,7 +76,11 @@ async def test_watched_counts_match_gc_and_full_scan(report):
 async def test_ledger_and_stop_guard_sections_and_orphan_signal(report):
     ledger = Ledger(log=logging.getLogger("test"), release_orphans=False, orphan_grace_seconds=0)
     stop_guard = StopGuard()
-    guard = report(shared={"ledger": ledger, "stop_guard": stop_guard}, sample_interval=60)
+    guard = report(
+        shared={"ledger": ledger, "stop_guard": stop_guard},
+        sample_interval=60,
+        signal_confirm_samples=2,
+    )
 
     spawn = ledger.begin_spawn("alice")
     with ledger.activate(spawn):
@@ -86,6 +90,8 @@ async def test_ledger_and_stop_guard_sections_and_orphan_signal(report):
     ledger.sweep(spawn)
     stop_guard.decide("key", "alice", TargetState.RUNNING, now=0.0)
 
+    guard.sampler.tick()
+    assert guard.sampler.active_signals == []  # raised once, not yet confirmed
     guard.sampler.tick()
     body = await guard.build()
     assert body["ledger"]["available"] is True

@@ -90,6 +90,12 @@ class GuardReport(LoggingConfigurable):
         help="""Samples during which newly found orphans keep "orphans_found" raised.""",
     ).tag(config=True)
 
+    signal_confirm_samples = Int(
+        3,
+        help="""Consecutive samples a leak signal must be raised at before it is reported
+        (and logged, and counted in the metrics).""",
+    ).tag(config=True)
+
     rss_per_spawn_bytes = Int(
         512 * 1024,
         help="""Resident-memory growth per successful spawn, across the ring, above which
@@ -132,6 +138,7 @@ class GuardReport(LoggingConfigurable):
         "growth_min_increase",
         "growth_min_steps",
         "recent_window",
+        "signal_confirm_samples",
         "rss_min_spawns",
         "rss_per_spawn_bytes",
     )
@@ -153,7 +160,12 @@ class GuardReport(LoggingConfigurable):
         classes = {name: import_class(spec) for name, spec in self.watched_types.items()}
         self.census = InstanceCensus(classes)
         self.sampler = Sampler(
-            self.census, self.get_source, self.signal_rules(), self.ring_size, self.log
+            self.census,
+            self.get_source,
+            self.signal_rules(),
+            self.ring_size,
+            self.log,
+            confirm_samples=self.signal_confirm_samples,
         )
         self.tracemalloc = TracemallocView()
         self.last_scan: HeapScan | None = None

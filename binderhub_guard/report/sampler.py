@@ -34,12 +34,15 @@ class Sampler:
         rules: SignalRules,
         ring_size: int,
         log: logging.Logger,
+        confirm_samples: int = 1,
     ) -> None:
         self.census = census
         self.get_source = get_source
         self.rules = rules
         self.log = log
         self.ring: deque[Sample] = deque(maxlen=ring_size)
+        self.confirm_samples = confirm_samples
+        self._streaks: dict[tuple[str, str | None], int] = {}
         self.active_signals: list[signals.Signal] = []
         # how often each signal went from inactive to active: catches a signal that comes
         # and goes between two looks at the report
@@ -89,12 +92,34 @@ class Sampler:
         )
         self.ring.append(sample)
         was_active = {s["name"] for s in self.active_signals}
-        self.active_signals = signals.evaluate(list(self.ring), self.rules)
+        self.active_signals = self._confirmed(signals.evaluate(list(self.ring), self.rules))
+        for signal in self.active_signals:
+            if signal["name"] not in was_active:
+                self.log.warning(
+                    "Guard report: leak signal %s (%s): %s",
+                    signal["name"],
+                    signal["severity"],
+                    signal["evidence"],
+                )
         self.signals_raised.update({s["name"] for s in self.active_signals} - was_active)
         self.ticks += 1
         self.last_tick_seconds = time.perf_counter() - started
         self.longest_tick_seconds = max(self.longest_tick_seconds, self.last_tick_seconds)
         return sample
+
+    def _confirmed(self, raised: list[signals.Signal]) -> list[signals.Signal]:
+        """Signals raised at each of the last ``confirm_samples`` samples: one that comes
+        and goes with the work in flight is noise, not a leak."""
+        streaks = {}
+        for signal in raised:
+            key = (signal["name"], signal["evidence"].get("type"))
+            streaks[key] = self._streaks.get(key, 0) + 1
+        self._streaks = streaks
+        return [
+            s
+            for s in raised
+            if streaks[(s["name"], s["evidence"].get("type"))] >= self.confirm_samples
+        ]
 
     def start(self, interval: float) -> None:
         if self._task is None:

@@ -8,7 +8,7 @@ rule fire, so an operator can judge it without reading code.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,13 +91,14 @@ def orphans_present(samples: Sequence[Sample], rules: SignalRules) -> list[Signa
 def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
     """A watched type (or the task count) that has only grown, compared at equal load.
 
-    Only samples taken at the latest sample's load count (the same number of active
-    servers; for Spawner, the same number of users too), so objects that come and go with
-    servers do not matter. Walking back from the latest such sample while the count never
-    falls, the rule fires when that run grew by ``growth_min_increase`` in at least
-    ``growth_min_steps`` separate increases: one jump is a new feature starting, repeated
-    growth at the same load is a leak. Samples from before the first successful spawn are
-    left out: the first spawn creates kubespawner's shared reflectors and clients.
+    Only visits to the latest sample's load count (a visit is a run of consecutive samples
+    with the same number of active servers; for Spawner, the same number of users too), each
+    by its smallest count, so work in flight and objects that come and go with servers do
+    not matter. Walking back from the latest visit while that count never falls, the rule
+    fires when the run grew by ``growth_min_increase`` in at least ``growth_min_steps``
+    separate increases: one jump is something new starting, growth at each return to the
+    same load is a leak. Samples from before the first successful spawn are left out: the
+    first spawn creates kubespawner's shared reflectors and clients.
     """
     latest = samples[-1]
     series = {"asyncio.Task": lambda s: s.asyncio_tasks}
@@ -110,22 +111,12 @@ def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
         def load(s: Sample, by_users: bool = by_users) -> tuple:
             return (s.active_servers, s.total_users) if by_users else (s.active_servers,)
 
-        level = load(latest)
-        counts: list[int] = []
-        since = latest.time
-        for sample in reversed(samples):
-            if sample.spawns_total == 0:
-                break  # before the first spawn the hub is still creating its shared machinery
-            if load(sample) != level:
-                continue
-            count = count_of(sample)
-            if count is None or (counts and count > counts[-1]):
-                break
-            counts.append(count)
-            since = sample.time
-        counts.reverse()
+        run = _rising_run(samples, count_of, load)
+        if len(run) < 2:
+            continue
+        counts = [count for count, _ in run]
         steps = sum(1 for earlier, later in itertools.pairwise(counts) if later > earlier)
-        growth = counts[-1] - counts[0] if counts else 0
+        growth = counts[-1] - counts[0]
         if steps < rules.growth_min_steps or growth < rules.growth_min_increase:
             continue
         evidence = {
@@ -133,13 +124,44 @@ def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
             "from": counts[0],
             "to": counts[-1],
             "increases": steps,
-            "seconds": round(latest.time - since, 1),
+            "seconds": round(latest.time - run[0][1], 1),
             "at_active_servers": latest.active_servers,
         }
         if by_users:
             evidence["at_total_users"] = latest.total_users
         signals.append(_signal("count_rising", WARNING, evidence))
     return signals
+
+
+def _rising_run(
+    samples: Sequence[Sample],
+    count_of: Callable[[Sample], int | None],
+    load: Callable[[Sample], tuple],
+) -> list[tuple[int, float]]:
+    """(smallest count, start time) of each visit to the latest load, oldest first, back to
+    the last fall."""
+    level = load(samples[-1])
+    visits: list[tuple[int, float]] = []  # newest first
+    in_visit = False
+    for sample in reversed(samples):
+        if sample.spawns_total == 0:
+            break
+        count = count_of(sample)
+        if count is None or load(sample) != level:
+            in_visit = False
+            continue
+        if in_visit:
+            visits[-1] = (min(visits[-1][0], count), sample.time)
+        else:
+            visits.append((count, sample.time))
+            in_visit = True
+    run = visits[:1]
+    for visit in visits[1:]:
+        if visit[0] > run[-1][0]:
+            break
+        run.append(visit)
+    run.reverse()
+    return run
 
 
 def rss_per_spawn(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
