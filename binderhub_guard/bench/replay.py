@@ -644,6 +644,9 @@ def main(args: argparse.Namespace) -> int:
     summary = summarize(runs, timeline)
     table = format_table(summary, timeline)
     lines = verdicts(runs, summary)
+    json_path, png_path = out / "replay.json", out / "replay.png"
+    if plot is not None:
+        plot(runs, timeline, png_path)
     wall = round(time.monotonic() - started, 1)
     result = {
         "minutes": args.minutes,
@@ -655,11 +658,8 @@ def main(args: argparse.Namespace) -> int:
         "verdicts": lines,
         "hubs": runs,
     }
-    written = [out / "replay.json"]
-    written[0].write_text(json.dumps(result, indent=1))
-    if plot is not None:
-        plot(runs, timeline, out / "replay.png")
-        written.append(out / "replay.png")
+    json_path.write_text(json.dumps(result, indent=1))
+    written = [json_path] if plot is None else [json_path, png_path]
     print(table)
     print()
     print(format_verdicts(lines))
