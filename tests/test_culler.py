@@ -22,7 +22,7 @@ CULL_TIMEOUT = 5
 FLOODER_TOKEN = "flooder-token-0123456789abcdef"
 
 CULLER_CONFIG = f"""
-c.JupyterHub.services += [
+c.JupyterHub.services.extend([
     {{
         "name": "idle-culler",
         "command": [
@@ -32,15 +32,15 @@ c.JupyterHub.services += [
         ],
     }},
     {{"name": "flooder", "api_token": {FLOODER_TOKEN!r}}},
-]
-c.JupyterHub.load_roles += [
+])
+c.JupyterHub.load_roles.extend([
     {{
         "name": "idle-culler",
         "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
         "services": ["idle-culler"],
     }},
     {{"name": "flooder", "scopes": ["admin:servers", "list:users"], "services": ["flooder"]}},
-]
+])
 c.StopGuard.summary_interval = 1
 """
 

@@ -24,14 +24,14 @@ BURST = 30
 # service that may read users but not stop servers
 CALLERS = f"""
 c.JupyterHub.allow_named_servers = True
-c.JupyterHub.services += [
+c.JupyterHub.services.extend([
     {{"name": "flooder", "api_token": {FLOODER_TOKEN!r}}},
     {{"name": "reader", "api_token": {READER_TOKEN!r}}},
-]
-c.JupyterHub.load_roles += [
+])
+c.JupyterHub.load_roles.extend([
     {{"name": "flooder", "scopes": ["admin:servers", "list:users"], "services": ["flooder"]}},
     {{"name": "reader", "scopes": ["read:users"], "services": ["reader"]}},
-]
+])
 """
 
 

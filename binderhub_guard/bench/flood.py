@@ -515,14 +515,14 @@ def _flood_config(token: str, workdir: Path) -> str:
     from .probe import probe_config
 
     return f"""
-c.JupyterHub.services += [{{"name": {FLOOD_SERVICE!r}, "api_token": {token!r}}}]
-c.JupyterHub.load_roles += [
+c.JupyterHub.services.extend([{{"name": {FLOOD_SERVICE!r}, "api_token": {token!r}}}])
+c.JupyterHub.load_roles.extend([
     {{
         "name": {FLOOD_SERVICE!r},
         "scopes": ["admin:users", "admin:servers", "list:users", "tokens"],
         "services": [{FLOOD_SERVICE!r}],
     }}
-]
+])
 """ + probe_config(workdir)
 
 
