@@ -156,7 +156,7 @@ def test_the_plot_is_a_png_of_the_expected_size(replay):
 
 def test_ctrl_c_mid_run_leaves_no_process_or_port_behind(tmp_path):
     replay = subprocess.Popen(
-        replay_command(tmp_path / "out", users=4), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        replay_command(tmp_path / "out", users=2), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
     )
     try:
         running = _wait_for_line(replay, "[stock] steady load", timeout=180)

@@ -53,6 +53,8 @@ CULL_TIMEOUT_SECONDS = 4
 PROGRESS_EVERY_SECONDS = 5
 # after the timeline, for the last stops to finish
 SETTLE_SECONDS = 4
+# the timeline compresses a day into a minute: the ledger's grace period shrinks with it
+LEDGER_GRACE_SECONDS = 1
 # kubespawner's pod and event reflectors, one each per hub
 SHARED_REFLECTORS = 2
 
@@ -143,8 +145,7 @@ def replay_config(
     return f"""
 c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_port}"
 c.JupyterHub.cleanup_servers = {cleanup_servers!r}
-# the timeline compresses a day into a minute: the ledger's grace period shrinks with it
-c.GuardedKubeSpawner.orphan_grace_seconds = 1
+c.GuardedKubeSpawner.orphan_grace_seconds = {LEDGER_GRACE_SECONDS}
 c.GuardReport.sample_interval = 1
 # extend, not +=: in a stock hub load_roles is still a lazy value here
 c.JupyterHub.services.extend([
@@ -270,7 +271,7 @@ def run_hub(
         # the users finish leaving, the ledger's grace period passes: what is still
         # watching now was left behind
         load.finish(timeout=SETTLE_SECONDS)
-        time.sleep(2)
+        time.sleep(LEDGER_GRACE_SECONDS + 1)
         after = sampler.sample(round(time.monotonic() - t0, 1), "after the users left")
     finally:
         load.stop()
