@@ -144,12 +144,25 @@ async def measure_stall(objects: int, seconds: float) -> dict[str, Any]:
             await asyncio.sleep(seconds)
         figures["loop_lateness_without_sampler"] = idle.summary()
 
+        tick_times: list[float] = []
+        tick = report.sampler.tick
+
+        def timed_tick():
+            sample = tick()
+            tick_times.append(report.sampler.last_tick_seconds)
+            return sample
+
+        report.sampler.tick = timed_tick
         report.start()
         async with LagMonitor() as sampling:
             await asyncio.sleep(seconds)
         figures["loop_lateness_with_sampler_every_100ms"] = sampling.summary()
         figures["sampler_ticks"] = report.sampler.ticks
         figures["sampler_longest_tick_ms"] = round(report.sampler.longest_tick_seconds * 1000, 3)
+        figures["sampler_longest_tick_cpu_ms"] = round(
+            report.sampler.longest_tick_cpu_seconds * 1000, 3
+        )
+        figures["sampler_ticks_over_10ms"] = sum(t > 0.010 for t in tick_times)
 
         scans = []
         async with LagMonitor() as scanning:
@@ -231,6 +244,7 @@ def measure_latency(objects: int, count: int) -> dict[str, Any]:
         "full_scan_get_objects_ms": [round(s["get_objects_seconds"] * 1000, 1) for s in scans],
         "hub_own_get_user_ms": _spread_ms(user_times),
         "sampler_longest_tick_ms": round(body["sampler"]["longest_tick_seconds"] * 1000, 3),
+        "sampler_longest_tick_cpu_ms": round(body["sampler"]["longest_tick_cpu_seconds"] * 1000, 3),
         "sampler_ticks": body["sampler"]["ticks"],
     }
 

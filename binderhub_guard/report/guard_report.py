@@ -329,6 +329,7 @@ class GuardReport(LoggingConfigurable):
             "ticks": self.sampler.ticks,
             "last_tick_seconds": round(self.sampler.last_tick_seconds, 6),
             "longest_tick_seconds": round(self.sampler.longest_tick_seconds, 6),
+            "longest_tick_cpu_seconds": round(self.sampler.longest_tick_cpu_seconds, 6),
             "signals_raised_total": dict(self.sampler.signals_raised),
             "full_scan_interval_seconds": self.full_scan_interval,
         }
