@@ -712,7 +712,7 @@ def start_hubs(hubs: dict[str, DevHub], users: int) -> dict[str, int]:
         raise
     if errors:
         raise errors[0]
-    return warm
+    return {name: warm[name] for name in hubs}
 
 
 def _stop_and_keep_log(name: str, hub: DevHub, out: Path) -> None:

@@ -14,7 +14,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 #: pixels of replay.png (inches x DPI)
 SIZE_INCHES = (10, 8)
 DPI = 100
-COLORS = {"stock": "tab:red", "guarded": "tab:blue"}
+# guarded wide underneath, stock narrow on top: where both are equal, both stay visible
+STYLES = {
+    "stock": {"color": "tab:red", "linewidth": 1.4, "zorder": 3},
+    "guarded": {"color": "tab:blue", "linewidth": 2.8, "alpha": 0.8, "zorder": 2},
+}
 SUCCESS_WINDOW_SECONDS = 10
 
 
@@ -24,7 +28,7 @@ def plot(runs: dict[str, dict[str, Any]], timeline: Any, path: Path) -> None:
     )
     for name, run in runs.items():
         t = [s["t"] for s in run["samples"]]
-        style = {"color": COLORS.get(name), "label": name, "linewidth": 1.6}
+        style = {**STYLES.get(name, {}), "label": name}
         success.plot(t, launch_success(run["samples"]), **style)
         rss.plot(t, [s["rss_mib"] for s in run["samples"]], **style)
         p99 = [
