@@ -10,10 +10,6 @@ from typing import Any, Protocol
 from jupyterhub import metrics as hub_metrics
 
 
-class LedgerLike(Protocol):
-    def snapshot(self) -> dict[str, Any]: ...
-
-
 class StopGuardLike(Protocol):
     def totals(self) -> dict[str, int]: ...
 
