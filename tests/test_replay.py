@@ -141,8 +141,9 @@ def test_only_the_guarded_hub_sees_its_leak(replay):
     _, _, result = replay
     assert not result["hubs"]["stock"]["report_available"]
     assert result["summary"]["stock"]["end"]["leak_signals"] is None
-    raised = [s for s in result["hubs"]["guarded"]["samples"] if s["leak_signals"]]
-    assert raised
+    guarded = result["hubs"]["guarded"]
+    # during the timeline or, at the latest, once the users have left
+    assert any(s["leak_signals"] for s in [*guarded["samples"], guarded["after"]])
 
 
 def test_the_plot_is_a_png_of_the_expected_size(replay):

@@ -416,13 +416,14 @@ def window_figures(run: dict[str, Any], window: tuple[float, float]) -> dict[str
     latencies = [seconds for at, seconds, _ in run["api_calls"] if lo <= at < hi]
     flood = run["flood"]
     in_flood = window == tuple(flood["window"])
-    signals = None
-    if run["report_available"]:
-        signals = sorted({name for s in samples for name in s.get("leak_signals") or ()})
     # levels: at the start of the first window, at the end of the middle one, and once the
     # users have left for the last one
     last_window = hi >= run["samples"][-1]["t"]
     level = samples[0] if lo == 0 else run["after"] if last_window else samples[-1]
+    signals = None
+    if run["report_available"]:
+        seen = [*samples, run["after"]] if last_window else samples
+        signals = sorted({name for s in seen for name in s.get("leak_signals") or ()})
     return {
         "launches": len(launches),
         "launches_ready": len(ready),
@@ -537,19 +538,22 @@ def verdicts(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[d
         (guarded["middle"]["api_p99_ms"] or 0) <= (stock["middle"]["api_p99_ms"] or math.inf)
     )
 
-    def seen(name: str) -> str:
+    def raised(name: str) -> list[dict[str, Any]]:
         run = runs[name]
-        if not run["report_available"]:
-            return "no view (GET /hub/api/guard: 404)"
-        raised = [s for s in run["samples"] if s.get("leak_signals")]
-        if not raised:
-            return "report up, no leak signal raised"
-        names = sorted({n for s in raised for n in s["leak_signals"]})
-        return f"leak signals from t={raised[0]['t']} s: {', '.join(names)}"
+        return [s for s in [*run["samples"], run["after"]] if s.get("leak_signals")]
 
-    blind_fixed = not runs["stock"]["report_available"] and any(
-        s.get("leak_signals") for s in runs["guarded"]["samples"]
-    )
+    def seen(name: str) -> str:
+        if not runs[name]["report_available"]:
+            return "no view (GET /hub/api/guard: 404)"
+        samples = raised(name)
+        if not samples:
+            return "report up, no leak signal raised"
+        names = ", ".join(sorted({n for s in samples for n in s["leak_signals"]}))
+        if samples[0] is runs[name]["after"]:
+            return f"leak signals once the users had left: {names}"
+        return f"leak signals from t={samples[0]['t']} s: {names}"
+
+    blind_fixed = not runs["stock"]["report_available"] and bool(raised("guarded"))
     return [
         {"mode": mode, "held": held, "stock": describe("stock"), "guarded": describe("guarded")}
         for mode, held, describe in (
