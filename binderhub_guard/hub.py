@@ -444,6 +444,7 @@ class GuardedUserServerAPIHandler(UserServerAPIHandler):
         super().on_finish()
 
     def _log(self) -> None:
-        # throttled stops are logged as one summary line per caller per interval
+        # throttled stops are logged as one summary line per caller per interval, and counted
+        # by the guard's counters instead of JupyterHub's request-duration metric
         if not self._answered_by_guard:
             super()._log()
