@@ -306,13 +306,19 @@ class HubSampler:
         self.cpu, self.wall = _cpu_seconds(self.process), time.monotonic()
 
     def sample(self, t: float, phase: str) -> dict[str, Any]:
-        cpu, wall = _cpu_seconds(self.process), time.monotonic()
+        try:
+            cpu, wall = _cpu_seconds(self.process), time.monotonic()
+            rss = self.process.memory_info().rss
+        except psutil.NoSuchProcess:
+            raise DevHubError(
+                f"jupyterhub exited during the replay, at t={t} s:\n{self.hub.log_tail()}"
+            ) from None
         cpu_percent = round(100 * (cpu - self.cpu) / (wall - self.wall), 1)
         self.cpu, self.wall = cpu, wall
         return {
             "t": t,
             "phase": phase,
-            "rss_mib": round(self.process.memory_info().rss / 2**20, 1),
+            "rss_mib": round(rss / 2**20, 1),
             "cpu_percent": cpu_percent,
             "reflectors": _read_reflectors(self.hub),
             **_simulator_counts(self.hub),
@@ -361,9 +367,12 @@ def _read_reflectors(hub: DevHub) -> int | None:
 
 
 def _simulator_counts(hub: DevHub) -> dict[str, Any]:
-    if not hub.sim_url:
+    try:
+        state = hub.sim_state() if hub.sim_url else None
+    except requests.RequestException:  # a missed sample, not a failed replay
+        state = None
+    if state is None:
         return {"watch_connections": None, "pods": None}
-    state = hub.sim_state()
     return {"watch_connections": state["watches"]["open"], "pods": len(state["pods"])}
 
 
