@@ -43,6 +43,7 @@ Snapshot (read-only, JSON-ready) for the report, from :meth:`Ledger.snapshot`::
         "spawns_active": int, "spawns_ended": int,
         "orphans_found": int, "orphans_released": int, "orphans_live": int,
       },
+      "faults": {...},              # API errors, stop errors, relists: see faultcounts.py
     }
 """
 
@@ -64,6 +65,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any
+
+from .faultcounts import FaultCounts
 
 TASK = "task"
 
@@ -266,6 +269,8 @@ class Ledger:
         self._orphans_found = 0
         self._orphans_released = 0
         self._spawns_ended = 0
+        #: faults the spawners met, fed by the kubespawner door
+        self.faults = FaultCounts()
         # strong refs to our own sweep/release tasks, which must not be collected mid-flight
         self._housekeeping: set[asyncio.Task] = set()
 
@@ -550,6 +555,7 @@ class Ledger:
                 "orphans_released": self._orphans_released,
                 "orphans_live": sum(1 for o in orphans if o["live"]),
             },
+            "faults": self.faults.snapshot(),
         }
 
     def _describe_spawn(self, spawn: Spawn) -> dict[str, Any]:

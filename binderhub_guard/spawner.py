@@ -4,6 +4,10 @@ This module is the one door to kubespawner's internals (``_start_reflector``, ``
 ``ResourceReflector``, ``shared_client``) and to kubernetes_asyncio's ``Watch`` and
 ``ApiClient``: an upgrade of either changes this file only.
 
+Faults are counted here too (``ledger.faults``): every API answer by status, each reflector's
+relists (damped when they come faster than ``relist_limit_per_minute``), pod deletes that
+errored, and reflectors replaced after their watch gave up.
+
 How resources reach the ledger without kubespawner's cooperation: the constructors of
 ``ResourceReflector``, ``Watch`` and ``ApiClient`` are wrapped (once per process), and the
 hub's event loop gets a task factory; each reports what it builds to the spawn named by the
@@ -17,11 +21,13 @@ import asyncio
 import contextvars
 import math
 import sys
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client import ApiClient, ApiException
+from kubernetes_asyncio.client.rest import RESTClientObject
 from kubernetes_asyncio.watch import Watch
 from kubespawner import KubeSpawner
 from kubespawner.reflector import ResourceReflector
@@ -29,6 +35,7 @@ from traitlets import Bool, Float, TraitError, validate
 from traitlets.config import Configurable, LoggingConfigurable
 
 from . import ledger as ledger_module
+from .faultcounts import FaultCounts, RelistDamper
 from .ledger import SHARED, Ledger, Spawn, current_owner, registry
 
 REFLECTOR = "reflector"
@@ -107,6 +114,45 @@ def _recording_init(original: Callable, kind: str, label: Callable[[Any], str] |
     return __init__
 
 
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ApiException):
+        return f"Kubernetes API {error.status} {error.reason}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _counting_request(original: Callable, faults: FaultCounts):
+    async def request(self, *args, **kwargs):
+        try:
+            response = await original(self, *args, **kwargs)
+        except ApiException as error:
+            faults.api_answer(error.status or 0)
+            raise
+        except Exception:
+            faults.api_answer(0)
+            raise
+        faults.api_answer(response.status)
+        return response
+
+    return request
+
+
+def _damped_list(original: Callable, faults: FaultCounts):
+    async def _list_and_update(self, *args, **kwargs):
+        label = _reflector_label(self)
+        delay = faults.relist(self, label)
+        if delay:
+            self.log.warning(
+                "%s relists more than %g times a minute: next list in %.1fs",
+                label,
+                faults.damper.max_per_minute,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        return await original(self, *args, **kwargs)
+
+    return _list_and_update
+
+
 _HOOKED: list[type] = []
 
 
@@ -126,6 +172,10 @@ def install_hooks(ledger: Ledger = registry) -> None:
     ):
         cls.__init__ = _recording_init(cls.__init__, kind, label, ledger)
         _HOOKED.append(cls)
+    RESTClientObject.request = _counting_request(RESTClientObject.request, ledger.faults)
+    ResourceReflector._list_and_update = _damped_list(
+        ResourceReflector._list_and_update, ledger.faults
+    )
 
 
 _LOOPS_SET_UP: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
@@ -227,17 +277,79 @@ class LedgerSettings(Configurable):
         return value
 
 
+def _positive(owner: Configurable, name: str, value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise TraitError(
+            f"{type(owner).__name__}.{name} must be a finite number > 0, not {value!r}"
+        )
+    return value
+
+
+class FaultSettings(Configurable):
+    """How GuardedKubeSpawner rides out API faults: retried pod deletes, damped relists."""
+
+    stop_retry_timeout = Float(
+        300.0,
+        config=True,
+        help="""
+        Seconds stop() keeps retrying a pod delete that errored (500, 429, a response that
+        fails validation, a pod that does not disappear) before it gives up.
+
+        While it retries, the hub shows the server as stopping, which it is. JupyterHub
+        marks a server stopped even when stop() raises, and its API handler swallows the
+        error; so stop() only raises once this time is up, and the pod it could not delete
+        is logged and listed in the guard report ("stop_failures", outcome "given_up").
+        """,
+    )
+
+    stop_retry_max_delay = Float(
+        5.0,
+        config=True,
+        help="""
+        Longest wait, in seconds, between two attempts to delete a pod (the wait starts at
+        0.5 s and doubles); during the wait the pod reflector is watched for the pod to go.
+        """,
+    )
+
+    relist_limit_per_minute = Float(
+        12.0,
+        config=True,
+        help="""
+        Relists (full LIST requests) per minute a shared reflector may make before its next
+        ones are delayed. A healthy reflector relists each time its watch times out (every
+        10 s by default: 6 a minute); dropped watches and 410 Gone answers make kubespawner
+        relist after 0.1-0.2 s, several times a second.
+        """,
+    )
+
+    relist_max_delay = Float(
+        10.0,
+        config=True,
+        help="""
+        Longest delay, in seconds, before a relist of a reflector over its rate: the first
+        delay is the interval `relist_limit_per_minute` allows, doubled at each relist over
+        the rate.
+        """,
+    )
+
+    @validate(
+        "stop_retry_timeout", "stop_retry_max_delay", "relist_limit_per_minute", "relist_max_delay"
+    )
+    def _check_positive(self, proposal: dict) -> float:
+        return _positive(self, proposal["trait"].name, proposal["value"])
+
+
 def check_config(config) -> None:
-    """Fail now, naming the trait and value, if `config` sets a bad ledger setting.
+    """Fail now, naming the trait and value, if `config` sets a bad ledger or fault setting.
 
     For hub start-up: spawners are created lazily, so bad values would otherwise surface on
     a user's first spawn.
     """
-    checker = type("GuardedKubeSpawner", (LedgerSettings,), {})
+    checker = type("GuardedKubeSpawner", (LedgerSettings, FaultSettings), {})
     checker(config=config)
 
 
-class GuardedKubeSpawner(KubeSpawner, LedgerSettings):
+class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
     """A KubeSpawner whose per-spawn resources are tracked by the guard's ledger."""
 
     ledger: Ledger = registry
@@ -252,6 +364,9 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings):
         self.ledger.enabled = self.ledger_enabled
         self.ledger.release_orphans = self.release_orphans
         self.ledger.orphan_grace_seconds = self.orphan_grace_seconds
+        self.ledger.faults.damper = RelistDamper(
+            self.relist_limit_per_minute, self.relist_max_delay
+        )
 
     def _spawn_context(self):
         return self.ledger.activate(self._spawn if self.ledger_enabled else None)
@@ -266,7 +381,58 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings):
 
     async def stop(self, now: bool = False) -> None:
         with self._spawn_context():
-            return await super().stop(now=now)
+            await self._stop_until_pod_gone(now)
+
+    async def _stop_until_pod_gone(self, now: bool) -> None:
+        """kubespawner's stop(), retried until the pod reflector no longer has the pod.
+
+        kubespawner raises at the first delete that errors (a 500, a 429, an answer that
+        fails validation), whether or not the pod went; jupyterhub then marks the server
+        stopped and forgets the error.
+        """
+        faults = self.ledger.faults
+        pod = f"{self.namespace}/{self.pod_name}"
+        deadline = time.monotonic() + self.stop_retry_timeout
+        delay = 0.5
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await super().stop(now=now)
+            except Exception as error:
+                faults.stop_attempt_failed()
+                self.log.warning("Stopping pod %s, attempt %d: %s", pod, attempts, _describe(error))
+                last_error = error
+            else:
+                if attempts > 1:
+                    faults.stop_ended(pod, _describe(last_error), attempts, recovered=True)
+                return
+            if await self._pod_gone_within(pod, min(delay, deadline - time.monotonic())):
+                faults.stop_ended(pod, _describe(last_error), attempts, recovered=True)
+                self.log.info("Pod %s is gone after %d delete attempt(s)", pod, attempts)
+                return
+            if time.monotonic() >= deadline:
+                faults.stop_ended(pod, _describe(last_error), attempts, recovered=False)
+                self.log.error(
+                    "Pod %s is still there after %d delete attempts in %.0fs; giving up: %r",
+                    pod,
+                    attempts,
+                    self.stop_retry_timeout,
+                    last_error,
+                )
+                raise last_error
+            delay = min(delay * 2, self.stop_retry_max_delay)
+
+    async def _pod_gone_within(self, pod: str, seconds: float) -> bool:
+        deadline = time.monotonic() + max(seconds, 0)
+        while True:
+            reflector = self.__class__.reflectors.get(self._get_reflector_key("pods"))
+            if reflector is not None and not _reflector_has_failed(reflector):
+                if pod not in reflector.pods:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
 
     async def progress(self) -> AsyncIterator[dict]:
         spawn = self._spawn if self.ledger_enabled else None
@@ -323,6 +489,12 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings):
 
     async def _start_reflector(self, kind, reflector_class, replace=False, **kwargs):
         owner = current_owner.get()
+        failed = self.__class__.reflectors.get(self._get_reflector_key(kind))
+        if not replace and failed is not None and _reflector_has_failed(failed):
+            # kubespawner would hand out its frozen cache for the hub's lifetime
+            self.log.warning("Replacing %s: its watch gave up", _reflector_label(failed))
+            self.ledger.faults.reflector_replaced(_reflector_label(failed))
+            replace = True
         # shared reflectors (and their watch tasks, for ever) belong to no spawn
         with self.ledger.activate(SHARED):
             reflector = await super()._start_reflector(
