@@ -43,12 +43,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import secrets
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
-from importlib import import_module
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,15 @@ from jupyterhub.apihandlers.users import UserServerAPIHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
 from tornado.ioloop import PeriodicCallback
+from traitlets import Enum, Set
+from traitlets.config import LoggingConfigurable
 
+from . import report
+from ._version import __version__
+from .ledger import registry as ledger_registry
+from .report.handlers import default_handlers as report_handlers
+from .spawner import GuardedKubeSpawner
+from .spawner import check_config as check_spawner_config
 from .stopguard import Decision, StopGuard, TargetState
 
 GUARD_READ_SCOPE = "custom:guard:read"
@@ -73,6 +82,34 @@ GUARD_SCOPES = {
 ADMIN_ROLE = "binderhub-guard-admin"
 SETTINGS_KEY = "binderhub_guard"
 GUARD_TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
+UPSTREAMS = ("jupyterhub", "jupyterhub-kubespawner", "kubernetes_asyncio")
+_REPORT_HANDLER_CLASSES = {route[1] for route in report_handlers}
+
+
+class CapabilityError(RuntimeError):
+    """A configured capability cannot install into this hub."""
+
+
+class GuardInstall(LoggingConfigurable):
+    """How `install(c)` treats a capability that cannot install."""
+
+    fail_open = Set(
+        Enum(["stop_guard", "report"]),
+        help="""Capabilities that may fail to install without stopping the hub.
+
+        By default, when a capability cannot install into the running hub (an unsupported
+        jupyterhub route layout, say), the hub refuses to start and says why. A capability
+        named here is skipped instead, with an error in the log, and the hub runs without it.
+        Names: stop_guard, report.
+        """,
+    ).tag(config=True)
+
+
+def _version_of(distribution: str) -> str:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def install(c: Any) -> None:
@@ -101,45 +138,13 @@ def install(c: Any) -> None:
     _Installer(JupyterHub.instance()).hook()
 
 
-@dataclass
-class _Optional:
-    """What the other parts of the package provide, if they are there yet."""
-
-    ledger: Any = None
-    report_start: Callable[[Any], Any] | None = None
-    report_stop: Callable[[], Any] | None = None
-    report_state: Any = None
-    report_handlers: list = field(default_factory=list)
-
-    @classmethod
-    def find(cls) -> _Optional:
-        found = cls()
-        try:
-            found.ledger = import_module("binderhub_guard.ledger").registry
-        except (ImportError, AttributeError):
-            pass
-        try:
-            report = import_module("binderhub_guard.report")
-        except ImportError:
-            return found
-        found.report_start = getattr(report, "start", None)
-        found.report_stop = getattr(report, "stop", None)
-        found.report_state = getattr(report, "state", None)
-        try:
-            handlers = import_module("binderhub_guard.report.handlers")
-            found.report_handlers = list(handlers.default_handlers)
-        except (ImportError, AttributeError):
-            pass
-        return found
-
-
 class _Installer:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.log = app.log
-        self.optional = _Optional.find()
         self.guard: StopGuard | None = None
         self.summaries: PeriodicCallback | None = None
+        self.report_started = False
 
     def hook(self) -> None:
         for name in ("init_role_creation", "init_handlers", "start", "cleanup"):
@@ -172,28 +177,68 @@ class _Installer:
     def _wrap_init_handlers(self, original: Callable) -> Callable:
         def init_handlers() -> None:
             original()
-            app = self.app
-            self.guard = StopGuard(parent=app)
-            settings = {
+            self.guard = StopGuard(parent=self.app)
+            self.app.tornado_settings[SETTINGS_KEY] = {
                 "stop_guard": self.guard,
-                "ledger": self.optional.ledger,
-                "report": self.optional.report_state,
+                "ledger": ledger_registry,
+                "report": None,
             }
-            app.tornado_settings[SETTINGS_KEY] = settings
-            if self.guard.enabled:
-                self._route_stops(app.handlers)
-            else:
-                self.log.info("binderhub-guard: stop guard disabled (StopGuard.enabled = False)")
-            if self.optional.report_handlers:
-                self._route_report(app.handlers)
+            self.install_routes(self.app.handlers)
+            self.log_versions()
 
         return init_handlers
 
+    def install_routes(self, handlers: list) -> dict[str, str]:
+        """Put the stop guard and the report into `handlers`; one log line per capability.
+
+        A capability that cannot install stops the hub, unless it is in GuardInstall.fail_open.
+        Returns what each capability became, for `binderhub-guard check`.
+        """
+        settings = GuardInstall(parent=self.app)
+        outcome = {"ledger": self._ledger_status()}
+        self.log.info("binderhub-guard: ledger %s", outcome["ledger"])
+        steps = {"stop_guard": self._route_stops, "report": self._route_report}
+        for capability, install_step in steps.items():
+            if capability == "stop_guard" and not self.guard.enabled:
+                outcome[capability] = "off (StopGuard.enabled = False)"
+                self.log.info("binderhub-guard: stop guard %s", outcome[capability])
+                continue
+            try:
+                outcome[capability] = install_step(handlers)
+            except CapabilityError as e:
+                if capability not in settings.fail_open:
+                    raise
+                outcome[capability] = f"NOT INSTALLED: {e}"
+                self.log.error(
+                    "binderhub-guard: %s not installed, running without it"
+                    " (GuardInstall.fail_open): %s",
+                    capability,
+                    e,
+                )
+        return outcome
+
+    def _ledger_status(self) -> str:
+        spawner_class = self.app.spawner_class
+        if issubclass(spawner_class, GuardedKubeSpawner):
+            check_spawner_config(self.app.config)
+            return f"active: {spawner_class.__module__}.{spawner_class.__name__}"
+        return (
+            f"off: spawner_class is {spawner_class.__module__}.{spawner_class.__name__},"
+            " not a GuardedKubeSpawner"
+        )
+
+    def log_versions(self) -> None:
+        self.log.info(
+            "binderhub-guard %s on %s",
+            __version__,
+            ", ".join(f"{name} {_version_of(name)}" for name in UPSTREAMS),
+        )
+
     def _route_stops(self, handlers: list) -> None:
-        gate = StopGate(self.guard, self.app.users)
+        gate = StopGate(self.guard, self.app)
         routes = [i for i, route in enumerate(handlers) if route[1] is UserServerAPIHandler]
         if len(routes) != 2:
-            raise RuntimeError(
+            raise CapabilityError(
                 "binderhub-guard cannot install the stop guard: expected 2 routes to"
                 f" jupyterhub's UserServerAPIHandler, found {len(routes)}"
                 f" ({[handlers[i][0] for i in routes]}); this jupyterhub version is not"
@@ -211,15 +256,16 @@ class _Installer:
                 del handlers[i]
             handlers[0:0] = guarded
         g = self.guard
-        self.log.info(
-            "binderhub-guard: stop guard in front of %s%s (window %gs, rate %g/s, burst %d%s)",
-            " and ".join(route[0] for route in guarded),
+        status = "active{} in front of {} (window {:g}s, rate {:g}/s, burst {:d}{})".format(
             " in DRY RUN" if g.dry_run else "",
+            " and ".join(route[0] for route in guarded),
             g.window_seconds,
             g.rate,
             g.burst,
             f", exempt {sorted(g.exempt_callers)}" if g.exempt_callers else "",
         )
+        self.log.info("binderhub-guard: stop guard %s", status)
+        return status
 
     def _shadowed_before(self, handlers: list, index: int) -> bool:
         """Does a route before `index` answer stop paths (so moving ours first would change
@@ -233,17 +279,19 @@ class _Installer:
                 return True
         return False
 
-    def _route_report(self, handlers: list) -> None:
+    def _route_report(self, handlers: list) -> str:
         catch_all = self.app.hub_prefix + "api/(.*)"
         where = [i for i, route in enumerate(handlers) if route[0] == catch_all]
         if not where:
-            raise RuntimeError(
+            raise CapabilityError(
                 "binderhub-guard cannot add the report routes: jupyterhub's API catch-all"
                 f" route {catch_all!r} is not in the route table"
             )
-        routes = self.app.add_url_prefix(self.app.hub_prefix, self.optional.report_handlers)
+        routes = self.app.add_url_prefix(self.app.hub_prefix, report_handlers)
         handlers[where[0] : where[0]] = routes
-        self.log.info("binderhub-guard: report at %s", ", ".join(r[0] for r in routes))
+        status = "active at " + ", ".join(r[0] for r in routes)
+        self.log.info("binderhub-guard: report %s", status)
+        return status
 
     def _wrap_start(self, original: Callable) -> Callable:
         async def start() -> None:
@@ -254,14 +302,16 @@ class _Installer:
                     lambda: guard.log_summary(time.monotonic()), guard.summary_interval * 1000
                 )
                 self.summaries.start()
-            if self.optional.report_start is not None:
-                shared = self.app.tornado_settings[SETTINGS_KEY]
-                state = self.optional.report_start(self.app, shared)
-                if hasattr(state, "__await__"):
-                    state = await state
-                if state is not None:
-                    shared["report"] = state
-                self.log.info("binderhub-guard: report sampling started")
+            shared = self.app.tornado_settings[SETTINGS_KEY]
+            if any(route[1] in _REPORT_HANDLER_CLASSES for route in self.app.handlers):
+                shared["report"] = report.start(self.app, shared)
+                self.report_started = True
+                self.log.info(
+                    "binderhub-guard: report sampling every %gs; metrics binderhub_guard_* on"
+                    " %smetrics",
+                    shared["report"].sample_interval,
+                    self.app.hub_prefix,
+                )
 
         return start
 
@@ -270,10 +320,8 @@ class _Installer:
             if self.summaries is not None:
                 self.summaries.stop()
                 self.guard.log_summary(time.monotonic())
-            if self.optional.report_stop is not None:
-                stopped = self.optional.report_stop()
-                if hasattr(stopped, "__await__"):
-                    await stopped
+            if self.report_started:
+                await report.stop()
             await original()
 
         return cleanup
@@ -282,12 +330,17 @@ class _Installer:
 class StopGate:
     """The stop guard's hub edge: caller keys and target state from memory."""
 
-    def __init__(self, guard: StopGuard, users: Any) -> None:
+    def __init__(self, guard: StopGuard, app: Any) -> None:
         self.guard = guard
-        self.users = users
+        self._app = app
         self._salt = secrets.token_bytes(16)
         self._ids_by_name: dict[str, int] = {}
         self._indexed_users = -1
+
+    @property
+    def users(self) -> Any:
+        # read when a stop arrives: the hub makes its user cache after the routes
+        return self._app.users
 
     def caller_key(self, handler: GuardedUserServerAPIHandler) -> Hashable | None:
         """A salted hash of the credentials presented, or None if there are none.
@@ -448,3 +501,36 @@ class GuardedUserServerAPIHandler(UserServerAPIHandler):
         # by the guard's counters instead of JupyterHub's request-duration metric
         if not self._answered_by_guard:
             super()._log()
+
+
+def check_config(config_file: str) -> dict[str, str]:
+    """What `install(c)` does in a hub started with `config_file`, without starting the hub.
+
+    Loads the config into a JupyterHub app (which runs `install(c)`), validates the guard's
+    settings and installs the guard into JupyterHub's default route table. Raises what hub
+    start-up would raise: TraitError for a bad setting, CapabilityError for a capability that
+    cannot install and is not in GuardInstall.fail_open.
+    """
+    from jupyterhub import apihandlers, handlers
+    from jupyterhub.app import JupyterHub
+
+    from .report.guard_report import GuardReport
+
+    app = JupyterHub.instance()
+    app.load_config_file(config_file)
+    # the outcome is returned: only errors (a capability skipped under fail_open) are logged
+    app.log.setLevel(logging.ERROR)
+    GuardReport(parent=app)
+    installer = _Installer(app)
+    installer.guard = StopGuard(parent=app)
+    routes = [
+        *app.authenticator_class(parent=app).get_handlers(app),
+        *handlers.default_handlers,
+        *apihandlers.default_handlers,
+        (r"/api/(.*)", apihandlers.base.API404),
+    ]
+    outcome = installer.install_routes(app.add_url_prefix(app.hub_prefix, routes))
+    outcome["versions"] = f"binderhub-guard {__version__} on " + ", ".join(
+        f"{name} {_version_of(name)}" for name in UPSTREAMS
+    )
+    return outcome

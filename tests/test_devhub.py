@@ -88,3 +88,16 @@ def test_port_in_use_fails_clearly_and_starts_nothing() -> None:
         with pytest.raises(DevHubError, match=f"port {port} .* in use"):
             DevHub(port=port).start()
         assert psutil.Process().children(recursive=True) == before
+
+
+def test_start_up_says_what_is_active_and_on_which_versions(dev_hub: DevHub) -> None:
+    log = dev_hub.log_path.read_text()
+    for line in (
+        "binderhub-guard: ledger active: binderhub_guard.spawner.GuardedKubeSpawner",
+        "binderhub-guard: stop guard active in front of",
+        "binderhub-guard: report active at /hub/api/guard",
+        "binderhub-guard: report sampling every",
+        "binderhub-guard 0.",
+    ):
+        assert line in log
+    assert "on jupyterhub " in log and "jupyterhub-kubespawner 7." in log

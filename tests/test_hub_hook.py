@@ -188,7 +188,7 @@ def test_not_running_stops_create_no_spawners(guarded, stock):
 def test_disabled_guard_is_stock(tmp_path_factory, stock):
     hub = start_hub(tmp_path_factory, "disabled", guard="c.StopGuard.enabled = False\n")
     try:
-        assert "stop guard disabled" in hub.log_path.read_text()
+        assert "stop guard off (StopGuard.enabled = False)" in hub.log_path.read_text()
         for h in (hub, stock):
             h.client.create_users(["off-a"])
         for who in ("dev-client", None, "not-a-token", READER_TOKEN):
