@@ -259,11 +259,21 @@ class DevHub:
             )
         )
         self.url = f"http://127.0.0.1:{self.port}{self.base_url.rstrip('/')}"
+        self._hub_env = env
+        self._launch_hub()
+
+    def _launch_hub(self) -> None:
         with open(self.log_path, "ab") as log:
             self.hub_proc = subprocess.Popen(
-                [sys.executable, "-m", "jupyterhub", "-f", str(config_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "jupyterhub",
+                    "-f",
+                    str(self.workdir / "jupyterhub_config.py"),
+                ],
                 cwd=self.workdir,
-                env=env,
+                env=self._hub_env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -271,6 +281,21 @@ class DevHub:
             )
         self._wait_for_hub()
         self.client = HubClient(self.url, self.token)
+
+    def restart_hub(self, kill: bool = True) -> None:
+        """Restart the hub and its proxy on the same config, database and simulator.
+
+        kill=True ends them with SIGKILL, as an OOM kill or a lost node would: no shutdown
+        code runs and the servers' pods keep running. kill=False is a clean SIGTERM shutdown
+        (which stops the servers unless `cleanup_servers` is False).
+        """
+        if kill:
+            os.killpg(self.hub_proc.pid, signal.SIGKILL)
+            self.hub_proc.wait()
+        else:
+            stop_process_group(self.hub_proc, timeout=30)
+        self.client.close()
+        self._launch_hub()
 
     def _start_simulator(self, kubeconfig: str, env: dict[str, str]) -> None:
         self.sim_proc = subprocess.Popen(
@@ -301,7 +326,7 @@ class DevHub:
             try:
                 if requests.get(self.api_url + "/", timeout=2).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.1)
         raise DevHubError(
