@@ -25,6 +25,7 @@ Snapshot (read-only, JSON-ready) for the report, from :meth:`Ledger.snapshot`::
       "orphan_grace_seconds": float,
       "spawns": [                   # spawns still running, then up to `recent_limit` ended ones
         {"user": str, "server": str, "spawn_id": int, "state": "active" | "ended",
+         "adopted": bool,           # found running at hub start-up, not started by this hub
          "started": epoch_seconds, "ended": epoch_seconds | None, "end_reason": str | None,
          "held": [shared reflector key, ...],
          "live": {kind: int},       # resources of this spawn still live
@@ -130,6 +131,7 @@ class Spawn:
     started: float = field(default_factory=time.time)
     ended: float | None = None
     end_reason: str | None = None
+    adopted: bool = False
     entries: dict[int, Entry] = field(default_factory=dict)
     held: set[str] = field(default_factory=set)
     sweep_scheduled: bool = False
@@ -292,8 +294,8 @@ class Ledger:
 
     # -- spawns ------------------------------------------------------------------------------
 
-    def begin_spawn(self, user: str, server: str = "") -> Spawn:
-        spawn = Spawn(user=user, server=server, spawn_id=next(self._spawn_ids))
+    def begin_spawn(self, user: str, server: str = "", *, adopted: bool = False) -> Spawn:
+        spawn = Spawn(user=user, server=server, spawn_id=next(self._spawn_ids), adopted=adopted)
         self._active[spawn.spawn_id] = spawn
         return spawn
 
@@ -578,6 +580,7 @@ class Ledger:
             "server": spawn.server,
             "spawn_id": spawn.spawn_id,
             "state": "active" if spawn.active else "ended",
+            "adopted": spawn.adopted,
             "started": spawn.started,
             "ended": spawn.ended,
             "end_reason": spawn.end_reason,

@@ -379,6 +379,17 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
             # kubespawner starts _start() as a task here: it and all it creates inherit the spawn
             return super().start()
 
+    async def poll(self) -> int | None:
+        status = await super().poll()
+        if status is None and self.server is not None and not self._spawn_running():
+            # jupyterhub re-attaches servers it finds running at start-up without start()
+            self._spawn = self.ledger.begin_spawn(self.user.name, self.name, adopted=True)
+            self.log.info("Ledger: %s found running, adopted", self._spawn.describe())
+        return status
+
+    def _spawn_running(self) -> bool:
+        return not self.ledger_enabled or (self._spawn is not None and self._spawn.active)
+
     async def stop(self, now: bool = False) -> None:
         with self._spawn_context():
             await self._stop_until_pod_gone(now)
