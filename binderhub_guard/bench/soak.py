@@ -409,6 +409,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no hub: CPU of --cycles spawn/stop cycles in process, KubeSpawner vs"
         " GuardedKubeSpawner, on the in-process simulator (the ledger's cost per spawn)",
     )
+    parser.add_argument(
+        "--faults",
+        action="store_true",
+        help="stock vs guarded with the simulator's fault knobs on: --cycles cycles, then a"
+        " launch burst; failed spawns, pods left, orphans, relists, API requests per spawn",
+    )
+    parser.add_argument(
+        "--burst", type=int, default=200, help="with --faults: start requests in the burst"
+    )
+    parser.add_argument(
+        "--burst-seconds", type=float, default=60, help="with --faults: the burst's duration"
+    )
     parser.add_argument("--url", help="an existing hub's public URL instead of a dev hub")
     parser.add_argument("--token", help="API token for --url (admin:servers, admin:users)")
     parser.add_argument("--hub-pid", type=int, help="with --url on this machine: hub PID")
@@ -426,6 +438,10 @@ def main(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             print(f"soak: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
+    if args.faults:
+        from .faultsoak import main as soak_with_faults
+
+        return soak_with_faults(args)
     if args.overhead:
         import asyncio
 

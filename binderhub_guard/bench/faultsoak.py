@@ -1,0 +1,269 @@
+"""`binderhub-guard soak --faults`: spawn/stop cycles and a launch burst while the simulated
+API server misbehaves, on a stock and a guarded hub, figures from the simulator's own state.
+
+Each variant gets its own dev hub (the guard's snippets loaded, only the spawner class
+differs, as in the plain soak) and runs, with the fault knobs on (API 500s and 429s, added
+latency, watches cut every few seconds, watch history compacted so resuming watches get 410):
+
+1. `--cycles` spawn/stop cycles, `--users` servers in parallel;
+2. a launch burst: `--burst` start requests spread over `--burst-seconds`, with
+   ``c.JupyterHub.concurrent_spawn_limit = 64`` as Zero to JupyterHub sets it, then every
+   server stopped.
+
+Then the faults are switched off, the hub gets `--settle` seconds, and the simulator is asked
+what is left: pods after all stops, list requests per minute per shared reflector (each is a
+relist), API requests per spawn.  Orphans and the guard's own fault counters come from the
+guard report (the stock spawner feeds no ledger).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psutil
+import requests
+
+from .devhub import DevHub
+from .hubclient import HubClient
+from .soak import CYCLE_ERRORS, VARIANTS
+
+Z2JH_CONCURRENT_SPAWN_LIMIT = 64
+SHARED_REFLECTORS = 2  # kubespawner's pod and event reflectors
+
+FAULTS = {
+    "error_rate_500": 0.05,
+    "error_rate_429": 0.05,
+    "latency_seconds": 0.02,
+    "watch_drop_after_seconds": 2.0,
+    "seed": 8,
+}
+NO_FAULTS = {
+    "error_rate_500": 0.0,
+    "error_rate_429": 0.0,
+    "latency_seconds": 0.0,
+    "watch_drop_after_seconds": None,
+}
+
+
+def _hub_settings(spawner_class: str) -> str:
+    return (
+        f"\nc.JupyterHub.spawner_class = {spawner_class!r}"
+        f"\nc.JupyterHub.concurrent_spawn_limit = {Z2JH_CONCURRENT_SPAWN_LIMIT}"
+        "\nc.KubeSpawner.start_timeout = 60"
+        "\nc.GuardReport.sample_interval = 2\n"
+    )
+
+
+class Compactor:
+    """Compacts the simulator's watch history every few seconds: resuming watches get 410."""
+
+    def __init__(self, sim_url: str, every: float = 3.0) -> None:
+        self.sim_url = sim_url
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Compactor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                requests.post(self.sim_url + "/_sim/compact", timeout=5)
+            except requests.RequestException:
+                pass
+
+
+def _cycle(client: HubClient, name: str, count: int, timeout: float) -> tuple[int, int]:
+    """(failed starts, failed stops) of `count` start/stop cycles of one user's server."""
+    failed_starts = failed_stops = 0
+    for _ in range(count):
+        try:
+            client.start_server(name, timeout=timeout)
+        except CYCLE_ERRORS:
+            failed_starts += 1
+        try:
+            client.stop_server(name, timeout=timeout)
+        except CYCLE_ERRORS:
+            failed_stops += 1
+    return failed_starts, failed_stops
+
+
+def _burst(client: HubClient, requests_: int, seconds: float, timeout: float) -> dict[str, int]:
+    """Start `requests_` servers spread over `seconds`, wait for each, then stop them all."""
+    names = [f"burst-{i:03d}" for i in range(requests_)]
+    client.create_users(names)
+    answers: dict[str, int] = {}
+
+    def launch(index: int) -> None:
+        time.sleep(index * seconds / requests_)
+        try:
+            answers[names[index]] = client.api("POST", client.server_path(names[index])).status_code
+        except requests.RequestException:
+            answers[names[index]] = 0
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(launch, range(requests_)))
+    accepted = [n for n, status in answers.items() if status in (201, 202)]
+    ready = failed = 0
+    deadline = time.monotonic() + timeout
+    for name in accepted:
+        try:
+            client.wait_for(name, "", ready=True, timeout=max(deadline - time.monotonic(), 1))
+            ready += 1
+        except CYCLE_ERRORS:
+            failed += 1
+
+    def stop(name: str) -> bool:
+        try:
+            client.stop_server(name, timeout=timeout)
+            return True
+        except CYCLE_ERRORS:
+            return False
+
+    with ThreadPoolExecutor(16) as pool:
+        failed_stops = sum(not ok for ok in pool.map(stop, names))
+    return {
+        "requests": requests_,
+        "refused": sum(status == 429 for status in answers.values()),
+        "other_errors": sum(status not in (201, 202, 429) for status in answers.values()),
+        "ready": ready,
+        "failed": failed,
+        "failed_stops": failed_stops,
+    }
+
+
+def _guard_report(client: HubClient) -> dict[str, Any]:
+    reply = client.api("GET", "/guard")
+    return reply.json().get("ledger", {}) if reply.status_code == 200 else {}
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    workdir = tempfile.mkdtemp(prefix=f"faultsoak-{variant}-")
+    try:
+        with DevHub(workdir=workdir, extra_config=_hub_settings(VARIANTS[variant])) as hub:
+            client = hub.client
+            process = psutil.Process(hub.hub_pid)
+            names = [f"cycle-{i:03d}" for i in range(args.users)]
+            client.create_users(names)
+            shares = [
+                args.cycles // args.users + (i < args.cycles % args.users)
+                for i in range(args.users)
+            ]
+            before = hub.sim_state()["requests"]
+            started = time.monotonic()
+            hub.set_faults(**FAULTS)
+            try:
+                with Compactor(hub.sim_url), ThreadPoolExecutor(args.users) as pool:
+                    outcomes = list(
+                        pool.map(
+                            lambda n, c: _cycle(client, n, c, args.start_timeout), names, shares
+                        )
+                    )
+                    cpu_before = _cpu_seconds(process)
+                    burst = (
+                        _burst(client, args.burst, args.burst_seconds, args.start_timeout)
+                        if args.burst
+                        else None
+                    )
+                    burst_cpu = _cpu_seconds(process) - cpu_before
+            finally:
+                hub.set_faults(**NO_FAULTS)
+            minutes = (time.monotonic() - started) / 60
+            time.sleep(args.settle)
+            state = hub.sim_state()
+            ledger = _guard_report(client) if variant == "guarded" else {}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    requests_made = {key: count - before.get(key, 0) for key, count in state["requests"].items()}
+    lists = sum(n for key, n in requests_made.items() if key.startswith("list "))
+    spawns = args.cycles + (burst["ready"] + burst["failed"] if burst else 0)
+    faults = ledger.get("faults", {})
+    return {
+        "variant": variant,
+        "cycles": args.cycles,
+        "failed_spawns": sum(s for s, _ in outcomes) + (burst["failed"] if burst else 0),
+        "failed_stops": sum(s for _, s in outcomes) + (burst["failed_stops"] if burst else 0),
+        "pods_left": len(state["pods"]),
+        "orphans_live": ledger.get("counts", {}).get("orphans_live"),
+        "relists_per_minute_per_reflector": round(lists / minutes / SHARED_REFLECTORS, 1),
+        "api_requests_per_spawn": round(sum(requests_made.values()) / max(spawns, 1), 1),
+        "api_errors_injected": sum(
+            n for key, n in requests_made.items() if key.endswith((" 500", " 429"))
+        ),
+        "burst": burst,
+        "burst_hub_cpu_ms_per_spawn": (
+            round(burst_cpu * 1000 / max(burst["ready"], 1), 1) if burst else None
+        ),
+        "guard_stop_errors": faults.get("stop_errors"),
+        "guard_relists_damped": sum(r["damped"] for r in faults.get("relists", [])) or None,
+        "minutes": round(minutes, 2),
+    }
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    rows = [
+        ("spawn/stop cycles under faults", lambda r: r["cycles"]),
+        ("failed spawns", lambda r: r["failed_spawns"]),
+        ("failed stops (hub API)", lambda r: r["failed_stops"]),
+        ("pods left after all stops", lambda r: r["pods_left"]),
+        ("live orphans (ledger)", lambda r: r["orphans_live"]),
+        ("relists/min per reflector", lambda r: r["relists_per_minute_per_reflector"]),
+        ("relists damped by the guard", lambda r: r["guard_relists_damped"]),
+        ("API requests per spawn", lambda r: r["api_requests_per_spawn"]),
+        ("API errors injected", lambda r: r["api_errors_injected"]),
+        ("stop errors (guard)", lambda r: r["guard_stop_errors"] and _stop_errors(r)),
+        ("burst: requests/ready/refused", lambda r: r["burst"] and _burst_row(r["burst"])),
+        ("burst: hub CPU ms per spawn", lambda r: r["burst_hub_cpu_ms_per_spawn"]),
+        ("wall time under faults, min", lambda r: r["minutes"]),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print()
+    print(" " * width + "  " + "".join(f"{r['variant']:>18}" for r in results))
+    for name, value in rows:
+        print(f"{name:<{width}}  " + "".join(f"{_fmt(value(r)):>18}" for r in results))
+
+
+def _stop_errors(result: dict[str, Any]) -> str:
+    errors = result["guard_stop_errors"]
+    return f"{errors['failed_attempts']} ({errors['recovered']} ok, {errors['given_up']} lost)"
+
+
+def _burst_row(burst: dict[str, int]) -> str:
+    return f"{burst['requests']}/{burst['ready']}/{burst['refused']}"
+
+
+def main(args: argparse.Namespace) -> int:
+    results = []
+    for variant in ("stock", "guarded"):
+        if not args.json:
+            print(f"== {variant}: faults {FAULTS}", flush=True)
+        results.append(run_variant(variant, args))
+    if args.json:
+        json.dump({"faults": FAULTS, "results": results}, sys.stdout, indent=1)
+        print()
+    else:
+        print_table(results)
+    return 0
