@@ -1,17 +1,22 @@
-"""Relist damping (pure) and the replacement of a reflector whose watch gave up (in process,
-against the simulator)."""
+"""Relist damping (pure), the replacement of a reflector whose watch gave up (in process,
+against the simulator), and the fault metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from kubespawner import KubeSpawner
+from prometheus_client import CollectorRegistry, generate_latest
 from test_spawner import make_spawner, sim  # noqa: F401  (the simulator fixture)
 from traitlets import TraitError
 from traitlets.config import Config
 
 from binderhub_guard.faultcounts import FaultCounts, RelistDamper
+from binderhub_guard.ledger import Ledger
+from binderhub_guard.report import metrics
+from binderhub_guard.report.guard_report import GuardReport, shared_source
 from binderhub_guard.spawner import GuardedKubeSpawner, check_config
 
 
@@ -64,3 +69,28 @@ async def test_a_reflector_whose_watch_gave_up_is_replaced_and_counted(sim):  # 
             break
         await asyncio.sleep(0.1)
     assert sim.watch_counts()["pods"] == 1
+
+
+async def test_faults_are_exported_as_metrics():
+    ledger = Ledger(log=logging.getLogger("test"))
+    ledger.faults.api_answer(500)
+    ledger.faults.stop_attempt_failed()
+    ledger.faults.stop_ended("default/jupyter-x", "Kubernetes API 500", 2, recovered=True)
+    reflector = object.__new__(KubeSpawner)  # relists are kept per live reflector
+    ledger.faults.relist(reflector, "PodReflector pods")
+    report = GuardReport(
+        config=Config({"GuardReport": {"sample_interval": 60}}),
+        get_source=shared_source({"ledger": ledger}),
+    )
+    report.start()
+    try:
+        report.sampler.tick()
+        registry = CollectorRegistry()
+        registry.register(metrics.GuardCollector(report))
+        text = generate_latest(registry).decode()
+    finally:
+        await report.stop()
+    assert 'binderhub_guard_kubernetes_api_errors_total{status="500"} 1.0' in text
+    assert 'binderhub_guard_stop_errors_total{outcome="recovered"} 1.0' in text
+    assert 'binderhub_guard_reflector_relists_per_minute{reflector="PodReflector pods"}' in text
+    assert "binderhub_guard_reflectors_replaced_total 0.0" in text

@@ -58,6 +58,7 @@ class GuardCollector(Collector):
         watched.add_metric(["asyncio.Task"], sample.asyncio_tasks)
         yield watched
         yield from self._ledger(sample)
+        yield from self._faults()
         yield from self._stop_guard()
         active = GaugeMetricFamily(
             f"{PREFIX}_leak_signals_active",
@@ -108,6 +109,50 @@ class GuardCollector(Collector):
         )
         found.add_metric([], sample.orphans_found or 0)
         yield found
+
+    def _faults(self) -> Iterator[Metric]:
+        """Faults the spawners met (binderhub_guard.faultcounts), from the sampled ledger."""
+        faults = (self.report.sampler.ledger_snapshot or {}).get("faults")
+        if faults is None:
+            return
+        api_errors = CounterMetricFamily(
+            f"{PREFIX}_kubernetes_api_errors",
+            "Kubernetes API answers outside 2xx seen by the hub, by status (0: no answer).",
+            labels=["status"],
+        )
+        for status, count in faults["api_errors"].items():
+            api_errors.add_metric([status], count)
+        yield api_errors
+        stop_errors = CounterMetricFamily(
+            f"{PREFIX}_stop_errors",
+            "Pod deletes that errored in stop() (failed_attempts), and stops that ended with"
+            " the pod gone after such errors (recovered) or with the pod still there (given_up).",
+            labels=["outcome"],
+        )
+        for outcome, count in faults["stop_errors"].items():
+            stop_errors.add_metric([outcome], count)
+        yield stop_errors
+        relists = GaugeMetricFamily(
+            f"{PREFIX}_reflector_relists_per_minute",
+            "Full LIST requests by each reflector in the last minute.",
+            labels=["reflector"],
+        )
+        damped = CounterMetricFamily(
+            f"{PREFIX}_reflector_relists_damped",
+            "Relists the guard delayed because their reflector was over its rate.",
+            labels=["reflector"],
+        )
+        for reflector in faults["relists"]:
+            relists.add_metric([reflector["reflector"]], reflector["per_minute"])
+            damped.add_metric([reflector["reflector"]], reflector["damped"])
+        yield relists
+        yield damped
+        replaced = CounterMetricFamily(
+            f"{PREFIX}_reflectors_replaced",
+            "Shared reflectors replaced because their watch had given up.",
+        )
+        replaced.add_metric([], faults["reflectors_replaced"])
+        yield replaced
 
     def _stop_guard(self) -> Iterator[Metric]:
         stop_guard = self.report.get_source("stop_guard")
