@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent(
         "named": named,
         "real_stop": real_stop,
         "pods": pods,
-        "hooked": "stop guard in front of" in log,
+        "hooked": "stop guard active in front of" in log,
         "logged_429": "429 DELETE" in log,
     }))
     """
