@@ -15,8 +15,9 @@ from traitlets.config import Config
 
 from binderhub_guard.faultcounts import FaultCounts, RelistDamper
 from binderhub_guard.ledger import Ledger
-from binderhub_guard.report import metrics
+from binderhub_guard.report import metrics, signals
 from binderhub_guard.report.guard_report import GuardReport, shared_source
+from binderhub_guard.report.signals import Sample, SignalRules
 from binderhub_guard.spawner import GuardedKubeSpawner, check_config
 
 
@@ -94,3 +95,12 @@ async def test_faults_are_exported_as_metrics():
     assert 'binderhub_guard_stop_errors_total{outcome="recovered"} 1.0' in text
     assert 'binderhub_guard_reflector_relists_per_minute{reflector="PodReflector pods"}' in text
     assert "binderhub_guard_reflectors_replaced_total 0.0" in text
+
+
+def test_a_reflector_at_the_damping_rate_raises_a_relist_storm_signal():
+    calm = Sample(time=0, relists_per_minute={"pods": 5}, relist_limit_per_minute=6)
+    storm = Sample(time=1, relists_per_minute={"pods": 6, "events": 2}, relist_limit_per_minute=6)
+    assert signals.relist_storm([calm], SignalRules()) == []
+    [signal] = signals.relist_storm([calm, storm], SignalRules())
+    assert signal["name"] == "relist_storm"
+    assert signal["evidence"] == {"relists_per_minute": {"pods": 6}, "limit_per_minute": 6}

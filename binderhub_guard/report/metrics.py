@@ -26,6 +26,7 @@ SIGNAL_NAMES = (
     "count_rising",
     "rss_per_spawn",
     "watches_exceed_reflectors",
+    "relist_storm",
 )
 
 

@@ -73,11 +73,12 @@ class Sampler:
             except (AttributeError, psutil.Error):
                 fds = None
         running, users, spawns = sources.hub_activity()
-        tracked = orphans_live = orphans_found = None
+        tracked = orphans_live = orphans_found = relists = relist_limit = None
         ledger = self.get_source("ledger")
         if ledger is not None:
             self.ledger_snapshot = ledger.snapshot()
             tracked, orphans_live, orphans_found = sources.ledger_counts(self.ledger_snapshot)
+            relists, relist_limit = sources.relist_rates(self.ledger_snapshot)
         sample = Sample(
             time=time.time(),
             rss_bytes=rss,
@@ -93,6 +94,8 @@ class Sampler:
             tracked=tracked,
             orphans_live=orphans_live,
             orphans_found=orphans_found,
+            relists_per_minute=relists,
+            relist_limit_per_minute=relist_limit,
         )
         self.ring.append(sample)
         was_active = {s["name"] for s in self.active_signals}

@@ -36,6 +36,9 @@ class Sample:
     tracked: Mapping[str, int] | None = None
     orphans_live: Mapping[str, int] | None = None
     orphans_found: int | None = None
+    # relists in the last minute by reflector, and the rate GuardedKubeSpawner damps above
+    relists_per_minute: Mapping[str, int] | None = None
+    relist_limit_per_minute: float | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ def evaluate(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
         *counts_rising(samples, rules),
         *rss_per_spawn(samples, rules),
         *watches_exceed_reflectors(samples, rules),
+        *relist_storm(samples, rules),
     ]
 
 
@@ -210,6 +214,25 @@ def watches_exceed_reflectors(samples: Sequence[Sample], rules: SignalRules) -> 
                 "reflectors": latest.watched[rules.reflector_type],
                 "seconds": round(latest.time - window[0].time, 1),
             },
+        )
+    ]
+
+
+def relist_storm(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
+    """Reflectors relisting at or above the rate the guard damps (dropped watches, 410
+    Gone answers): the API server is being hammered, or would be without the damping."""
+    latest = samples[-1]
+    limit = latest.relist_limit_per_minute
+    if limit is None or not latest.relists_per_minute:
+        return []
+    storming = {r: n for r, n in latest.relists_per_minute.items() if n >= limit}
+    if not storming:
+        return []
+    return [
+        _signal(
+            "relist_storm",
+            WARNING,
+            {"relists_per_minute": storming, "limit_per_minute": limit},
         )
     ]
 

@@ -27,6 +27,15 @@ def ledger_counts(snapshot: dict[str, Any]) -> tuple[dict[str, int], dict[str, i
     return dict(counts.get("live", {})), dict(live_orphans), int(counts.get("orphans_found", 0))
 
 
+def relist_rates(snapshot: dict[str, Any]) -> tuple[dict[str, int] | None, float | None]:
+    """(relists in the last minute by reflector, the damping rate) from the ledger's faults."""
+    faults = snapshot.get("faults")
+    if faults is None:
+        return None, None
+    rates = {r["reflector"]: r["per_minute"] for r in faults.get("relists", ())}
+    return rates, faults.get("relist_limit_per_minute")
+
+
 def stop_guard_section(stop_guard: StopGuardLike | None, top: int) -> dict[str, Any]:
     if stop_guard is None:
         return unavailable("no stop guard installed in this hub")
