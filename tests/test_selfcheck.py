@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from jupyterhub.app import JupyterHub
+from traitlets import TraitError
 
 from binderhub_guard.bench.devhub import DevHub, DevHubError
+from binderhub_guard.hub import CapabilityError, check_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +40,13 @@ def write_config(tmp_path: Path, extra: str) -> Path:
     return config
 
 
+@pytest.fixture
+def hub_app() -> Iterator[None]:
+    """check_config loads the config into JupyterHub's app singleton: a fresh one per test."""
+    yield
+    JupyterHub.clear_instance()
+
+
 def check(config: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "binderhub_guard.cli", "check", "--config", str(config)],
@@ -58,30 +69,27 @@ def test_check_lists_each_capability_and_the_versions(tmp_path: Path) -> None:
     assert "jupyterhub-kubespawner 7." in lines[-1] and "kubernetes_asyncio" in lines[-1]
 
 
-def test_check_names_a_bad_setting_and_its_value(tmp_path: Path) -> None:
-    result = check(write_config(tmp_path, "c.StopGuard.burst = -5\n"))
-    assert result.returncode == 1
-    assert "burst" in result.stderr and "-5" in result.stderr
+def test_check_names_a_bad_setting_and_its_value(tmp_path: Path, hub_app: None) -> None:
+    with pytest.raises(TraitError, match=r"burst.*-5"):
+        check_config(str(write_config(tmp_path, "c.StopGuard.burst = -5\n")))
 
 
-def test_check_fails_on_a_capability_that_cannot_install(tmp_path: Path) -> None:
-    result = check(write_config(tmp_path, THIRD_STOP_ROUTE))
-    assert result.returncode == 1
-    assert "cannot install the stop guard" in result.stderr
+def test_check_fails_on_a_capability_that_cannot_install(tmp_path: Path, hub_app: None) -> None:
+    with pytest.raises(CapabilityError, match="cannot install the stop guard"):
+        check_config(str(write_config(tmp_path, THIRD_STOP_ROUTE)))
 
 
-def test_fail_open_capability_is_skipped_and_said_so(tmp_path: Path) -> None:
+def test_fail_open_capability_is_skipped_and_said_so(tmp_path: Path, hub_app: None) -> None:
     config = THIRD_STOP_ROUTE + 'c.GuardInstall.fail_open = {"stop_guard"}\n'
-    result = check(write_config(tmp_path, config))
-    assert result.returncode == 0
-    assert "FAIL  stop_guard: NOT INSTALLED" in result.stdout
-    assert "ok    report" in result.stdout
+    outcome = check_config(str(write_config(tmp_path, config)))
+    assert outcome["stop_guard"].startswith("NOT INSTALLED: binderhub-guard cannot install")
+    assert outcome["report"].startswith("active at")
 
 
-def test_fail_open_names_are_checked(tmp_path: Path) -> None:
-    result = check(write_config(tmp_path, 'c.GuardInstall.fail_open = {"stopguard"}\n'))
-    assert result.returncode == 1
-    assert "fail_open" in result.stderr and "stopguard" in result.stderr
+def test_fail_open_names_are_checked(tmp_path: Path, hub_app: None) -> None:
+    config = 'c.GuardInstall.fail_open = {"stopguard"}\n'
+    with pytest.raises(TraitError, match=r"fail_open.*stopguard"):
+        check_config(str(write_config(tmp_path, config)))
 
 
 @pytest.mark.hub
