@@ -107,9 +107,10 @@ def _burst(client: HubClient, requests_: int, seconds: float, timeout: float) ->
     names = [f"burst-{i:03d}" for i in range(requests_)]
     client.create_users(names)
     answers: dict[str, int] = {}
+    begin = time.monotonic()
 
     def launch(index: int) -> None:
-        time.sleep(index * seconds / requests_)
+        time.sleep(max(0.0, begin + index * seconds / requests_ - time.monotonic()))
         try:
             answers[names[index]] = client.api("POST", client.server_path(names[index])).status_code
         except requests.RequestException:
