@@ -242,7 +242,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
     ]
     width = max(len(name) for name, _ in rows)
     print()
-    print(" " * width + "  " + "".join(f"{r["variant"]:>22}" for r in results))
+    print(" " * width + "  " + "".join(f"{r['variant']:>22}" for r in results))
     for name, value in rows:
         print(f"{name:<{width}}  " + "".join(f"{_fmt(value(r)):>22}" for r in results))
 
