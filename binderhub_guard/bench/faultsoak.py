@@ -205,6 +205,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         "failed_stops": sum(s for _, s in outcomes) + (burst["failed_stops"] if burst else 0),
         "pods_left": len(state["pods"]),
         "orphans_live": ledger.get("counts", {}).get("orphans_live"),
+        "spawns_active": ledger.get("counts", {}).get("spawns_active"),
         "relists_per_minute_per_reflector": round(lists / minutes / SHARED_REFLECTORS, 1),
         "api_requests_per_spawn": round(sum(requests_made.values()) / max(spawns, 1), 1),
         "api_errors_injected": sum(
@@ -231,6 +232,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         ("failed stops (hub API)", lambda r: r["failed_stops"]),
         ("pods left after all stops", lambda r: r["pods_left"]),
         ("live orphans (ledger)", lambda r: r["orphans_live"]),
+        ("spawns still active (ledger)", lambda r: r["spawns_active"]),
         ("relists/min per reflector", lambda r: r["relists_per_minute_per_reflector"]),
         ("relists damped by the guard", lambda r: r["guard_relists_damped"]),
         ("API requests per spawn", lambda r: r["api_requests_per_spawn"]),
