@@ -328,7 +328,8 @@ class FaultSettings(Configurable):
         help="""
         Longest delay, in seconds, before a relist of a reflector over its rate: the first
         delay is the interval `relist_limit_per_minute` allows, doubled at each relist over
-        the rate.
+        the rate. A reflector whose watch keeps failing then relists at most
+        `relist_limit_per_minute` + 60 / `relist_max_delay` times a minute.
         """,
     )
 
