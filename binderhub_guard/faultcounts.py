@@ -70,7 +70,7 @@ class FaultCounts:
     """Counters of API errors, stop errors, relists and reflector replacements."""
 
     def __init__(self, damper: RelistDamper | None = None) -> None:
-        self.damper = damper or RelistDamper(max_per_minute=12, max_delay=10)
+        self.damper = damper or RelistDamper(max_per_minute=12, max_delay=2)
         self.api_requests = 0
         self.api_errors: Counter[int] = Counter()
         self.stop_errors: Counter[str] = Counter(failed_attempts=0, recovered=0, given_up=0)

@@ -323,13 +323,15 @@ class FaultSettings(Configurable):
     )
 
     relist_max_delay = Float(
-        10.0,
+        2.0,
         config=True,
         help="""
         Longest delay, in seconds, before a relist of a reflector over its rate: the first
         delay is the interval `relist_limit_per_minute` allows, doubled at each relist over
-        the rate. A reflector whose watch keeps failing then relists at most
-        `relist_limit_per_minute` + 60 / `relist_max_delay` times a minute.
+        the rate, up to this. A reflector whose watch keeps failing then relists at most
+        `relist_limit_per_minute` + 60 / `relist_max_delay` times a minute (42 by default,
+        against several hundred undamped). While a relist waits, the pod reflector's view is
+        that much older and spawns wait as long for their pod to show Running: keep it short.
         """,
     )
 
