@@ -51,7 +51,9 @@ def test_leak_under_plain_kubespawner_raises_count_rising():
     with DevHub(extra_config=config) as hub:
         cycles, found = cycle_until_signal(hub, "count_rising", max_cycles=20)
         types = {s["evidence"]["type"] for s in found}
-        assert "ResourceReflector" in types, found
+        # each leaked reflector holds a Watch, its ApiClient and ClientSession: any may cross
+        # the threshold first
+        assert types & {"ResourceReflector", "Watch", "ApiClient", "ClientSession"}, found
         assert cycles <= 20
         assert (
             metric(hub, r'^binderhub_guard_leak_signals_active\{signal="count_rising"\} (\S+)') >= 1
