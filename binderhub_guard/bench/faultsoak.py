@@ -33,7 +33,7 @@ import requests
 
 from .devhub import DevHub
 from .hubclient import HubClient
-from .soak import CYCLE_ERRORS, VARIANTS
+from .soak import CYCLE_ERRORS, VARIANTS, cycle_server
 
 Z2JH_CONCURRENT_SPAWN_LIMIT = 64
 SHARED_REFLECTORS = 2  # kubespawner's pod and event reflectors
@@ -85,21 +85,6 @@ class Compactor:
                 requests.post(self.sim_url + "/_sim/compact", timeout=5)
             except requests.RequestException:
                 pass
-
-
-def _cycle(client: HubClient, name: str, count: int, timeout: float) -> tuple[int, int]:
-    """(failed starts, failed stops) of `count` start/stop cycles of one user's server."""
-    failed_starts = failed_stops = 0
-    for _ in range(count):
-        try:
-            client.start_server(name, timeout=timeout)
-        except CYCLE_ERRORS:
-            failed_starts += 1
-        try:
-            client.stop_server(name, timeout=timeout)
-        except CYCLE_ERRORS:
-            failed_stops += 1
-    return failed_starts, failed_stops
 
 
 def _burst(client: HubClient, requests_: int, seconds: float, timeout: float) -> dict[str, int]:
@@ -176,7 +161,9 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
                 with Compactor(hub.sim_url), ThreadPoolExecutor(args.users) as pool:
                     outcomes = list(
                         pool.map(
-                            lambda n, c: _cycle(client, n, c, args.start_timeout), names, shares
+                            lambda n, c: cycle_server(client, n, c, args.start_timeout),
+                            names,
+                            shares,
                         )
                     )
                     cpu_before = _cpu_seconds(process)

@@ -37,6 +37,21 @@ from .probe import probe_config, read_probe
 # a hub that stops answering (the leak's end state) fails cycles; it does not end the run
 CYCLE_ERRORS = (RuntimeError, TimeoutError, requests.RequestException)
 
+def cycle_server(client: HubClient, name: str, count: int, timeout: float) -> tuple[int, int]:
+    """(failed starts, failed stops) of `count` start/stop cycles of one user's server."""
+    failed_starts = failed_stops = 0
+    for _ in range(count):
+        try:
+            client.start_server(name, timeout=timeout)
+        except CYCLE_ERRORS:
+            failed_starts += 1
+        try:
+            client.stop_server(name, timeout=timeout)
+        except CYCLE_ERRORS:
+            failed_stops += 1
+    return failed_starts, failed_stops
+
+
 # spawner class of each variant; the rest of the hub (the guard's snippets, the report) is the
 # same in all four, so the figures differ by the spawner alone
 VARIANTS = {
@@ -178,17 +193,7 @@ def run_cycles(
     on_sample(samples[-1])
 
     def cycle_user(name: str, count: int) -> int:
-        failed = 0
-        for _ in range(count):
-            try:
-                client.start_server(name, timeout=start_timeout)
-            except CYCLE_ERRORS:
-                failed += 1
-            try:
-                client.stop_server(name, timeout=start_timeout)
-            except CYCLE_ERRORS:
-                failed += 1
-        return failed
+        return sum(cycle_server(client, name, count, start_timeout))
 
     with ThreadPoolExecutor(max_workers=users) as pool:
         while done < cycles and time.monotonic() < deadline:
