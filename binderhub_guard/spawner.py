@@ -8,6 +8,13 @@ Faults are counted here too (``ledger.faults``): every API answer by status, eac
 relists (damped when they come faster than ``relist_limit_per_minute``), pod deletes that
 errored, and reflectors replaced after their watch gave up.
 
+Relists over the rate are avoided where they can be: kubespawner's reflector relists at every
+watch restart, a dropped watch included, where a client-go informer resumes its watch from
+the last resourceVersion it saw.  ``_list_and_update`` of a reflector over its rate returns
+that resourceVersion without listing when its previous watch was cut or timed out (not
+rejected by the API server), so the next watch replays what changed since; a 410 on it makes
+the next restart list for real.
+
 How resources reach the ledger without kubespawner's cooperation: the constructors of
 ``ResourceReflector``, ``Watch`` and ``ApiClient`` are wrapped (once per process), and the
 hub's event loop gets a task factory; each reports what it builds to the spawn named by the
@@ -136,9 +143,75 @@ def _counting_request(original: Callable, faults: FaultCounts):
     return request
 
 
+class _WatchTrail:
+    """The watches one task created: the latest, and where the one before it could resume."""
+
+    def __init__(self) -> None:
+        self.latest: weakref.ref[Watch] | None = None
+        self.resume_from: str | None = None
+
+
+# per task: a reflector's watch task creates a Watch, then calls _list_and_update, then streams
+_watch_trails: weakref.WeakKeyDictionary[asyncio.Task, _WatchTrail] = weakref.WeakKeyDictionary()
+# watches whose stream ended without the API server rejecting it: cut after it connected,
+# timed out, or ended at timeoutSeconds
+_resumable_watches: weakref.WeakSet[Watch] = weakref.WeakSet()
+
+
+def _trailing_init(original: Callable):
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:
+            return
+        if task is None:
+            return
+        trail = _watch_trails.setdefault(task, _WatchTrail())
+        previous = trail.latest() if trail.latest is not None else None
+        resumable = previous is not None and previous in _resumable_watches
+        trail.resume_from = previous.resource_version if resumable else None
+        trail.latest = weakref.ref(self)
+
+    return __init__
+
+
+def _noting_next(original: Callable):
+    async def next(self):
+        try:
+            return await original(self)
+        except StopAsyncIteration:
+            _resumable_watches.add(self)
+            raise
+        except ApiException:
+            # an ERROR event (410 Expired among them) or an error answer to the watch request
+            raise
+        except Exception:
+            if self.resp is not None:
+                # the stream was cut after the API server accepted the watch
+                _resumable_watches.add(self)
+            raise
+
+    return next
+
+
+def _resume_point(resource_version: str | None) -> str | None:
+    """The resourceVersion the calling reflector's next watch can resume from, if any."""
+    if resource_version not in (None, "", "0"):
+        return resource_version
+    trail = _watch_trails.get(asyncio.current_task())
+    version = trail.resume_from if trail is not None else None
+    return version if version not in (None, "", "0") else None
+
+
 def _damped_list(original: Callable, faults: FaultCounts):
-    async def _list_and_update(self, *args, **kwargs):
+    async def _list_and_update(self, resource_version=None):
         label = _reflector_label(self)
+        resume_from = _resume_point(resource_version)
+        if resume_from is not None and faults.over_rate(self, label):
+            faults.watch_resumed(self, label)
+            self.log.debug("%s over its relist rate: resuming its watch at %s", label, resume_from)
+            return resume_from
         delay = faults.relist(self, label)
         if delay:
             self.log.warning(
@@ -148,7 +221,7 @@ def _damped_list(original: Callable, faults: FaultCounts):
                 delay,
             )
             await asyncio.sleep(delay)
-        return await original(self, *args, **kwargs)
+        return await original(self, resource_version)
 
     return _list_and_update
 
@@ -173,6 +246,8 @@ def install_hooks(ledger: Ledger = registry) -> None:
         cls.__init__ = _recording_init(cls.__init__, kind, label, ledger)
         _HOOKED.append(cls)
     RESTClientObject.request = _counting_request(RESTClientObject.request, ledger.faults)
+    Watch.__init__ = _trailing_init(Watch.__init__)
+    Watch.next = _noting_next(Watch.next)
     ResourceReflector._list_and_update = _damped_list(
         ResourceReflector._list_and_update, ledger.faults
     )
@@ -315,23 +390,32 @@ class FaultSettings(Configurable):
         12.0,
         config=True,
         help="""
-        Relists (full LIST requests) per minute a shared reflector may make before its next
-        ones are delayed. A healthy reflector relists each time its watch times out (every
-        10 s by default: 6 a minute); dropped watches and 410 Gone answers make kubespawner
-        relist after 0.1-0.2 s, several times a second.
+        Relists (full LIST requests) per minute a shared reflector may make; past it, its
+        watch restarts resume instead, and the relists it cannot avoid are spaced out (see
+        `relist_max_delay`).
+
+        kubespawner's reflector relists at every watch restart: each time its watch times out
+        (every 10 s by default: 6 a minute), and 0.1-0.2 s after a dropped watch or a 410
+        Gone, several times a second when they repeat. A reflector over this rate resumes its
+        watch from the last resourceVersion it saw, as a Kubernetes informer does, unless the
+        API server rejected its previous watch (410 Expired or another error): then it must
+        relist.
         """,
     )
 
     relist_max_delay = Float(
-        2.0,
+        10.0,
         config=True,
         help="""
-        Longest delay, in seconds, before a relist of a reflector over its rate: the first
-        delay is the interval `relist_limit_per_minute` allows, doubled at each relist over
-        the rate, up to this. A reflector whose watch keeps failing then relists at most
-        `relist_limit_per_minute` + 60 / `relist_max_delay` times a minute (42 by default,
-        against several hundred undamped). While a relist waits, the pod reflector's view is
-        that much older and spawns wait as long for their pod to show Running: keep it short.
+        Longest delay, in seconds, before a relist a reflector over its rate cannot avoid:
+        the first such relist goes out 60 / `relist_limit_per_minute` seconds after the
+        previous one (5 s by default), each next one twice as long after its previous, up to
+        this. Must be at least 60 / `relist_limit_per_minute`, so that a reflector that must
+        keep relisting stays within `relist_limit_per_minute` a minute in the long run (at
+        most twice that in any one minute: a minute's worth undelayed, then the spaced ones).
+
+        While a relist waits the reflector has no watch, so its view (for the pod reflector:
+        whether a user's pod is running) is that much older: keep it short.
         """,
     )
 
@@ -341,6 +425,17 @@ class FaultSettings(Configurable):
     def _check_positive(self, proposal: dict) -> float:
         return _positive(self, proposal["trait"].name, proposal["value"])
 
+    def check_relist_bound(self) -> None:
+        """Fail, naming both traits and values, if relist_max_delay cannot hold the rate."""
+        spacing = 60 / self.relist_limit_per_minute
+        if self.relist_max_delay < spacing:
+            name = type(self).__name__
+            raise TraitError(
+                f"{name}.relist_max_delay ({self.relist_max_delay!r}) must be at least"
+                f" 60 / {name}.relist_limit_per_minute ({self.relist_limit_per_minute!r}),"
+                f" that is {spacing:g} s, or relists are not held to that rate"
+            )
+
 
 def check_config(config) -> None:
     """Fail now, naming the trait and value, if `config` sets a bad ledger or fault setting.
@@ -349,7 +444,7 @@ def check_config(config) -> None:
     a user's first spawn.
     """
     checker = type("GuardedKubeSpawner", (LedgerSettings, FaultSettings), {})
-    checker(config=config)
+    checker(config=config).check_relist_bound()
 
 
 class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
@@ -361,6 +456,7 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.check_relist_bound()
         install_hooks(self.ledger)
         _set_up_loop(self.ledger)
         self.ledger.log = self.log

@@ -21,24 +21,53 @@ from binderhub_guard.report.signals import Sample, SignalRules
 from binderhub_guard.spawner import GuardedKubeSpawner, check_config
 
 
-def test_relists_over_the_rate_are_delayed_exponentially_up_to_the_cap():
-    counts = FaultCounts(RelistDamper(max_per_minute=4, max_delay=10))
+def test_relists_over_the_rate_are_spaced_from_the_previous_one_doubling_up_to_the_cap():
+    counts = FaultCounts(RelistDamper(max_per_minute=12, max_delay=20))
     reflector = object.__new__(KubeSpawner)  # any weak-referenceable key
-    delays = [counts.relist(reflector, "pods", now=t * 0.2) for t in range(8)]
-    assert delays == [0, 0, 0, 0, 10, 10, 10, 10]
-    # a minute later it is under the rate again
-    assert counts.relist(reflector, "pods", now=100) == 0
-    snapshot = counts.snapshot(now=100)
+    assert [counts.relist(reflector, "pods", now=t) for t in range(12)] == [0] * 12
+    # each asks 0.2 s after the previous list went out; spacing 5 s, then 10, 20, 20
+    asked, delays = 12.0, []
+    for _ in range(4):
+        delays.append(counts.relist(reflector, "pods", now=asked))
+        asked += delays[-1] + 0.2
+    assert delays == pytest.approx([4, 9.8, 19.8, 19.8])
+    # under the rate again (9 relists in the last minute): no delay, the doubling restarts
+    assert counts.relist(reflector, "pods", now=asked) == 0
+    snapshot = counts.snapshot(now=asked)
     assert snapshot["relists"] == [
-        {"reflector": "pods", "relists": 9, "per_minute": 1, "damped": 4, "delay": 0.0}
+        {
+            "reflector": "pods",
+            "relists": 17,
+            "per_minute": 10,
+            "damped": 4,
+            "delay": 0.0,
+            "resumes": 0,
+        }
     ]
 
 
-def test_the_first_delay_is_the_interval_the_rate_allows():
-    counts = FaultCounts(RelistDamper(max_per_minute=12, max_delay=30))
-    key = object.__new__(KubeSpawner)
-    delays = [counts.relist(key, "pods", now=t) for t in range(14)]
-    assert delays[11:] == [0, 5, 10]
+def test_a_reflector_that_must_keep_relisting_stays_within_the_rate():
+    limit = 12
+    counts = FaultCounts(RelistDamper(max_per_minute=limit, max_delay=60 / limit))
+    reflector = object.__new__(KubeSpawner)
+    sent, now = [], 0.0
+    while now < 600:  # kubespawner retries 0.2 s after each failed watch
+        now += counts.relist(reflector, "pods", now=now)
+        sent.append(now)
+        now += 0.2
+    per_window = [sum(t <= s < t + 60 for s in sent) for t in sent]
+    assert max(per_window) <= 2 * limit
+    assert len(sent) <= limit * 11
+
+
+def test_relist_max_delay_below_the_rate_s_spacing_fails_naming_both_traits():
+    config = Config()
+    config.GuardedKubeSpawner.relist_limit_per_minute = 3.0
+    config.GuardedKubeSpawner.relist_max_delay = 10.0
+    with pytest.raises(
+        TraitError, match=r"relist_max_delay \(10\.0\).*relist_limit_per_minute \(3\.0\)"
+    ):
+        check_config(config)
 
 
 def test_bad_fault_settings_fail_naming_the_trait_and_value():
@@ -94,6 +123,9 @@ async def test_faults_are_exported_as_metrics():
     assert 'binderhub_guard_kubernetes_api_errors_total{status="500"} 1.0' in text
     assert 'binderhub_guard_stop_errors_total{outcome="recovered"} 1.0' in text
     assert 'binderhub_guard_reflector_relists_per_minute{reflector="PodReflector pods"}' in text
+    assert (
+        'binderhub_guard_reflector_watch_resumes_total{reflector="PodReflector pods"} 0.0' in text
+    )
     assert "binderhub_guard_reflectors_replaced_total 0.0" in text
 
 
