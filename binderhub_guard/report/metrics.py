@@ -143,11 +143,19 @@ class GuardCollector(Collector):
             "Relists the guard delayed because their reflector was over its rate.",
             labels=["reflector"],
         )
+        resumes = CounterMetricFamily(
+            f"{PREFIX}_reflector_watch_resumes",
+            "Watches a reflector over its relist rate resumed from the last resourceVersion"
+            " it saw instead of relisting.",
+            labels=["reflector"],
+        )
         for reflector in faults["relists"]:
             relists.add_metric([reflector["reflector"]], reflector["per_minute"])
             damped.add_metric([reflector["reflector"]], reflector["damped"])
+            resumes.add_metric([reflector["reflector"]], reflector["resumes"])
         yield relists
         yield damped
+        yield resumes
         replaced = CounterMetricFamily(
             f"{PREFIX}_reflectors_replaced",
             "Shared reflectors replaced because their watch had given up.",
