@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from traitlets import Dict, Float, Int, TraitError, Unicode, validate
+from traitlets import Dict, Float, Int, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from . import sources
@@ -74,15 +74,46 @@ class GuardReport(LoggingConfigurable):
     ).tag(config=True)
 
     growth_min_increase = Int(
-        3,
-        help="""Growth of a watched type (or the task count), compared at equal load (same
-        number of active servers), that raises "count_rising".""",
+        5,
+        help="""Growth of a watched type that is not a Kubernetes resource (asyncio tasks,
+        Spawner), compared at equal load (same number of active servers), that raises
+        "count_rising". These counts move with requests in flight and kept-open
+        connections, so the bar is higher than for resource_types.""",
     ).tag(config=True)
 
     growth_min_steps = Int(
-        2,
-        help="""Separate increases that growth must come in to raise "count_rising": a
-        single jump is usually something new starting once, not a leak.""",
+        3,
+        help="""Separate increases that the growth of a type outside resource_types must
+        come in to raise "count_rising": a single jump is usually something new starting
+        once, not a leak.""",
+    ).tag(config=True)
+
+    growth_noise_factor = Float(
+        2.0,
+        help="""Growth that raises "count_rising" must also reach this many times the
+        largest fall of the same count between two visits to the same load in the ring: a
+        count that falls as well as rises is noisy and must rise well beyond its noise. A
+        leaked object never goes away, so a leaking count does not fall.""",
+    ).tag(config=True)
+
+    resource_types = List(
+        Unicode(),
+        default_value=["ResourceReflector", "Watch", "ApiClient", "ClientSession"],
+        help="""Names in watched_types that stand for Kubernetes connections. kubespawner
+        shares its reflectors and API clients across spawns, so in a clean hub these counts
+        do not move with spawns at a given number of active servers (a Watch changes by at
+        most one per reflector, while it relists). Growth of resource_min_increase raises
+        "count_rising" even when it comes in one increase: ten users cycling at once leak ten
+        of them between two moments of equal load. With per-user namespaces
+        (KubeSpawner.enable_user_namespaces) kubespawner starts a reflector per namespace:
+        take ResourceReflector and Watch out of this list there.""",
+    ).tag(config=True)
+
+    resource_min_increase = Int(
+        4,
+        help="""Growth of a resource_types count, compared at equal load, that raises
+        "count_rising" (in one increase or several). Above the 2 extra Watch objects that
+        kubespawner's two shared reflectors may hold at once while relisting.""",
     ).tag(config=True)
 
     recent_window = Int(
@@ -137,6 +168,7 @@ class GuardReport(LoggingConfigurable):
     @validate(
         "growth_min_increase",
         "growth_min_steps",
+        "resource_min_increase",
         "recent_window",
         "signal_confirm_samples",
         "rss_min_spawns",
@@ -144,6 +176,21 @@ class GuardReport(LoggingConfigurable):
     )
     def _valid_threshold(self, proposal: dict) -> int:
         return _number_at_least(proposal, 1, "")
+
+    @validate("growth_noise_factor")
+    def _valid_noise_factor(self, proposal: dict) -> float:
+        return _number_at_least(proposal, 0, "")
+
+    @validate("resource_types")
+    def _valid_resource_types(self, proposal: dict) -> list[str]:
+        unknown = [name for name in proposal["value"] if name not in self.watched_types]
+        if unknown:
+            raise TraitError(
+                f"GuardReport.resource_types = {proposal['value']!r}: "
+                f"{', '.join(map(repr, unknown))} not in "
+                f"GuardReport.watched_types ({', '.join(self.watched_types)})"
+            )
+        return proposal["value"]
 
     @validate("watched_types")
     def _valid_watched_types(self, proposal: dict) -> dict[str, str]:
@@ -177,6 +224,9 @@ class GuardReport(LoggingConfigurable):
         return SignalRules(
             growth_min_increase=self.growth_min_increase,
             growth_min_steps=self.growth_min_steps,
+            growth_noise_factor=self.growth_noise_factor,
+            resource_types=frozenset(self.resource_types),
+            resource_min_increase=self.resource_min_increase,
             recent_window=self.recent_window,
             rss_per_spawn_bytes=self.rss_per_spawn_bytes,
             rss_min_spawns=self.rss_min_spawns,

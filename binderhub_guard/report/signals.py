@@ -8,6 +8,7 @@ rule fire, so an operator can judge it without reading code.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,8 +46,13 @@ class Sample:
 class SignalRules:
     """Thresholds of the rules; built from ``GuardReport`` traits."""
 
-    growth_min_increase: int = 3
-    growth_min_steps: int = 2
+    growth_min_increase: int = 5
+    growth_min_steps: int = 3
+    growth_noise_factor: float = 2.0
+    resource_types: frozenset[str] = frozenset(
+        {"ResourceReflector", "Watch", "ApiClient", "ClientSession"}
+    )
+    resource_min_increase: int = 4
     recent_window: int = 30
     # Growth of these watched types is explained by more users, not more servers:
     # JupyterHub keeps a Spawner object per user (per named server) while the user exists.
@@ -98,52 +104,78 @@ def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
     Only visits to the latest sample's load count (a visit is a run of consecutive samples
     with the same number of active servers; for Spawner, the same number of users too), each
     by its smallest count, so work in flight and objects that come and go with servers do
-    not matter. Walking back from the latest visit while that count never falls, the rule
-    fires when the run grew by ``growth_min_increase`` in at least ``growth_min_steps``
-    separate increases: one jump is something new starting, growth at each return to the
-    same load is a leak. Samples from before the first successful spawn are left out: the
-    first spawn creates kubespawner's shared reflectors and clients.
+    not matter. Walking back from the latest visit while that count never falls gives the
+    run; samples from before the first successful spawn are left out (the first spawn
+    creates kubespawner's shared reflectors and clients).
+
+    Two strictnesses. The Kubernetes resource types (``resource_types``) are shared by
+    kubespawner, so in a clean hub their count at one load does not move with spawns: a run
+    that grew by ``resource_min_increase``, even in one increase, is a leak (ten users
+    cycling at once leak ten in one round). Other counts (tasks, spawners) move with
+    requests in flight and connections kept open: growth of ``growth_min_increase`` in at
+    least ``growth_min_steps`` separate increases. Either way the growth must also reach
+    ``growth_noise_factor`` times the largest fall between two visits in the ring: a count
+    that falls too is noisy, and must rise well beyond its noise.
     """
-    latest = samples[-1]
-    series = {"asyncio.Task": lambda s: s.asyncio_tasks}
-    for name in latest.watched:
-        series[name] = lambda s, name=name: s.watched.get(name)
     signals = []
-    for name, count_of in series.items():
-        by_users = name in rules.explained_by_users
-
-        def load(s: Sample, by_users: bool = by_users) -> tuple:
-            return (s.active_servers, s.total_users) if by_users else (s.active_servers,)
-
-        run = _rising_run(samples, count_of, load)
-        if len(run) < 2:
+    for name in ["asyncio.Task", *samples[-1].watched]:
+        evidence = rising_evidence(samples, name, rules)
+        if evidence is None:
             continue
-        counts = [count for count, _ in run]
-        steps = sum(1 for earlier, later in itertools.pairwise(counts) if later > earlier)
-        growth = counts[-1] - counts[0]
-        if steps < rules.growth_min_steps or growth < rules.growth_min_increase:
-            continue
-        evidence = {
-            "type": name,
-            "from": counts[0],
-            "to": counts[-1],
-            "increases": steps,
-            "seconds": round(latest.time - run[0][1], 1),
-            "at_active_servers": latest.active_servers,
-        }
-        if by_users:
-            evidence["at_total_users"] = latest.total_users
-        signals.append(_signal("count_rising", WARNING, evidence))
+        growth = evidence["to"] - evidence["from"]
+        if evidence["increases"] >= evidence["min_increases"] and growth >= evidence["threshold"]:
+            signals.append(_signal("count_rising", WARNING, evidence))
     return signals
 
 
-def _rising_run(
+def rising_evidence(samples: Sequence[Sample], name: str, rules: SignalRules) -> Signal | None:
+    """The never-falling run of ``name`` (a watched type or "asyncio.Task") at the latest
+    load, with the bar it has to clear (see ``counts_rising``); ``None`` without two visits."""
+    latest = samples[-1]
+
+    def count_of(s: Sample) -> int | None:
+        return s.asyncio_tasks if name == "asyncio.Task" else s.watched.get(name)
+
+    by_users = name in rules.explained_by_users
+
+    def load(s: Sample) -> tuple:
+        return (s.active_servers, s.total_users) if by_users else (s.active_servers,)
+
+    visits = _visits(samples, count_of, load)
+    run = _rising_run(visits)
+    if len(run) < 2:
+        return None
+    counts = [count for count, _ in run]
+    falls = (earlier - later for (earlier, _), (later, _) in itertools.pairwise(visits))
+    largest_fall = max([0, *falls])
+    if name in rules.resource_types:
+        kind, min_increase, min_steps = "kube_resource", rules.resource_min_increase, 1
+    else:
+        kind, min_increase, min_steps = "general", rules.growth_min_increase, rules.growth_min_steps
+    evidence = {
+        "type": name,
+        "rule": kind,
+        "from": counts[0],
+        "to": counts[-1],
+        "increases": sum(1 for earlier, later in itertools.pairwise(counts) if later > earlier),
+        "min_increases": min_steps,
+        "threshold": max(min_increase, math.ceil(rules.growth_noise_factor * largest_fall)),
+        "largest_fall": largest_fall,
+        "seconds": round(latest.time - run[0][1], 1),
+        "at_active_servers": latest.active_servers,
+    }
+    if by_users:
+        evidence["at_total_users"] = latest.total_users
+    return evidence
+
+
+def _visits(
     samples: Sequence[Sample],
     count_of: Callable[[Sample], int | None],
     load: Callable[[Sample], tuple],
 ) -> list[tuple[int, float]]:
-    """(smallest count, start time) of each visit to the latest load, oldest first, back to
-    the last fall."""
+    """(smallest count, start time) of each visit to the latest sample's load since the
+    first successful spawn, oldest first."""
     level = load(samples[-1])
     visits: list[tuple[int, float]] = []  # newest first
     in_visit = False
@@ -159,12 +191,17 @@ def _rising_run(
         else:
             visits.append((count, sample.time))
             in_visit = True
-    run = visits[:1]
-    for visit in visits[1:]:
-        if visit[0] > run[-1][0]:
+    visits.reverse()
+    return visits
+
+
+def _rising_run(visits: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The visits back from the latest one to the last fall, oldest first."""
+    run = visits[-1:]
+    for visit in reversed(visits[:-1]):
+        if visit[0] > run[0][0]:
             break
-        run.append(visit)
-    run.reverse()
+        run.insert(0, visit)
     return run
 
 
