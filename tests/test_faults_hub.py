@@ -29,7 +29,7 @@ c.KubeSpawner.start_timeout = 10
 c.GuardedKubeSpawner.orphan_grace_seconds = 0.2
 c.GuardedKubeSpawner.stop_retry_max_delay = 1
 c.GuardedKubeSpawner.relist_limit_per_minute = {RELIST_LIMIT}
-c.GuardedKubeSpawner.relist_max_delay = 4
+c.GuardedKubeSpawner.relist_max_delay = {60 / RELIST_LIMIT}
 c.GuardReport.sample_interval = 0.5
 # stop and start requests answer at once: the test watches the pending states itself
 c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0, "slow_stop_timeout": 0}}
@@ -41,7 +41,9 @@ def hub() -> Iterator[DevHub]:
     workdir = tempfile.mkdtemp(prefix="faults-hub-")
     try:
         with DevHub(workdir=workdir, extra_config=SETTINGS) as hub:
-            hub.client.create_users(["halting", "invalid"] + [f"burst{i}" for i in range(6)])
+            hub.client.create_users(
+                ["halting", "invalid", "dropped"] + [f"burst{i}" for i in range(6)]
+            )
             yield hub
     finally:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -145,36 +147,104 @@ def test_spawns_and_stops_under_api_errors_and_latency_leave_nothing(hub: DevHub
     assert faults(hub)["api_errors"].keys() >= {"429", "500"}
 
 
-def test_watch_drops_and_410s_keep_one_watch_per_reflector_and_damp_relists(hub: DevHub):
-    most_watches: dict[str, int] = {}
-    stop = threading.Event()
+class WatchCounter:
+    """The most watches the simulator had open at once, by resource, while it runs."""
 
-    def watch_the_watches() -> None:
-        while not stop.is_set():
-            for resource, n in hub.sim_state()["watches"]["by_resource"].items():
-                most_watches[resource] = max(n, most_watches.get(resource, 0))
+    def __init__(self, hub: DevHub) -> None:
+        self.hub = hub
+        self.most: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> WatchCounter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for resource, n in self.hub.sim_state()["watches"]["by_resource"].items():
+                self.most[resource] = max(n, self.most.get(resource, 0))
             time.sleep(0.1)
 
-    watcher = threading.Thread(target=watch_the_watches)
-    watcher.start()
-    lists_before = hub.sim_state()["requests"].get("list pods 200", 0)
+
+def pod_requests(hub: DevHub) -> dict[str, int]:
+    """The simulator's own count of the pod reflector's list and watch requests, and 410s."""
+    counts = hub.sim_state()["requests"]
+    return {
+        "lists": counts.get("list pods 200", 0),
+        "watches": counts.get("watch pods 200", 0),
+        "expired": counts.get("watch pods 410", 0),
+    }
+
+
+def pod_reflector(hub: DevHub) -> dict:
+    """The pod reflector's relist counters (zero before the hub's first spawn starts it)."""
+    relists = faults(hub)["relists"]
+    none_yet = {"relists": 0, "per_minute": 0, "damped": 0, "resumes": 0}
+    return next((r for r in relists if r["reflector"].startswith("PodReflector")), none_yet)
+
+
+def since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {key: after[key] - before[key] for key in after}
+
+
+def test_dropped_watches_resume_instead_of_relisting_and_launches_go_on(hub: DevHub):
+    before, resumes_before = pod_requests(hub), pod_reflector(hub)["resumes"]
     hub.set_faults(watch_drop_after_seconds=0.3)
     try:
-        for _ in range(6):
-            requests.post(hub.sim_url + "/_sim/compact", timeout=5)
-            time.sleep(1)
+        with WatchCounter(hub) as watches:
+            launched = time.monotonic()
+            hub.client.start_server("dropped", timeout=10)
+            launch_seconds = time.monotonic() - launched
+            hub.client.stop_server("dropped", timeout=10)
+            # past the rate, whatever relists the module's earlier tests left in the window
+            eventually(lambda: since(before, pod_requests(hub))["watches"] > RELIST_LIMIT + 1)
     finally:
         hub.set_faults(watch_drop_after_seconds=None)
-        stop.set()
-        watcher.join()
-    lists = hub.sim_state()["requests"].get("list pods 200", 0) - lists_before
+    made = since(before, pod_requests(hub))
+    reflector = pod_reflector(hub)
 
-    assert most_watches == {"pods": 1, "events": 1}
-    relists = {r["reflector"]: r for r in faults(hub)["relists"]}
-    pods = next(r for label, r in relists.items() if label.startswith("PodReflector"))
-    assert pods["damped"] > 0
-    assert pods["per_minute"] <= RELIST_LIMIT + 2
+    assert watches.most == {"pods": 1, "events": 1}
+    # undamped: a list per watch, one every 0.3-0.5 s
+    assert made["lists"] <= RELIST_LIMIT < made["watches"]
+    assert reflector["resumes"] - resumes_before >= made["watches"] - made["lists"] - 2
+    assert reflector["per_minute"] <= RELIST_LIMIT
+    assert sim_pods(hub) == set()
+    # the pod reflector's view kept up: no relist delay held the launch back
+    assert launch_seconds < 5
     raised = hub.api("GET", "/guard").json()["sampler"]["signals_raised_total"]
     assert raised.get("relist_storm", 0) >= 1
-    # undamped: a relist every 0.3-0.5 s, about 15 in 6 s
-    assert lists <= RELIST_LIMIT + 2
+
+
+def test_a_resumed_watch_that_gets_410_relists_within_the_bound(hub: DevHub):
+    before = pod_requests(hub)
+    hub.set_faults(watch_drop_after_seconds=0.3)
+    try:
+        with WatchCounter(hub) as watches:
+            for i in range(8):
+                # a change, then compaction: a watch resuming from before it gets 410 Expired
+                requests.post(
+                    hub.sim_url + "/api/v1/namespaces",
+                    json={"metadata": {"name": f"bump-{i}"}},
+                    timeout=5,
+                )
+                requests.post(hub.sim_url + "/_sim/compact", timeout=5)
+                time.sleep(1)
+    finally:
+        hub.set_faults(watch_drop_after_seconds=None)
+    # a 410 leaves a real list as the only way on, spaced from the previous one
+    eventually(lambda: pod_requests(hub)["lists"] > before["lists"], timeout=60 / RELIST_LIMIT + 5)
+    made = since(before, pod_requests(hub))
+    reflector = pod_reflector(hub)
+
+    assert watches.most == {"pods": 1, "events": 1}
+    assert made["expired"] > 0
+    assert reflector["damped"] > 0
+    # in any one minute: a minute's worth undelayed, then one per 60/limit seconds at most
+    assert reflector["per_minute"] <= 2 * RELIST_LIMIT
+    # undamped: a list after every drop, about 20 in 8 s
+    assert made["lists"] <= RELIST_LIMIT + 1
