@@ -41,7 +41,7 @@ Snapshot (read-only, JSON-ready) for the report, from :meth:`Ledger.snapshot`::
       ],
       "counts": {
         "live": {kind: int},        # every recorded resource still live, all owners
-        "spawns_active": int, "spawns_ended": int,
+        "spawns_active": int, "spawns_ended": int, "recorded": int,   # resources, ever
         "orphans_found": int, "orphans_released": int, "orphans_live": int,
       },
       "faults": {...},              # API errors, stop errors, relists: see faultcounts.py
@@ -93,32 +93,79 @@ current_owner: contextvars.ContextVar[Spawn | _Shared | None] = contextvars.Cont
 # Frames from these files say nothing about who created a resource.
 _PLUMBING = [os.path.dirname(asyncio.__file__), contextlib.__file__, __file__]
 
-
 # where a task's stack begins: frames below it are the event loop's, not the creator's
 _LOOP_CALLBACKS = asyncio.events.__file__
 
-
-_plumbing_files: dict[str, bool] = {}
+# what a frame of each code object means to an origin, decided once per code object
+_KEEP, _SKIP, _SKIP_IF_FIRST, _STOP = range(4)
+_frame_roles: dict[CodeType, int] = {}
+# code objects made at run time (exec, lambdas in a loop) must not pile up here
+_FRAME_ROLES_LIMIT = 4096
 
 
 def add_plumbing(filename: str) -> None:
     """Leave frames of `filename` (e.g. the module installing the hooks) out of origins."""
     if filename not in _PLUMBING:
         _PLUMBING.append(filename)
-        _plumbing_files.clear()
+        _frame_roles.clear()
 
 
-@dataclass(eq=False)
+def _frame_role(code: CodeType) -> int:
+    filename = code.co_filename
+    if filename == _LOOP_CALLBACKS:
+        role = _STOP
+    elif filename.startswith(tuple(_PLUMBING)):
+        role = _SKIP
+    elif _is_initializer(code.co_name):
+        # a constructor (anyone's wrapper included) made the resource, its caller is the origin
+        role = _SKIP_IF_FIRST
+    else:
+        role = _KEEP
+    if len(_frame_roles) >= _FRAME_ROLES_LIMIT:
+        _frame_roles.clear()
+    _frame_roles[code] = role
+    return role
+
+
 class Entry:
-    kind: str
-    label: str
-    ref: weakref.ref
-    origin: Origin
-    created: float
-    owner: Spawn | _Shared
+    """One recorded resource, held by weak reference."""
+
+    __slots__ = ("kind", "_label", "ref", "origin", "created", "owner")
+
+    def __init__(
+        self,
+        kind: str,
+        label: str | None,
+        ref: weakref.ref,
+        origin: Origin,
+        owner: Spawn | _Shared,
+    ) -> None:
+        self.kind = kind
+        self._label = label
+        self.ref = ref
+        self.origin = origin
+        self.created = time.time()
+        self.owner = owner
 
     def target(self) -> Any:
         return self.ref()
+
+    @property
+    def label(self) -> str:
+        # a task's label is read off its coroutine when someone asks, not at every task
+        if self._label is None:
+            obj = self.ref()
+            self._label = _task_label(obj) if self.kind == TASK and obj is not None else self.kind
+        return self._label
+
+
+def _forgetting(entries: dict[int, Entry]) -> Callable[[weakref.ref], None]:
+    """The weakref callback that drops a collected resource's entry from `entries`."""
+
+    def forget(ref: weakref.ref) -> None:
+        entries.pop(id(ref), None)
+
+    return forget
 
 
 @dataclass(eq=False)
@@ -135,6 +182,10 @@ class Spawn:
     entries: dict[int, Entry] = field(default_factory=dict)
     held: set[str] = field(default_factory=set)
     sweep_scheduled: bool = False
+    forget: Callable[[weakref.ref], None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.forget = _forgetting(self.entries)
 
     @property
     def active(self) -> bool:
@@ -179,20 +230,16 @@ def _short_stack(depth: int) -> Origin:
     out its constructors (anyone's wrappers included) and stopping at the task's start.
     Formatted only when someone reads it (:func:`format_origin`)."""
     frames: list[tuple[CodeType, int]] = []
+    roles = _frame_roles
     frame = sys._getframe(1)
     while frame is not None and len(frames) < depth:
         code = frame.f_code
-        plumbing = _plumbing_files.get(code.co_filename)
-        if plumbing is None:
-            plumbing = _plumbing_files[code.co_filename] = code.co_filename.startswith(
-                tuple(_PLUMBING)
-            )
-        if code.co_filename == _LOOP_CALLBACKS:
+        role = roles.get(code)
+        if role is None:
+            role = _frame_role(code)
+        if role == _STOP:
             break
-        # by name, not by looking for the object in f_locals: that would cache the frame's
-        # locals and keep them alive
-        in_constructor = not frames and _is_initializer(code.co_name)
-        if not in_constructor and not plumbing:
+        if role == _KEEP or (role == _SKIP_IF_FIRST and frames):
             # the instruction offset, not f_lineno: that scans the line table on every call
             frames.append((code, frame.f_lasti))
         frame = frame.f_back
@@ -266,11 +313,14 @@ class Ledger:
         self._active: dict[int, Spawn] = {}
         self._recent: deque[Spawn] = deque(maxlen=recent_limit)
         self._shared_entries: dict[int, Entry] = {}
+        self._forget_shared_entry = _forgetting(self._shared_entries)
         self._shared: dict[str, _SharedHolding] = {}
         self._orphans: deque[Orphan] = deque(maxlen=orphan_limit)
         self._orphans_found = 0
         self._orphans_released = 0
         self._spawns_ended = 0
+        #: resources recorded since start-up, of every owner (the ledger's work load)
+        self.recorded = 0
         #: faults the spawners met, fed by the kubespawner door
         self.faults = FaultCounts()
         # strong refs to our own sweep/release tasks, which must not be collected mid-flight
@@ -360,26 +410,18 @@ class Ledger:
         self._add(owner, TASK, task, None)
 
     def _add(self, owner: Spawn | _Shared, kind: str, obj: Any, label: str | None) -> None:
-        if isinstance(owner, Spawn) and not owner.active:
-            # made by a spawn's code (a task it left running) after the spawn ended
-            if self.release_orphans and not owner.sweep_scheduled:
+        if owner is SHARED:
+            entries, forget = self._shared_entries, self._forget_shared_entry
+        else:
+            if owner.ended is not None and self.release_orphans and not owner.sweep_scheduled:
+                # made by a spawn's code (a task it left running) after the spawn ended
                 self._schedule_sweep(owner)
-        entries = owner.entries if isinstance(owner, Spawn) else self._shared_entries
-        key_holder: list[int] = []
-
-        def forget(_ref: weakref.ref, entries: dict[int, Entry] = entries) -> None:
-            entries.pop(key_holder[0], None)
-
-        entry = Entry(
-            kind=kind,
-            label=label or (_task_label(obj) if kind == TASK else kind),
-            ref=weakref.ref(obj, forget),
-            origin=_short_stack(self.origin_depth),
-            created=time.time(),
-            owner=owner,
-        )
-        key_holder.append(id(entry))
-        entries[id(entry)] = entry
+            entries, forget = owner.entries, owner.forget
+        self.recorded += 1
+        # keyed by the weak reference's id: the entry holds the reference, so the id is unique
+        # while the entry is there, and the callback gets that same reference
+        ref = weakref.ref(obj, forget)
+        entries[id(ref)] = Entry(kind, label, ref, _short_stack(self.origin_depth), owner)
 
     def hold(self, spawn: Spawn | None, kind: str, key: str, obj: Any, label: str = "") -> None:
         """A spawn uses a shared object: count it as a holder, not an owner."""
@@ -553,6 +595,7 @@ class Ledger:
                 "live": self.live_counts(),
                 "spawns_active": len(self._active),
                 "spawns_ended": self._spawns_ended,
+                "recorded": self.recorded,
                 "orphans_found": self._orphans_found,
                 "orphans_released": self._orphans_released,
                 "orphans_live": sum(1 for o in orphans if o["live"]),
