@@ -105,11 +105,22 @@ def _progress_is_live(run: _ProgressRun) -> bool:
     return not run.finished
 
 
-async def _end_progress(run: _ProgressRun) -> None:
+def _cut_progress(run: _ProgressRun) -> None:
     run.finished = True
     if run.step is not None and not run.step.done():
         # the consumer (jupyterhub's iterate_until) treats a cancelled step as the end
         run.step.cancel()
+
+
+async def _end_progress(run: _ProgressRun) -> None:
+    _cut_progress(run)
+
+
+#: A future that the hub's progress handler resolves when its client has gone (a closed
+#: browser tab); a progress() iterated in that context ends then, not when the spawn ends.
+progress_client_gone: contextvars.ContextVar[asyncio.Future | None] = contextvars.ContextVar(
+    "binderhub_guard_progress_client_gone", default=None
+)
 
 
 def _recording_init(original: Callable, kind: str, label: Callable[[Any], str] | None, ledger):
@@ -550,6 +561,9 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
         if spawn is not None:
             with self.ledger.activate(spawn):
                 self.ledger.record(PROGRESS, run, f"progress of {spawn.describe()}")
+        gone = progress_client_gone.get()
+        if gone is not None:
+            gone.add_done_callback(cut := lambda _: _cut_progress(run))
         events = super().progress()
         try:
             while not run.finished:
@@ -564,6 +578,8 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
                 yield event
         finally:
             run.finished = True
+            if gone is not None:
+                gone.remove_done_callback(cut)
             await events.aclose()
 
     def run_post_stop_hook(self):

@@ -27,6 +27,30 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SHARED_WATCHES = 2  # kubespawner's class-level pod and event reflectors
 
 
+# What binderhub_guard.hub would install in front of jupyterhub's progress handler (a door
+# this module does not own): the handler resolves progress_client_gone when its client goes.
+PROGRESS_CLIENT_GONE_HOOK = """
+import asyncio
+from jupyterhub.apihandlers.users import SpawnProgressAPIHandler
+from binderhub_guard.spawner import progress_client_gone
+
+_progress_get = SpawnProgressAPIHandler.get
+
+async def _get_until_client_gone(self, *args, **kwargs):
+    self._client_gone = asyncio.get_running_loop().create_future()
+    progress_client_gone.set(self._client_gone)
+    return await _progress_get(self, *args, **kwargs)
+
+def _client_closed(self):
+    gone = getattr(self, "_client_gone", None)
+    if gone is not None and not gone.done():
+        gone.set_result(None)
+
+SpawnProgressAPIHandler.get = _get_until_client_gone
+SpawnProgressAPIHandler.on_connection_close = _client_closed
+"""
+
+
 def _settings(workdir) -> str:
     # slow_spawn_timeout 0: a start request answers 202 at once, so a pending start can be
     # interrupted, and failures show as the server disappearing from the user model
@@ -35,7 +59,7 @@ def _settings(workdir) -> str:
         "\nc.GuardedKubeSpawner.orphan_grace_seconds = 0.2"
         "\nc.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}"
         # as zero-to-jupyterhub does: servers outlive the hub, their resources must not
-        "\nc.JupyterHub.cleanup_servers = False\n"
+        "\nc.JupyterHub.cleanup_servers = False\n" + PROGRESS_CLIENT_GONE_HOOK
     )
 
 
@@ -52,7 +76,9 @@ def leaky_hub() -> Iterator[DevHub]:
     workdir = tempfile.mkdtemp(prefix="leak-hub-")
     try:
         with DevHub(leaky=True, workdir=workdir, extra_config=_settings(workdir)) as hub:
-            hub.client.create_users(["stopper", "failer", "waiter", "canceller", "deleted"])
+            hub.client.create_users(
+                ["stopper", "failer", "waiter", "canceller", "deleted", "watcher"]
+            )
             yield hub
     finally:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -153,6 +179,26 @@ def test_stopped_spawners_are_not_kept_alive(leaky_hub: DevHub):
     # the failed spawns' spawners stay in jupyterhub's cache for their error page, by design
     failed_spawns = 3  # failer, waiter, canceller
     assert probe(leaky_hub)["spawners"] <= failed_spawns
+
+
+def test_progress_whose_client_closed_is_released_before_the_spawn_ends(leaky_hub: DevHub):
+    leaky_hub.set_faults(pending_delay_seconds=30)
+    try:
+        assert leaky_hub.api("POST", "/users/watcher/server").status_code == 202
+        url = leaky_hub.api_url + "/users/watcher/server/progress"
+        headers = {"Authorization": f"token {leaky_hub.token}"}
+        with requests.get(url, headers=headers, stream=True, timeout=10) as stream:
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line).startswith(b"data:")
+            assert probe(leaky_hub)["ledger"]["live"]["progress"] == 1
+        # the tab is closed; the spawn goes on (4 s start timeout) but its progress does not
+        eventually(lambda: probe(leaky_hub)["ledger"]["live"]["progress"] == 0, timeout=2)
+        assert probe(leaky_hub)["ledger"]["spawns_active"] == 1
+        leaky_hub.api("DELETE", "/users/watcher/server")
+        wait_stopped(leaky_hub, "watcher")
+    finally:
+        leaky_hub.set_faults(pending_delay_seconds=0)
+    assert_all_released(leaky_hub)
 
 
 def test_hub_shutdown_with_a_running_server_is_clean(leaky_hub: DevHub):
