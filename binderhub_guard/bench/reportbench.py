@@ -18,15 +18,20 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psutil
 import requests
 
+from ..report.guard_report import GuardReport
+from ..report.signals import rising_evidence
 from .devhub import DevHub
 
 PARTS = ("stall", "latency", "leak")
@@ -41,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clean-cycles", type=int, default=200, help="leak: clean cycles")
     parser.add_argument("--parallel", type=int, default=10, help="leak: users cycling at once")
     parser.add_argument("--sample-interval", type=float, default=0.5, help="leak: sampler period")
+    parser.add_argument(
+        "--runs",
+        nargs="*",
+        help="leak: only the runs whose name contains one of these (e.g. 'LeakyKubeSpawner x10')",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
@@ -53,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
             figures["latency"] = measure_latency(args.objects, args.requests)
         else:
             figures["leak"] = measure_leak_detection(
-                args.max_cycles, args.clean_cycles, args.parallel, args.sample_interval
+                args.max_cycles, args.clean_cycles, args.parallel, args.sample_interval, args.runs
             )
         if args.json:
             # each part as soon as it is measured: a later part failing loses nothing
@@ -131,7 +141,7 @@ async def measure_stall(objects: int, seconds: float) -> dict[str, Any]:
     from traitlets.config import Config
 
     from ..ledger import Ledger
-    from ..report.guard_report import GuardReport, shared_source
+    from ..report.guard_report import shared_source
     from ..stopguard import StopGuard
 
     kept = ballast(objects)
@@ -152,6 +162,11 @@ async def measure_stall(objects: int, seconds: float) -> dict[str, Any]:
             tick_times.append(report.sampler.last_tick_seconds)
             return sample
 
+        # a full ring, as in a hub that has run for an hour: each tick evaluates the rules
+        # over all of it
+        for _ in range(report.ring_size):
+            tick()
+        report.sampler.longest_tick_seconds = report.sampler.longest_tick_cpu_seconds = 0.0
         report.sampler.tick = timed_tick
         report.start()
         async with LagMonitor() as sampling:
@@ -174,6 +189,8 @@ async def measure_stall(objects: int, seconds: float) -> dict[str, Any]:
             "seconds": [round(s.seconds, 3) for s in scans],
             "longest_step_ms": [round(s.longest_step_seconds * 1000, 2) for s in scans],
             "get_objects_ms": [round(s.list_seconds * 1000, 2) for s in scans],
+            "longest_step_cpu_ms": [round(s.longest_step_cpu_seconds * 1000, 2) for s in scans],
+            "get_objects_cpu_ms": [round(s.list_cpu_seconds * 1000, 2) for s in scans],
             "loop_lateness": scanning.summary(),
         }
 
@@ -242,6 +259,9 @@ def measure_latency(objects: int, count: int) -> dict[str, Any]:
         "full_scan_in_hub_s": [s["scan_seconds"] for s in scans],
         "full_scan_longest_stall_ms": [round(s["longest_stall_seconds"] * 1000, 1) for s in scans],
         "full_scan_get_objects_ms": [round(s["get_objects_seconds"] * 1000, 1) for s in scans],
+        "full_scan_get_objects_cpu_ms": [
+            round(s["get_objects_cpu_seconds"] * 1000, 1) for s in scans
+        ],
         "hub_own_get_user_ms": _spread_ms(user_times),
         "sampler_longest_tick_ms": round(body["sampler"]["longest_tick_seconds"] * 1000, 3),
         "sampler_longest_tick_cpu_ms": round(body["sampler"]["longest_tick_cpu_seconds"] * 1000, 3),
@@ -252,51 +272,127 @@ def measure_latency(objects: int, count: int) -> dict[str, Any]:
 # -- leak detection: real hubs ------------------------------------------------------------------
 
 LEAKY = "binderhub_guard.testing.leaky"
+SPAWNERS = {
+    "LeakyKubeSpawner": f"{LEAKY}.LeakyKubeSpawner",
+    "LeakyGuardedKubeSpawner": f"{LEAKY}.LeakyGuardedKubeSpawner",
+    "clean GuardedKubeSpawner": "binderhub_guard.spawner.GuardedKubeSpawner",
+    "clean KubeSpawner": "kubespawner.KubeSpawner",
+}
 
 
 def measure_leak_detection(
-    max_cycles: int, clean_cycles: int, parallel: int, sample_interval: float
+    max_cycles: int,
+    clean_cycles: int,
+    parallel: int,
+    sample_interval: float,
+    runs: list[str] | None = None,
 ) -> dict[str, Any]:
     """Cycles to the first signal for each leaky variant (one user at a time, then
-    ``parallel`` at a time), and signals seen over clean cycles (false positives)."""
-    leaky = {
-        name: f'c.JupyterHub.spawner_class = "{LEAKY}.{name}"'
+    ``parallel`` at a time), and signals raised over clean cycles (false positives), with
+    how close each count came to its bar."""
+    plan = [
+        (f"{name} x{users}", name, max_cycles, users)
         for name in ("LeakyKubeSpawner", "LeakyGuardedKubeSpawner")
-    }
-    runs = [
-        (f"{name} x{users}", spawner, max_cycles, users, True)
-        for name, spawner in leaky.items()
         for users in sorted({1, parallel})
     ]
-    runs += [
-        (f"clean GuardedKubeSpawner x{users}", "", clean_cycles, users, False)
+    plan += [
+        (f"{name} x{users}", name, clean_cycles if users > 1 else min(clean_cycles, 200), users)
+        for name in ("clean GuardedKubeSpawner", "clean KubeSpawner")
         for users in sorted({1, parallel}, reverse=True)
     ]
+    if runs:
+        plan = [run for run in plan if any(wanted in run[0] for wanted in runs)]
     figures: dict[str, Any] = {"sample_interval_s": sample_interval}
-    for name, spawner, cycles, users, stop_at_signal in runs:
-        config = f"c.GuardReport.sample_interval = {sample_interval}\n{spawner}\n"
-        if not stop_at_signal and users == 1:
-            cycles = min(cycles, 200)  # one at a time is slow: 200 are enough to see noise
+    for label, spawner, cycles, users in plan:
+        config = (
+            f"c.GuardReport.sample_interval = {sample_interval}\n"
+            f'c.JupyterHub.spawner_class = "{SPAWNERS[spawner]}"\n'
+        )
+        leaky = spawner.startswith("Leaky")
         with running_hub(extra_config=config) as hub:
-            figures[name] = run_cycles(
-                hub, cycles, users, sample_interval, stop_at_signal=stop_at_signal
-            )
-        print(f"reportbench: {name}: {figures[name]}", file=sys.stderr, flush=True)
+            load_before = _load()
+            figures[label] = run_cycles(hub, cycles, users, sample_interval, stop_at_signal=leaky)
+            figures[label]["load_average_1m"] = [load_before, _load()]
+            if not leaky:
+                figures[label]["signals_logged"] = logged_signals(hub)
+        print(f"reportbench: {label}: {figures[label]}", file=sys.stderr, flush=True)
     return figures
+
+
+class SampleRecorder:
+    """Reads the report's latest sample every ``interval`` seconds from a thread: the series
+    the leak rules saw (nearly all of it; a sample between two reads can be missed)."""
+
+    def __init__(self, hub: DevHub, interval: float) -> None:
+        self.hub = hub
+        self.interval = interval
+        self.samples: dict[float, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SampleRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        from ..report.signals import Sample
+
+        while not self._stop.wait(self.interval):
+            try:
+                body = self.hub.api("GET", "/guard").json()
+            except (requests.RequestException, ValueError):
+                continue
+            process, watched = body["process"], body["objects"]["watched"]
+            self.samples[process["sampled_at"]] = Sample(
+                time=process["sampled_at"],
+                asyncio_tasks=watched["asyncio.Task"]["count"],
+                watched={n: w["count"] for n, w in watched.items() if n != "asyncio.Task"},
+                active_servers=process["active_servers"],
+                total_users=process["total_users"],
+                spawns_total=process["spawns_total"],
+            )
+
+    def closest_to_firing(self) -> dict[str, Any]:
+        """Per count, the moment its never-falling run came closest to the bar of
+        count_rising (growth minus threshold; it fires at 0 and above)."""
+        report = GuardReport()
+        rules, ring = report.signal_rules(), report.ring_size
+        series = [self.samples[t] for t in sorted(self.samples)]
+        closest: dict[str, Any] = {}
+        for end in range(1, len(series) + 1):
+            window = series[max(0, end - ring) : end]
+            for name in ["asyncio.Task", *window[-1].watched]:
+                evidence = rising_evidence(window, name, rules)
+                if evidence is None:
+                    continue
+                margin = evidence["to"] - evidence["from"] - evidence["threshold"]
+                if name not in closest or margin > closest[name]["margin"]:
+                    closest[name] = {"margin": margin, **evidence}
+        return {
+            name: {k: e[k] for k in ("margin", "from", "to", "increases", "threshold")}
+            for name, e in closest.items()
+        }
 
 
 def run_cycles(
     hub: DevHub, cycles: int, parallel: int, sample_interval: float, *, stop_at_signal: bool
 ) -> dict[str, Any]:
-    """Spawn/stop ``cycles`` servers, ``parallel`` at a time; after each round, wait for a
-    sample and read the report's leak signals."""
+    """Spawn/stop ``cycles`` servers, ``parallel`` at a time. After each round, wait for a
+    sample (and, when looking for a leak, for the samples that confirm a signal) and read
+    the report's leak signals."""
     users = [f"cycler-{i:02d}" for i in range(parallel)]
     hub.client.create_users(users)
+    confirm_wait = (GuardReport().signal_confirm_samples + 1) * sample_interval
     done = 0
     first_signal: dict[str, Any] | None = None
     signal_names: set[str] = set()
     rounds_with_signals = failures = 0
     started = time.monotonic()
+    cpu_before = hub_cpu_seconds(hub)
 
     def cycle(user: str) -> bool:
         try:
@@ -306,14 +402,21 @@ def run_cycles(
         except (RuntimeError, TimeoutError):
             return False
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
+    with (
+        ThreadPoolExecutor(max_workers=parallel) as pool,
+        SampleRecorder(hub, sample_interval) as recorder,
+    ):
         while done < cycles:
             batch = users[: min(parallel, cycles - done)]
             ok = list(pool.map(cycle, batch))
             failures += ok.count(False)
             done += len(batch)
+            deadline = time.monotonic() + (confirm_wait if stop_at_signal else 0)
             time.sleep(sample_interval * 1.5)
-            active = hub.api("GET", "/guard").json()["leak_signals"]
+            while not (active := hub.api("GET", "/guard").json()["leak_signals"]):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(sample_interval)
             if active:
                 rounds_with_signals += 1
                 signal_names.update(s["name"] for s in active)
@@ -321,18 +424,36 @@ def run_cycles(
                     first_signal = {"after_cycles": done, "signals": active}
                 if stop_at_signal:
                     break
-    raised = hub.api("GET", "/guard").json()["sampler"]["signals_raised_total"]
+    body = hub.api("GET", "/guard").json()
     return {
         "cycles": done,
         "failed_cycles": failures,
         "parallel": parallel,
         "wall_s": round(time.monotonic() - started, 1),
+        "hub_cpu_s": round(hub_cpu_seconds(hub) - cpu_before, 1),
+        "samples": body["sampler"]["ticks"],
         "detected_after_cycles": first_signal["after_cycles"] if first_signal else None,
         "signals": sorted(signal_names),
         "rounds_with_signals": rounds_with_signals,
-        "signals_raised_over_all_samples": raised,
+        "signals_raised_over_all_samples": body["sampler"]["signals_raised_total"],
+        "closest_to_count_rising": recorder.closest_to_firing(),
         "first_signal_evidence": first_signal["signals"] if first_signal else None,
     }
+
+
+def hub_cpu_seconds(hub: DevHub) -> float:
+    times = psutil.Process(hub.hub_pid).cpu_times()
+    return times.user + times.system
+
+
+def logged_signals(hub: DevHub) -> list[str]:
+    """The hub's log lines for each leak signal raised: the evidence of a false positive."""
+    lines = hub.log_path.read_text(errors="replace").splitlines()
+    return [line for line in lines if "Guard report: leak signal" in line]
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -351,7 +472,11 @@ def print_table(part: str, figures: dict[str, Any]) -> None:
     print(f"\n== {part}")
     for key, value in figures.items():
         if isinstance(value, dict) and "first_signal_evidence" in value:
-            value = {k: v for k, v in value.items() if k != "first_signal_evidence"}
+            value = {
+                k: v
+                for k, v in value.items()
+                if k not in ("first_signal_evidence", "signals_logged")
+            }
         print(f"  {key:<45} {json.dumps(value)}")
 
 

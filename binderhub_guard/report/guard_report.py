@@ -341,6 +341,8 @@ class GuardReport(LoggingConfigurable):
             "scan_seconds": round(scan.seconds, 4),
             "longest_stall_seconds": round(scan.longest_step_seconds, 4),
             "get_objects_seconds": round(scan.list_seconds, 4),
+            "longest_stall_cpu_seconds": round(scan.longest_step_cpu_seconds, 4),
+            "get_objects_cpu_seconds": round(scan.list_cpu_seconds, 4),
             "growth_since": "previous full scan",
             "types": scan.top(top),
             "watched_by_gc": scan.watched,
