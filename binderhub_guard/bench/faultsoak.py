@@ -7,25 +7,31 @@ latency, watches cut every few seconds, watch history compacted so resuming watc
 
 1. `--cycles` spawn/stop cycles, `--users` servers in parallel;
 2. a launch burst: `--burst` start requests spread over `--burst-seconds`, with
-   ``c.JupyterHub.concurrent_spawn_limit = 64`` as Zero to JupyterHub sets it, then every
-   server stopped.
+   ``c.JupyterHub.concurrent_spawn_limit = 64`` as Zero to JupyterHub sets it, pods kept
+   Pending for `BURST_PENDING_SECONDS` (an image pull, a scale-up) so that spawns overlap and
+   reach the limit: the hub answers the ones past it 429, its intended answer, counted apart
+   from failures; then every server stopped.
 
 Then the faults are switched off, the hub gets `--settle` seconds, and the simulator is asked
-what is left: pods after all stops, list requests per minute per shared reflector (each is a
-relist), API requests per spawn.  Orphans and the guard's own fault counters come from the
-guard report (the stock spawner feeds no ledger).
+what is left: pods after all stops, list and watch requests per minute per shared reflector
+(each list is a relist), API requests per spawn.  Orphans and the guard's own fault counters
+come from the guard report (the stock spawner feeds no ledger).  Each hub's log is kept (its
+path is printed) and the reasons it logged for failed spawns and stops are counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -36,6 +42,8 @@ from .hubclient import HubClient
 from .soak import CYCLE_ERRORS, VARIANTS, cycle_server
 
 Z2JH_CONCURRENT_SPAWN_LIMIT = 64
+BURST_PENDING_SECONDS = 25.0
+LOG_DIR = Path(tempfile.gettempdir()) / "binderhub-guard-faultsoak"
 SHARED_REFLECTORS = 2  # kubespawner's pod and event reflectors
 
 FAULTS = {
@@ -87,8 +95,36 @@ class Compactor:
                 pass
 
 
-def _burst(client: HubClient, requests_: int, seconds: float, timeout: float) -> dict[str, int]:
+class PendingPeak:
+    """The most pods the simulator had Pending at once, sampled while it runs."""
+
+    def __init__(self, hub: DevHub) -> None:
+        self.hub = hub
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PendingPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                pods = self.hub.sim_state()["pods"]
+            except requests.RequestException:
+                continue
+            pending = sum(pod.get("status", {}).get("phase") == "Pending" for pod in pods)
+            self.most = max(self.most, pending)
+
+
+def _burst(hub: DevHub, requests_: int, seconds: float, timeout: float) -> dict[str, int]:
     """Start `requests_` servers spread over `seconds`, wait for each, then stop them all."""
+    client = hub.client
     names = [f"burst-{i:03d}" for i in range(requests_)]
     client.create_users(names)
     answers: dict[str, int] = {}
@@ -101,17 +137,25 @@ def _burst(client: HubClient, requests_: int, seconds: float, timeout: float) ->
         except requests.RequestException:
             answers[names[index]] = 0
 
-    with ThreadPoolExecutor(32) as pool:
-        list(pool.map(launch, range(requests_)))
-    accepted = [n for n, status in answers.items() if status in (201, 202)]
-    ready = failed = 0
-    deadline = time.monotonic() + timeout
-    for name in accepted:
-        try:
-            client.wait_for(name, "", ready=True, timeout=max(deadline - time.monotonic(), 1))
-            ready += 1
-        except CYCLE_ERRORS:
-            failed += 1
+    hub.set_faults(pending_delay_seconds=BURST_PENDING_SECONDS)
+    try:
+        # the hub holds each POST up to its slow_spawn_timeout (10 s): enough threads to keep
+        # the requests on schedule
+        with PendingPeak(hub) as pending, ThreadPoolExecutor(64) as pool:
+            list(pool.map(launch, range(requests_)))
+            accepted = [n for n, status in answers.items() if status in (201, 202)]
+            ready = failed = 0
+            deadline = time.monotonic() + timeout
+            for name in accepted:
+                try:
+                    client.wait_for(
+                        name, "", ready=True, timeout=max(deadline - time.monotonic(), 1)
+                    )
+                    ready += 1
+                except CYCLE_ERRORS:
+                    failed += 1
+    finally:
+        hub.set_faults(pending_delay_seconds=0.0)
 
     def stop(name: str) -> bool:
         try:
@@ -129,7 +173,59 @@ def _burst(client: HubClient, requests_: int, seconds: float, timeout: float) ->
         "ready": ready,
         "failed": failed,
         "failed_stops": failed_stops,
+        "most_pending": pending.most,
     }
+
+
+# what jupyterhub logs when a spawn or a stop fails (jupyterhub/user.py, apihandlers/users.py)
+_FAILURE_LINE = re.compile(
+    r"^\[[EW] [^]]*\] (?P<what>"
+    r"Unhandled error starting|Error starting|Not starting"
+    r"|.*'s server failed to start in"
+    r"|.*'s server never showed up"
+    r"|Unhandled error waiting for"
+    r"|Failed to cleanup"
+    r"|Error in Spawner.post_stop_hook"
+    r"|.*[Ff]ailed to stop"
+    r")(?P<rest>.*)$"
+)
+_USER = re.compile(r"(burst|cycle)-\d+")
+
+
+_FRAME = re.compile(r'File ".*/(kubespawner|binderhub_guard)/(\w+)\.py", line \d+, in (\w+)')
+
+
+def failure_reasons(log_text: str) -> Counter[str]:
+    """Failed spawns and stops in a hub log, by what jupyterhub said, the API's reason and the
+    innermost kubespawner function in the traceback (user names elided)."""
+    reasons: Counter[str] = Counter()
+    lines = log_text.splitlines()
+    for index, line in enumerate(lines):
+        match = _FAILURE_LINE.match(line)
+        if match is None:
+            continue
+        said = _USER.sub("<user>", match.group("what") + match.group("rest"))
+        said = re.sub(r"http://\S+", "<url>", said)
+        where: dict[str, str] = {}
+        for following in lines[index + 1 :]:
+            if following.startswith("["):
+                break
+            if following.strip().startswith("Reason:") and "Reason:" not in said:
+                said += " " + following.strip()
+            frame = _FRAME.search(following)
+            if frame is not None:
+                where[frame.group(1)] = f"{frame.group(2)}.{frame.group(3)}"
+        # the guard's request counter wraps every request: kubespawner's caller says more
+        innermost = where.get("kubespawner") or where.get("binderhub_guard")
+        reasons[said[:140] + (f" [in {innermost}]" if innermost else "")] += 1
+    return reasons
+
+
+def _keep_log(hub: DevHub, variant: str) -> Path:
+    LOG_DIR.mkdir(exist_ok=True)
+    kept = LOG_DIR / f"{variant}-jupyterhub.log"
+    shutil.copy(hub.log_path, kept)
+    return kept
 
 
 def _guard_report(client: HubClient) -> dict[str, Any]:
@@ -168,7 +264,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
                     )
                     cpu_before = _cpu_seconds(process)
                     burst = (
-                        _burst(client, args.burst, args.burst_seconds, args.start_timeout)
+                        _burst(hub, args.burst, args.burst_seconds, args.start_timeout)
                         if args.burst
                         else None
                     )
@@ -179,10 +275,12 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(args.settle)
             state = hub.sim_state()
             ledger = _guard_report(client) if variant == "guarded" else {}
+            log = _keep_log(hub, variant)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     requests_made = {key: count - before.get(key, 0) for key, count in state["requests"].items()}
     lists = sum(n for key, n in requests_made.items() if key.startswith("list "))
+    watches = sum(n for key, n in requests_made.items() if key.startswith("watch "))
     spawns = args.cycles + (burst["ready"] + burst["failed"] if burst else 0)
     faults = ledger.get("faults", {})
     return {
@@ -194,6 +292,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         "orphans_live": ledger.get("counts", {}).get("orphans_live"),
         "spawns_active": ledger.get("counts", {}).get("spawns_active"),
         "relists_per_minute_per_reflector": round(lists / minutes / SHARED_REFLECTORS, 1),
+        "watches_per_minute_per_reflector": round(watches / minutes / SHARED_REFLECTORS, 1),
         "api_requests_per_spawn": round(sum(requests_made.values()) / max(spawns, 1), 1),
         "api_errors_injected": sum(
             n for key, n in requests_made.items() if key.endswith((" 500", " 429"))
@@ -204,6 +303,9 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         ),
         "guard_stop_errors": faults.get("stop_errors"),
         "guard_relists_damped": sum(r["damped"] for r in faults.get("relists", [])) or None,
+        "guard_watch_resumes": sum(r["resumes"] for r in faults.get("relists", [])) or None,
+        "hub_log": str(log),
+        "failure_reasons": dict(failure_reasons(log.read_text(errors="replace"))),
         "minutes": round(minutes, 2),
     }
 
@@ -222,10 +324,13 @@ def print_table(results: list[dict[str, Any]]) -> None:
         ("spawns still active (ledger)", lambda r: r["spawns_active"]),
         ("relists/min per reflector", lambda r: r["relists_per_minute_per_reflector"]),
         ("relists damped by the guard", lambda r: r["guard_relists_damped"]),
+        ("watches/min per reflector", lambda r: r["watches_per_minute_per_reflector"]),
+        ("watches resumed by the guard", lambda r: r["guard_watch_resumes"]),
         ("API requests per spawn", lambda r: r["api_requests_per_spawn"]),
         ("API errors injected", lambda r: r["api_errors_injected"]),
         ("stop errors (guard)", lambda r: r["guard_stop_errors"] and _stop_errors(r)),
-        ("burst: requests/ready/refused", lambda r: r["burst"] and _burst_row(r["burst"])),
+        ("burst: requests/ready/429/failed", lambda r: r["burst"] and _burst_row(r["burst"])),
+        ("burst: most pods Pending at once", lambda r: r["burst"] and r["burst"]["most_pending"]),
         ("burst: hub CPU ms per spawn", lambda r: r["burst_hub_cpu_ms_per_spawn"]),
         ("wall time under faults, min", lambda r: r["minutes"]),
     ]
@@ -242,7 +347,15 @@ def _stop_errors(result: dict[str, Any]) -> str:
 
 
 def _burst_row(burst: dict[str, int]) -> str:
-    return f"{burst['requests']}/{burst['ready']}/{burst['refused']}"
+    return f"{burst['requests']}/{burst['ready']}/{burst['refused']}/{burst['failed']}"
+
+
+def print_failures(results: list[dict[str, Any]]) -> None:
+    for result in results:
+        print(f"\n{result['variant']}: failed spawns and stops as the hub logged them")
+        print(f"  (log: {result['hub_log']})")
+        for reason, count in sorted(result["failure_reasons"].items(), key=lambda i: -i[1]):
+            print(f"  {count:4d}  {reason}")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -256,4 +369,5 @@ def main(args: argparse.Namespace) -> int:
         print()
     else:
         print_table(results)
+        print_failures(results)
     return 0
