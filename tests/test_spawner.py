@@ -19,7 +19,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from binderhub_guard.kubesim.server import KubeSim
-from binderhub_guard.spawner import GuardedKubeSpawner, check_config
+from binderhub_guard.spawner import GuardedKubeSpawner, check_config, progress_client_gone
 from binderhub_guard.testing.leaky import LeakyGuardedKubeSpawner, LeakyKubeSpawner
 
 NAMESPACE = "default"
@@ -181,6 +181,32 @@ async def test_abandoned_progress_is_ended_with_its_spawn(sim):
     mine = [s for s in live if s["spawn_id"] == spawner._spawn.spawn_id]
     assert mine[0]["live"]["progress"] == 0
     await progress.aclose()
+
+
+async def test_progress_ends_when_the_hub_says_its_client_has_gone(sim):
+    sim.faults.update({"pods_never_ready": True})
+    spawner = make_spawner(GuardedKubeSpawner, sim, start_timeout=30)
+    start = spawner.start()
+    gone = asyncio.get_running_loop().create_future()
+    token = progress_client_gone.set(gone)  # as the hub's progress handler does
+    try:
+        progress = spawner.progress()
+        step = asyncio.ensure_future(progress.__anext__())
+    finally:
+        progress_client_gone.reset(token)
+    await asyncio.sleep(0.3)
+    assert not step.done()
+
+    gone.set_result(None)
+    await asyncio.sleep(0.1)
+
+    assert step.cancelled()
+    assert spawner._spawn.active
+    mine = GuardedKubeSpawner.ledger._describe_spawn(spawner._spawn)
+    assert mine["live"]["progress"] == 0
+    start.cancel()
+    await spawner.stop(now=True)
+    spawner.run_post_stop_hook()
 
 
 def test_bad_orphan_grace_fails_naming_the_trait_and_value():

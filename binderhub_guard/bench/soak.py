@@ -21,6 +21,7 @@ import argparse
 import gc
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -616,16 +617,27 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
     from kubespawner import KubeSpawner
     from traitlets.config import Config
 
-    from ..kubesim.server import KubeSim
     from ..spawner import GuardedKubeSpawner
 
-    sim = KubeSim()
-    await sim.start()
     workdir = tempfile.mkdtemp(prefix="soak-overhead-")
-    # kubernetes_asyncio reads $KUBECONFIG once, at import
-    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(
-        sim.write_kubeconfig(Path(workdir) / "kubeconfig")
+    kubeconfig = str(Path(workdir) / "kubeconfig")
+    # the simulator in its own process: its CPU (and the noise of it) is not the spawner's
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "binderhub_guard.kubesim", "--port", "0"]
+        + ["--kubeconfig", kubeconfig],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
     )
+    ready = await asyncio.to_thread(sim.stdout.readline)
+    if not ready.startswith("ready "):
+        sim.kill()
+        raise RuntimeError(f"simulator did not start: {ready!r}")
+    sim_url = ready.split()[1]
+    # kubernetes_asyncio reads $KUBECONFIG once, at import
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = kubeconfig
     ledger_on, ledger_off = Config(), Config()
     for config in (ledger_on, ledger_off):
         config.GuardedKubeSpawner.orphan_grace_seconds = 0
@@ -639,18 +651,19 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
     recorded_before = GuardedKubeSpawner.ledger.recorded
     try:
         for cls, config in runs.values():  # warm up every path
-            await _spawn_cpu_seconds(cls, sim.url, config)
+            await _spawn_cpu_seconds(cls, sim_url, config)
         for cycle in range(cycles):
             # the order rotates: the first spawn after a switch is not always the same variant
             order = list(runs)[cycle % 3 :] + list(runs)[: cycle % 3]
             for variant in order:
                 cls, config = runs[variant]
-                timings[variant].append(await _spawn_cpu_seconds(cls, sim.url, config))
+                timings[variant].append(await _spawn_cpu_seconds(cls, sim_url, config))
         await asyncio.sleep(0.1)
         recorded = GuardedKubeSpawner.ledger.recorded - recorded_before
     finally:
         await KubeSpawner._stop_all_reflectors()
-        await sim.stop()
+        sim.terminate()
+        sim.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
 
     def ms(value: float) -> float:
