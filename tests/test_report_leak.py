@@ -54,6 +54,7 @@ def test_leak_under_plain_kubespawner_raises_count_rising():
         # each leaked reflector holds a Watch, its ApiClient and ClientSession: any may cross
         # the threshold first
         assert types & {"ResourceReflector", "Watch", "ApiClient", "ClientSession"}, found
+        assert {s["evidence"]["rule"] for s in found} == {"kube_resource"}, found
         assert cycles <= 20
         assert (
             metric(hub, r'^binderhub_guard_leak_signals_active\{signal="count_rising"\} (\S+)') >= 1

@@ -214,7 +214,7 @@ def test_growth_before_the_first_spawn_is_left_out():
     assert evaluate(samples, RULES) == []
 
 
-def rounds(count, users, leaked_per_stop=0, seed=0, ring=120):
+def rounds(count, users, leaked_per_stop=0, seed=0, ring=60):
     """Samples of ``count`` rounds of ``users`` servers started one after another and stopped
     one after another, with a sample at rest between rounds. Tasks carry requests in flight
     (0-4, at random); each shared reflector holds a second Watch now and then (relisting)."""
