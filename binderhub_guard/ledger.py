@@ -96,9 +96,11 @@ _PLUMBING = [os.path.dirname(asyncio.__file__), contextlib.__file__, __file__]
 # where a task's stack begins: frames below it are the event loop's, not the creator's
 _LOOP_CALLBACKS = asyncio.events.__file__
 
-# what a frame of each code object means to an origin, decided once per code object
+# what a frame of each code object means to an origin, decided once per code object; keyed by
+# id (hashing a code object hashes its bytecode and constants), the value keeps the code alive
+# so that the id stays its own
 _KEEP, _SKIP, _SKIP_IF_FIRST, _STOP = range(4)
-_frame_roles: dict[CodeType, int] = {}
+_frame_roles: dict[int, tuple[CodeType, int]] = {}
 # code objects made at run time (exec, lambdas in a loop) must not pile up here
 _FRAME_ROLES_LIMIT = 4096
 
@@ -123,7 +125,7 @@ def _frame_role(code: CodeType) -> int:
         role = _KEEP
     if len(_frame_roles) >= _FRAME_ROLES_LIMIT:
         _frame_roles.clear()
-    _frame_roles[code] = role
+    _frame_roles[id(code)] = (code, role)
     return role
 
 
@@ -234,9 +236,8 @@ def _short_stack(depth: int) -> Origin:
     frame = sys._getframe(1)
     while frame is not None and len(frames) < depth:
         code = frame.f_code
-        role = roles.get(code)
-        if role is None:
-            role = _frame_role(code)
+        known = roles.get(id(code))
+        role = _frame_role(code) if known is None else known[1]
         if role == _STOP:
             break
         if role == _KEEP or (role == _SKIP_IF_FIRST and frames):
