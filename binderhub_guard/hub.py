@@ -13,12 +13,19 @@ methods on the instance (the class is left alone):
   role instead. With ``Authenticator.manage_roles`` the role is given to nobody.
 - ``init_handlers``: after JupyterHub built its route table, every route whose handler *is*
   ``UserServerAPIHandler`` (``/api/users/{name}/server`` and ``/api/users/{name}/servers/{sn}``)
-  gets `GuardedUserServerAPIHandler`, a subclass that decides in ``prepare()`` *before*
-  JupyterHub's authentication (token hashing, DB queries, activity records). The two routes
-  move to the front of the table unless an earlier route answers the same paths (tornado
-  tries routes in order; the front saves ~30 regex matches per stop). The report's routes go
-  in just before JupyterHub's ``/api/(.*)`` 404 catch-all. The StopGuard is built here
-  too, when the configuration is complete, so bad StopGuard values stop the hub at start-up.
+  gets `GuardedUserServerAPIHandler`, a subclass that applies the per-caller rate after
+  JupyterHub's authentication. The two routes move to the front of the table unless an earlier
+  route answers the same paths (tornado tries routes in order). The report's routes go in just
+  before JupyterHub's ``/api/(.*)`` 404 catch-all. The StopGuard is built here too, when the
+  configuration is complete, so bad StopGuard values stop the hub at start-up.
+- ``start`` / ``cleanup``: start and stop the report and the StopGuard's summary logging.
+  Before the hub's HTTP server is made, its application's ``start_request`` (tornado's
+  ``HTTPServerConnectionDelegate`` interface) is wrapped, so that each request meets
+  `StopGate` first: a repeated stop of a not-running server by a caller that JupyterHub
+  already accepted for it is answered 429 right there, before tornado routes it, builds a
+  handler, authenticates (token hashing, DB queries, activity records) or logs. Every other
+  request goes to the application untouched. Only when the guarded routes are first, so that
+  the gate answers for exactly the handler tornado would pick.
 - ``start`` / ``cleanup``: start and stop the report and the StopGuard's summary logging.
 
 Why this hook: authenticator handlers go first in the route table, but a second route for the
@@ -30,13 +37,15 @@ scopes and the answers JupyterHub's own, and touches nothing when the guard is d
 
 Fragility, checked by tests on jupyterhub 5.5 and 6.1 (identical ``init_handlers``; ``delete``
 differs only by 6.x's rename check): it relies on ``JupyterHub.instance()`` being the app that
-loads the config, on the method names above, on ``UserServerAPIHandler`` being routed by class
-identity, on ``BaseHandler.get_auth_token``, ``hub.cookie_name``, ``User.spawners`` being a dict
-whose ``get`` does not create spawners, on a loaded ``orm.User._orm_spawners`` sitting in the
-instance dict, on tornado's ``RequestHandler._log`` (skipped for throttled stops) and on the
-``/api/(.*)`` catch-all. Throttled stops also skip JupyterHub's default headers (CSP and the
-like), which cost as much as the guard's decision; every other answer keeps them. If the expected
-routes are missing, the hub refuses to start, naming what it could not find.
+loads the config, on the method names above, on ``tornado_application`` being the hub
+HTTPServer's delegate, on ``UserServerAPIHandler`` being routed by class identity, on
+``jupyterhub.handlers.base.auth_header_pat`` (how ``get_auth_token`` reads a token),
+``hub.cookie_name``, ``User.spawners`` being a dict whose ``get`` does not create spawners, on a
+loaded ``orm.User._orm_spawners`` sitting in the instance dict, on tornado's
+``RequestHandler._log`` (skipped for throttled stops) and on the ``/api/(.*)`` catch-all. A
+stop throttled before a handler exists gets none of JupyterHub's default headers (CSP and the
+like: they are for pages); every other answer keeps them. If the expected routes are missing,
+the hub refuses to start, naming what it could not find.
 """
 
 from __future__ import annotations
@@ -47,16 +56,18 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Hashable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from jupyterhub.apihandlers.users import UserServerAPIHandler
+from jupyterhub.handlers.base import auth_header_pat
 from jupyterhub.scopes import needs_scope
-from tornado import web
+from tornado import httputil, web
+from tornado.escape import url_unescape
 from tornado.ioloop import PeriodicCallback
+from tornado.routing import PathMatches
 from traitlets import Enum, Set
 from traitlets.config import LoggingConfigurable
 
@@ -143,6 +154,7 @@ class _Installer:
         self.app = app
         self.log = app.log
         self.guard: StopGuard | None = None
+        self.gate: StopGate | None = None
         self.summaries: PeriodicCallback | None = None
         self.report_started = False
 
@@ -234,7 +246,7 @@ class _Installer:
             ", ".join(f"{name} {_version_of(name)}" for name in UPSTREAMS),
         )
 
-    def _route_stops(self, handlers: list) -> None:
+    def _route_stops(self, handlers: list) -> str:
         gate = StopGate(self.guard, self.app)
         routes = [i for i, route in enumerate(handlers) if route[1] is UserServerAPIHandler]
         if len(routes) != 2:
@@ -250,20 +262,31 @@ class _Installer:
             kwargs = {**(rest[0] if rest else {}), "gate": gate}
             guarded.append((pattern, GuardedUserServerAPIHandler, kwargs))
             handlers[i] = guarded[-1]
-        if not self._shadowed_before(handlers, routes[0]):
+        paths = " and ".join(route[0] for route in guarded)
+        if self._shadowed_before(handlers, routes[0]):
+            self.log.warning(
+                "binderhub-guard: a route before %s answers stop paths, so repeated stops go"
+                " through JupyterHub's authentication before the guard sees them",
+                paths,
+            )
+            where = f"behind the routes before {paths}"
+        else:
             # tornado tries routes in order: first place saves ~30 regex matches per stop
             for i in reversed(routes):
                 del handlers[i]
             handlers[0:0] = guarded
+            gate.answer_repeats_at(route[0] for route in guarded)
+            where = f"in front of {paths}, repeats answered before a handler exists"
         g = self.guard
-        status = "active{} in front of {} (window {:g}s, rate {:g}/s, burst {:d}{})".format(
+        status = "active{} {} (window {:g}s, rate {:g}/s, burst {:d}{})".format(
             " in DRY RUN" if g.dry_run else "",
-            " and ".join(route[0] for route in guarded),
+            where,
             g.window_seconds,
             g.rate,
             g.burst,
             f", exempt {sorted(g.exempt_callers)}" if g.exempt_callers else "",
         )
+        self.gate = gate
         self.log.info("binderhub-guard: stop guard %s", status)
         return status
 
@@ -295,6 +318,12 @@ class _Installer:
 
     def _wrap_start(self, original: Callable) -> Callable:
         async def start() -> None:
+            if self.gate is not None and self.gate.answers_repeats:
+                # the hub's HTTPServer, made in start(), asks this for each request's delegate
+                application = self.app.tornado_application
+                application.start_request = self.gate.start_request_in_front_of(
+                    application.start_request
+                )
             await original()
             guard = self.guard
             if guard is not None and guard.enabled:
@@ -328,7 +357,8 @@ class _Installer:
 
 
 class StopGate:
-    """The stop guard's hub edge: caller keys and target state from memory."""
+    """The stop guard's hub edge: caller keys and target state from memory, and the answer to
+    a repeated stop, given at the HTTP layer before tornado builds a handler."""
 
     def __init__(self, guard: StopGuard, app: Any) -> None:
         self.guard = guard
@@ -336,25 +366,72 @@ class StopGate:
         self._salt = secrets.token_bytes(16)
         self._ids_by_name: dict[str, int] = {}
         self._indexed_users = -1
+        self._stop_routes: list[PathMatches] = []
+        self._date = (0, "")
 
     @property
     def users(self) -> Any:
         # read when a stop arrives: the hub makes its user cache after the routes
         return self._app.users
 
-    def caller_key(self, handler: GuardedUserServerAPIHandler) -> Hashable | None:
+    @property
+    def answers_repeats(self) -> bool:
+        return bool(self._stop_routes)
+
+    def answer_repeats_at(self, patterns: Any) -> None:
+        """Decide stops to these route patterns before tornado routes them to a handler."""
+        self._stop_routes = [PathMatches(pattern) for pattern in patterns]
+
+    def start_request_in_front_of(self, start_request: Callable) -> Callable:
+        """Wrap an application's `start_request` so every request meets the gate first."""
+
+        def start_request_behind_gate(
+            server_conn: object, request_conn: httputil.HTTPConnection
+        ) -> httputil.HTTPMessageDelegate:
+            return _GatedRequest(self, start_request, server_conn, request_conn)
+
+        return start_request_behind_gate
+
+    def caller_key(self, headers: httputil.HTTPHeaders) -> Hashable | None:
         """A salted hash of the credentials presented, or None if there are none.
 
-        Token and cookie both go in: the key matches only the exact same credentials.
+        Token (as JupyterHub's ``get_auth_token`` reads it) and cookie both go in: the key
+        matches only the exact same credentials.
         """
-        token = handler.get_auth_token() or ""
-        cookie = handler.request.cookies.get(handler.hub.cookie_name)
-        cookie_value = cookie.value if cookie is not None else ""
-        if not token and not cookie_value:
+        found = auth_header_pat.match(headers.get("Authorization", ""))
+        token = found.group(1) if found else ""
+        cookie = httputil.parse_cookie(headers.get("Cookie", "")).get(self._app.hub.cookie_name)
+        if not token and not cookie:
             return None
         digest = hashlib.blake2b(key=self._salt, digest_size=16)
-        digest.update(f"{token}\0{cookie_value}".encode("utf-8", "surrogateescape"))
+        digest.update(f"{token}\0{cookie or ''}".encode("utf-8", "surrogateescape"))
         return digest.digest()
+
+    def throttled_before_auth(
+        self, path: str, headers: httputil.HTTPHeaders
+    ) -> tuple[str, Decision] | None:
+        """The target and the guard's 429 for a repeated stop; None lets the request through."""
+        names = self._stop_target(path.partition("?")[0])
+        if names is None:
+            return None
+        user_name, server_name = names
+        target = f"{user_name}/{server_name}"
+        state, epoch = self.target_state(user_name, server_name)
+        decision = self.guard.decide(
+            self.caller_key(headers), target, state, time.monotonic(), epoch=epoch
+        )
+        return (target, decision) if decision.throttled else None
+
+    def _stop_target(self, path: str) -> tuple[str, str] | None:
+        for route in self._stop_routes:
+            found = route.regex.match(path)
+            if found is not None:
+                try:
+                    user_name, *rest = (url_unescape(arg, plus=False) for arg in found.groups())
+                except UnicodeDecodeError:
+                    return None  # tornado answers 400 to such a path
+                return user_name, rest[0] if rest else ""
+        return None
 
     def target_state(self, user_name: str, server_name: str) -> tuple[TargetState, Hashable]:
         """Running, pending or not, from the hub's memory only: no query, no new spawner."""
@@ -369,6 +446,27 @@ class StopGate:
             if spawner.ready:
                 return TargetState.RUNNING, None
         return TargetState.NOT_RUNNING, self._last_stop(user, server_name)
+
+    def throttled_answer(self, target: str, decision: Decision) -> tuple[dict[str, str], bytes]:
+        """Headers and body of a 429: JSON like JupyterHub's API errors, with Retry-After."""
+        message = (
+            f"Server {target} is not running and was just asked to stop;"
+            f" retry after {decision.retry_after}s"
+        )
+        body = json.dumps({"status": 429, "message": message}).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Retry-After": str(decision.retry_after),
+            "Content-Length": str(len(body)),
+            "Date": self._http_date(),
+        }
+        return headers, body
+
+    def _http_date(self) -> str:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, httputil.format_timestamp(now))
+        return self._date[1]
 
     def _cached_user(self, name: str) -> Any:
         user_id = self._ids_by_name.get(name)
@@ -397,64 +495,94 @@ class StopGate:
         return None
 
 
-@dataclass
-class _StopRequest:
-    caller_key: Hashable | None
-    target: str
-    state: TargetState
-    epoch: Hashable
+class _GatedRequest(httputil.HTTPMessageDelegate):
+    """One request as the hub's HTTP server hands it over: a repeated stop is answered here,
+    before routing, handler, authentication or logging; every other request goes on to the
+    application untouched. Going below the handler layer is what makes a throttled stop cost
+    less than the cheapest tornado handler could."""
+
+    def __init__(
+        self,
+        gate: StopGate,
+        start_request: Callable,
+        server_conn: object,
+        request_conn: httputil.HTTPConnection,
+    ) -> None:
+        self._gate = gate
+        self._start_request = start_request
+        self._server_conn = server_conn
+        self._request_conn = request_conn
+        self._application: httputil.HTTPMessageDelegate | None = None
+        self._answer: tuple[str, Decision] | None = None
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
+        if start_line.method == "DELETE":
+            self._answer = self._gate.throttled_before_auth(start_line.path, headers)
+        if self._answer is None:
+            self._application = self._start_request(self._server_conn, self._request_conn)
+            return self._application.headers_received(start_line, headers)
+        return None
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if self._application is not None:
+            return self._application.data_received(chunk)
+        # a throttled stop's body changes nothing: it is read (the connection stays usable)
+        # and dropped
+        return None
+
+    def finish(self) -> None:
+        if self._application is not None:
+            self._application.finish()
+            return
+        # answered once the request is read whole, so that keep-alive connections stay open
+        headers, body = self._gate.throttled_answer(*self._answer)
+        self._request_conn.write_headers(
+            httputil.ResponseStartLine("HTTP/1.1", 429, "Too Many Requests"),
+            httputil.HTTPHeaders(headers),
+            body,
+        )
+        self._request_conn.finish()
+
+    def on_connection_close(self) -> None:
+        if self._application is not None:
+            self._application.on_connection_close()
 
 
 class GuardedUserServerAPIHandler(UserServerAPIHandler):
-    """JupyterHub's server handler with the stop guard in front of DELETE."""
+    """JupyterHub's server handler with the stop guard's per-caller rate after authentication.
+
+    Repeats are answered before this handler exists (`_GatedRequest`); what reaches it is a
+    first stop, a stop of a running server, or any other method, all answered by stock."""
 
     gate: StopGate
-    _stop: _StopRequest | None = None
     _answered_by_guard = False
 
     def initialize(self, gate: StopGate) -> None:
         self.gate = gate
 
-    def set_default_headers(self) -> None:
-        # JupyterHub's default headers (CSP and more) cost about as much as the guard's whole
-        # decision: a stop gets them once the guard lets it pass, a throttled one goes without
-        if self.request.method == "DELETE" and self._stop is None:
-            return
-        super().set_default_headers()
-
-    async def prepare(self) -> None:
-        if self.request.method == "DELETE" and self._throttled_before_auth():
-            return
-        await super().prepare()
-
-    def _throttled_before_auth(self) -> bool:
-        user_name, *rest = self.path_args
-        server_name = rest[0] if rest else ""
-        state, epoch = self.gate.target_state(user_name, server_name)
-        stop = _StopRequest(self.gate.caller_key(self), f"{user_name}/{server_name}", state, epoch)
-        decision = self.gate.guard.decide(
-            stop.caller_key, stop.target, state, time.monotonic(), epoch=epoch
-        )
-        self._stop = stop
-        if decision.throttled:
-            self._answer_throttled(decision)
-            return True
-        self.set_default_headers()
-        return False
-
     @needs_scope("delete:servers")
     async def delete(self, user_name: str, server_name: str = "") -> None:
-        stop = self._stop
-        if stop is not None and stop.state is TargetState.NOT_RUNNING:
+        user = self.find_user(user_name)
+        if user is not None:
+            # cached and its servers loaded, so that the gate's next look at this target
+            # finds the same epoch without a query
+            user.orm_spawners  # noqa: B018
+        state, epoch = self.gate.target_state(user_name, server_name)
+        if state is TargetState.NOT_RUNNING:
+            target = f"{user_name}/{server_name}"
             decision = self.gate.guard.admit(
-                stop.caller_key,
+                self.gate.caller_key(self.request.headers),
                 self.current_user.name,
-                stop.target,
+                target,
                 time.monotonic(),
-                epoch=stop.epoch,
+                epoch=epoch,
             )
             if decision.throttled:
-                self._answer_throttled(decision)
+                self._answer_throttled(target, decision)
                 return
             if self._stopped_without_spawner(user_name, server_name):
                 return
@@ -478,22 +606,25 @@ class GuardedUserServerAPIHandler(UserServerAPIHandler):
         self.set_status(204)
         return True
 
-    def _answer_throttled(self, decision: Decision) -> None:
+    def _answer_throttled(self, target: str, decision: Decision) -> None:
         self._answered_by_guard = True
+        headers, body = self.gate.throttled_answer(target, decision)
         self.set_status(429)
-        self.set_header("Retry-After", str(decision.retry_after))
-        self.set_header("Content-Type", "application/json")
-        message = (
-            f"Server {self._stop.target} is not running and was just asked to stop;"
-            f" retry after {decision.retry_after}s"
-        )
-        self.finish(json.dumps({"status": 429, "message": message}))
+        for name in ("Content-Type", "Retry-After"):
+            self.set_header(name, headers[name])
+        self.finish(body)
 
     def on_finish(self) -> None:
-        stop = self._stop
-        if stop is not None and not self._answered_by_guard and self.get_status() >= 300:
-            # stock said no (404, 400...): its repeats get stock's answer, not ours
-            self.gate.guard.forget(stop.caller_key, stop.target)
+        if (
+            self.request.method == "DELETE"
+            and not self._answered_by_guard
+            and self.get_status() >= 300
+            and self.path_args
+        ):
+            # stock said no (403, 404, 400...): its repeats get stock's answer, not ours
+            user_name, *rest = self.path_args
+            target = f"{user_name}/{rest[0] if rest else ''}"
+            self.gate.guard.forget(self.gate.caller_key(self.request.headers), target)
         super().on_finish()
 
     def _log(self) -> None:
