@@ -20,13 +20,17 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -55,6 +59,48 @@ def cycle_server(client: HubClient, name: str, count: int, timeout: float) -> tu
     return failed_starts, failed_stops
 
 
+HEAP_FILE = "heap.json"
+
+
+def heap_gauge_config(workdir: str, malloc_trim: bool) -> str:
+    """Hub config text: on SIGRTMIN+4 the hub writes its Python heap's size (pymalloc blocks,
+    gc-tracked objects), after handing free memory back to the system first if `malloc_trim`
+    (a diagnostic: RSS growth that malloc_trim takes back was free memory the C allocator
+    kept, not objects)."""
+    path = str(Path(workdir) / HEAP_FILE)
+    return textwrap.dedent(
+        f"""
+        def _install_heap_gauge():
+            import asyncio, ctypes, gc, json, os, signal, sys
+
+            def dump():
+                gc.collect()
+                if {malloc_trim!r}:
+                    ctypes.CDLL("libc.so.6").malloc_trim(0)
+                figures = {{"blocks": sys.getallocatedblocks(), "objects": len(gc.get_objects())}}
+                with open({path!r} + ".tmp", "w") as f:
+                    json.dump(figures, f)
+                os.replace({path!r} + ".tmp", {path!r})
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGRTMIN + 4, dump)
+
+        _install_heap_gauge()
+        """
+    )
+
+
+def read_heap_gauge(hub_pid: int, workdir: str, timeout: float = 60) -> dict[str, int]:
+    path = Path(workdir) / HEAP_FILE
+    path.unlink(missing_ok=True)
+    os.kill(hub_pid, signal.SIGRTMIN + 4)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"hub {hub_pid} wrote no heap figures within {timeout}s")
+        time.sleep(0.02)
+    return json.loads(path.read_text())
+
+
 # spawner class of each variant; the rest of the hub (the guard's snippets, the report) is the
 # same in all four, so the figures differ by the spawner alone
 VARIANTS = {
@@ -78,6 +124,7 @@ class Sample:
     api_connections: int | None
     client_sessions: int | None
     ledger_size: int | None
+    py_blocks: int | None
     orphans_live: int | None
 
 
@@ -91,8 +138,10 @@ class HubGauges:
         api_port: int | None,
         probe_dir: str | None,
         guarded: bool,
+        rss_after_trim: bool = False,
     ) -> None:
         self.client = client
+        self.rss_after_trim = rss_after_trim
         self.process = psutil.Process(hub_pid) if hub_pid else None
         self.api_port = api_port
         self.probe_dir = probe_dir
@@ -109,6 +158,8 @@ class HubGauges:
             inside = self._inside()
         except CYCLE_ERRORS:
             inside = {}  # the hub did not answer in time: its counts are unknown
+        if self.rss_after_trim and self.process is not None:
+            rss = self.process.memory_info().rss
         if cpu_before is not None:
             self.measuring_cpu_seconds += self._cpu_seconds() - cpu_before
         return Sample(
@@ -124,6 +175,7 @@ class HubGauges:
             client_sessions=inside.get("client_sessions"),
             ledger_size=inside.get("ledger_size"),
             orphans_live=inside.get("orphans_live"),
+            py_blocks=inside.get("py_blocks"),
         )
 
     def _cpu_seconds(self) -> float | None:
@@ -144,6 +196,7 @@ class HubGauges:
     def _inside(self) -> dict[str, Any]:
         if self.probe_dir is not None and self.process is not None:
             counts = read_probe(self.process.pid, self.probe_dir, timeout=60)
+            heap = read_heap_gauge(self.process.pid, self.probe_dir)
             ledger = counts["ledger"]
             guarded = self.guarded
             return {
@@ -153,6 +206,7 @@ class HubGauges:
                 "client_sessions": counts["client_sessions_open"],
                 "ledger_size": sum(ledger["live"].values()) if guarded else None,
                 "orphans_live": ledger["orphans_live"] if guarded else None,
+                "py_blocks": heap["blocks"],
             }
         return self._from_report()
 
@@ -211,9 +265,11 @@ def run_cycles(
     return samples
 
 
-def rss_slope(samples: list[Sample], warmup: int) -> float | None:
-    """Least-squares RSS growth in bytes per cycle, over samples after `warmup` cycles."""
-    points = [(s.cycles, s.rss_bytes) for s in samples if s.cycles >= warmup and s.rss_bytes]
+def rss_slope(samples: list[Sample], warmup: int, gauge: str = "rss_bytes") -> float | None:
+    """Least-squares growth of `gauge` per cycle, over samples after `warmup` cycles."""
+    points = [
+        (s.cycles, getattr(s, gauge)) for s in samples if s.cycles >= warmup and getattr(s, gauge)
+    ]
     if len(points) < 2:
         return None
     n = len(points)
@@ -242,6 +298,7 @@ def summarize(
         "rss_start_bytes": first.rss_bytes,
         "rss_end_bytes": last.rss_bytes,
         "rss_slope_bytes_per_cycle": None if slope is None else round(slope, 1),
+        "py_blocks_slope_per_cycle": _round(rss_slope(samples, warmup, "py_blocks")),
         "hub_cpu_ms_per_cycle": None if cpu is None else round(cpu * 1000, 2),
         **{
             f"{name}_{end}": getattr(sample, name)
@@ -253,6 +310,7 @@ def summarize(
                 "client_sessions",
                 "ledger_size",
                 "orphans_live",
+                "py_blocks",
             )
             for end, sample in (("start", first), ("end", last))
         },
@@ -260,7 +318,11 @@ def summarize(
     }
 
 
-ROW = "{:>7} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>8}"
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+ROW = "{:>7} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>8} {:>10}"
 
 
 def _fmt(value: Any) -> str:
@@ -282,6 +344,7 @@ def print_sample(sample: Sample) -> None:
             _fmt(sample.client_sessions),
             _fmt(sample.ledger_size),
             _fmt(sample.orphans_live),
+            _fmt(sample.py_blocks),
         ),
         flush=True,
     )
@@ -290,6 +353,12 @@ def print_sample(sample: Sample) -> None:
 def print_comparison(results: list[dict[str, Any]]) -> None:
     def span(result: dict, name: str) -> str:
         return f"{_fmt(result[name + '_start'])}->{_fmt(result[name + '_end'])}"
+
+    def span_k(result: dict, name: str) -> str:
+        start, end = result[name + "_start"], result[name + "_end"]
+        if start is None or end is None:
+            return "-"
+        return f"{start / 1000:.0f}->{end / 1000:.0f}"
 
     rows = [
         ("cycles", lambda r: r["cycles"]),
@@ -308,6 +377,10 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
                 else round(r["rss_slope_bytes_per_cycle"] / 1024, 2)
             ),
         ),
+        (
+            "Python heap blocks after warm-up, /cycle",
+            lambda r: _fmt(r["py_blocks_slope_per_cycle"]),
+        ),
         ("hub CPU, ms/cycle", lambda r: _fmt(r["hub_cpu_ms_per_cycle"])),
         ("watching ResourceReflectors", lambda r: span(r, "reflectors")),
         ("Spawner instances", lambda r: span(r, "spawners")),
@@ -316,6 +389,7 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
         ("open ClientSessions", lambda r: span(r, "client_sessions")),
         ("ledger size", lambda r: span(r, "ledger_size")),
         ("live orphans", lambda r: span(r, "orphans_live")),
+        ("Python heap blocks, k", lambda r: span_k(r, "py_blocks")),
     ]
     width = max(len(name) for name, _ in rows)
     print()
@@ -341,6 +415,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
                 "sessions",
                 "ledger",
                 "orphans",
+                "py_blocks",
             )
         )
     on_sample = (lambda s: None) if quiet else print_sample
@@ -371,6 +446,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         with DevHub(
             workdir=workdir,
             extra_config=probe_config(workdir)
+            + heap_gauge_config(workdir, args.malloc_trim)
             + f"\nc.JupyterHub.spawner_class = {VARIANTS[variant]!r}\n",
             sim_args=["--event-ttl", str(args.event_ttl)],
         ) as hub:
@@ -381,6 +457,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
                 api_port,
                 probe_dir=workdir,
                 guarded=variant.endswith("guarded"),
+                rss_after_trim=args.malloc_trim,
             )
             samples = run_cycles(hub.client, gauges, **common)
     finally:
@@ -443,6 +520,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=60,
         help="simulator Event lifetime, s (real clusters expire Events, 1 h by default; the"
         " shared event reflector caches every live Event)",
+    )
+    parser.add_argument(
+        "--malloc-trim",
+        action="store_true",
+        help="diagnostic: the hub hands free memory back (malloc_trim) before each RSS sample;"
+        " what this takes off the slope was free memory glibc kept, not live objects",
     )
     parser.add_argument(
         "--overhead",
@@ -508,6 +591,10 @@ def main(args: argparse.Namespace) -> int:
                 f" recorded): {result['ledger_bookkeeping_us_per_spawn']} us;"
                 f" extra per task created in a spawn: {result['tracked_task_extra_us']} us"
             )
+            print(
+                "ledger work per guarded spawn, at most (records x task cost + one round):"
+                f" {result['ledger_estimate_us_per_spawn']} us"
+            )
         return 0
     if args.all:
         variants = list(VARIANTS)
@@ -515,6 +602,8 @@ def main(args: argparse.Namespace) -> int:
         variants = [("leaky-" if args.leaky else "") + ("stock" if args.stock else "guarded")]
     if not args.json and not args.url:
         print(event_ttl_line(args.event_ttl))
+        if args.malloc_trim:
+            print("RSS read after the hub's malloc_trim(0) (diagnostic, not an operator's view)")
     results = []
     for variant in variants:
         results.append(run_variant(variant, args))
@@ -682,4 +771,11 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
     result["ledger"] = paired("guarded", "guarded, ledger off")
     result["guarded_minus_stock"] = paired("guarded", "stock")
     result.update(await _bookkeeping_micro())
+    # from the micro-benchmarks, without the spawns' noise: each recorded resource at the cost
+    # of a tracked task, plus a whole begin/record/end round (which counts records twice)
+    result["ledger_estimate_us_per_spawn"] = round(
+        result["recorded_per_spawn"] * result["tracked_task_extra_us"]
+        + result["ledger_bookkeeping_us_per_spawn"],
+        1,
+    )
     return result
