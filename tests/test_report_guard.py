@@ -141,6 +141,7 @@ async def test_tracemalloc_switch_through_the_report(report):
         ("growth_noise_factor", -0.5),
         ("resource_min_increase", 0),
         ("resource_types", ["Watch", "NotWatched"]),
+        ("growth_exempt_types", ["Spawners"]),
         ("watched_types", {"X": "nope.nothing:Here"}),
         ("watched_types", {"X": "no-colon"}),
     ],

@@ -366,6 +366,8 @@ class SampleRecorder:
         for end in range(1, len(series) + 1):
             window = series[max(0, end - ring) : end]
             for name in ["asyncio.Task", *window[-1].watched]:
+                if name in rules.exempt_types:
+                    continue
                 evidence = rising_evidence(window, name, rules)
                 if evidence is None:
                     continue

@@ -75,8 +75,8 @@ class GuardReport(LoggingConfigurable):
 
     growth_min_increase = Int(
         5,
-        help="""Growth of a watched type that is not a Kubernetes resource (asyncio tasks,
-        Spawner), compared at equal load (same number of active servers), that raises
+        help="""Growth of a count outside resource_types (asyncio tasks, and any watched type
+        added), compared at equal load (same number of active servers), that raises
         "count_rising". These counts move with requests in flight and kept-open
         connections, so the bar is higher than for resource_types.""",
     ).tag(config=True)
@@ -107,6 +107,16 @@ class GuardReport(LoggingConfigurable):
         of them between two moments of equal load. With per-user namespaces
         (KubeSpawner.enable_user_namespaces) kubespawner starts a reflector per namespace:
         take ResourceReflector and Watch out of this list there.""",
+    ).tag(config=True)
+
+    growth_exempt_types = List(
+        Unicode(),
+        default_value=["Spawner"],
+        help="""Names in watched_types that the report shows but "count_rising" does not
+        judge. JupyterHub creates a user's Spawner object when it first needs it (a first
+        start of the day, a user loaded again), so their number rises at an unchanged
+        number of servers in a clean hub; a leak that pins spawners also keeps their
+        reflectors and API clients, which resource_types catch.""",
     ).tag(config=True)
 
     resource_min_increase = Int(
@@ -181,12 +191,12 @@ class GuardReport(LoggingConfigurable):
     def _valid_noise_factor(self, proposal: dict) -> float:
         return _number_at_least(proposal, 0, "")
 
-    @validate("resource_types")
-    def _valid_resource_types(self, proposal: dict) -> list[str]:
+    @validate("resource_types", "growth_exempt_types")
+    def _valid_watched_names(self, proposal: dict) -> list[str]:
         unknown = [name for name in proposal["value"] if name not in self.watched_types]
         if unknown:
             raise TraitError(
-                f"GuardReport.resource_types = {proposal['value']!r}: "
+                f"GuardReport.{proposal['trait'].name} = {proposal['value']!r}: "
                 f"{', '.join(map(repr, unknown))} not in "
                 f"GuardReport.watched_types ({', '.join(self.watched_types)})"
             )
@@ -226,6 +236,7 @@ class GuardReport(LoggingConfigurable):
             growth_min_steps=self.growth_min_steps,
             growth_noise_factor=self.growth_noise_factor,
             resource_types=frozenset(self.resource_types),
+            exempt_types=frozenset(self.growth_exempt_types),
             resource_min_increase=self.resource_min_increase,
             recent_window=self.recent_window,
             rss_per_spawn_bytes=self.rss_per_spawn_bytes,

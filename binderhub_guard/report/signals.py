@@ -54,9 +54,8 @@ class SignalRules:
     )
     resource_min_increase: int = 4
     recent_window: int = 30
-    # Growth of these watched types is explained by more users, not more servers:
-    # JupyterHub keeps a Spawner object per user (per named server) while the user exists.
-    explained_by_users: frozenset[str] = frozenset({"Spawner"})
+    # watched types shown in the report but not judged by count_rising
+    exempt_types: frozenset[str] = frozenset({"Spawner"})
     rss_per_spawn_bytes: int = 512 * 1024
     rss_min_spawns: int = 50
     reflector_type: str = "ResourceReflector"
@@ -102,7 +101,7 @@ def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
     """A watched type (or the task count) that has only grown, compared at equal load.
 
     Only visits to the latest sample's load count (a visit is a run of consecutive samples
-    with the same number of active servers; for Spawner, the same number of users too), each
+    with the same number of active servers), each
     by its smallest count, so work in flight and objects that come and go with servers do
     not matter. Walking back from the latest visit while that count never falls gives the
     run; samples from before the first successful spawn are left out (the first spawn
@@ -111,7 +110,7 @@ def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
     Two strictnesses. The Kubernetes resource types (``resource_types``) are shared by
     kubespawner, so in a clean hub their count at one load does not move with spawns: a run
     that grew by ``resource_min_increase``, even in one increase, is a leak (ten users
-    cycling at once leak ten in one round). Other counts (tasks, spawners) move with
+    cycling at once leak ten in one round). Other counts (tasks) move with
     requests in flight and connections kept open: growth of ``growth_min_increase`` in at
     least ``growth_min_steps`` separate increases. Either way the growth must also reach
     ``growth_noise_factor`` times the largest fall between two visits in the ring: a count
@@ -119,6 +118,8 @@ def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
     """
     signals = []
     for name in ["asyncio.Task", *samples[-1].watched]:
+        if name in rules.exempt_types:
+            continue
         evidence = rising_evidence(samples, name, rules)
         if evidence is None:
             continue
@@ -136,12 +137,7 @@ def rising_evidence(samples: Sequence[Sample], name: str, rules: SignalRules) ->
     def count_of(s: Sample) -> int | None:
         return s.asyncio_tasks if name == "asyncio.Task" else s.watched.get(name)
 
-    by_users = name in rules.explained_by_users
-
-    def load(s: Sample) -> tuple:
-        return (s.active_servers, s.total_users) if by_users else (s.active_servers,)
-
-    visits = _visits(samples, count_of, load)
+    visits = _visits(samples, count_of)
     run = _rising_run(visits)
     if len(run) < 2:
         return None
@@ -164,26 +160,22 @@ def rising_evidence(samples: Sequence[Sample], name: str, rules: SignalRules) ->
         "seconds": round(latest.time - run[0][1], 1),
         "at_active_servers": latest.active_servers,
     }
-    if by_users:
-        evidence["at_total_users"] = latest.total_users
     return evidence
 
 
 def _visits(
-    samples: Sequence[Sample],
-    count_of: Callable[[Sample], int | None],
-    load: Callable[[Sample], tuple],
+    samples: Sequence[Sample], count_of: Callable[[Sample], int | None]
 ) -> list[tuple[int, float]]:
     """(smallest count, start time) of each visit to the latest sample's load since the
     first successful spawn, oldest first."""
-    level = load(samples[-1])
+    level = samples[-1].active_servers
     visits: list[tuple[int, float]] = []  # newest first
     in_visit = False
     for sample in reversed(samples):
         if sample.spawns_total == 0:
             break
         count = count_of(sample)
-        if count is None or load(sample) != level:
+        if count is None or sample.active_servers != level:
             in_visit = False
             continue
         if in_visit:
