@@ -30,7 +30,7 @@ def promtool(*args):
 def test_rules_are_valid():
     result = promtool("check", "rules", "binderhub-guard.rules.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 @needs_promtool
