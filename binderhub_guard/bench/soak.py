@@ -6,9 +6,15 @@ with the guard's snippets loaded and only the spawner class changed: ``stock`` (
 events reflector, replayed by ``binderhub_guard.testing.leaky``).  Cycles run in batches with
 `--users` servers in parallel; after each batch every server is stopped and the hub is
 measured: RSS, live reflectors and spawners, asyncio tasks, TCP connections from the hub to
-the Kubernetes API, open aiohttp ClientSessions, ledger size and live orphans.  The end table
-adds the RSS slope per cycle after warm-up and the hub's CPU time per cycle.  ``--overhead``
-measures the ledger's own cost per spawn in process, without a hub.
+the Kubernetes API, open aiohttp ClientSessions, ledger size, live orphans and the Python
+heap's allocated blocks.  The end table adds the slopes per cycle after warm-up of RSS and of
+the Python heap (objects kept vs. memory the C allocator kept) and the hub's CPU time per
+cycle.  ``--overhead`` measures the ledger's own cost per spawn in process, without a hub.
+
+The simulator expires Events after ``--event-ttl`` (60 s by default, printed with the
+reason): kubespawner's shared event reflector caches every live Event, so with the
+cluster's 1 h a soak that launches in minutes what a cluster launches in hours measures the
+cache filling, not a steady state; ``--event-ttl 3600`` gives that unscaled figure.
 
 Object counts come from inside the hub: a probe installed in the config of hubs this command
 starts (the same probe in every variant), or the guard report
