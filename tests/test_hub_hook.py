@@ -112,6 +112,24 @@ def test_repeats_get_429_with_retry_after_and_are_not_logged_one_by_one(guarded)
     assert "rep-a/" in summaries[0]
 
 
+def test_a_throttled_stop_keeps_its_keep_alive_connection_usable(guarded):
+    """Repeats are answered below tornado's handlers: the request body is read, the answer
+    has a length, and the next request on the same connection is served normally."""
+    guarded.client.create_users(["keep-a"])
+    session = requests.Session()
+    session.headers["Authorization"] = f"token {guarded.token}"
+    url = guarded.api_url + guarded.client.server_path("keep-a", "")
+    assert session.delete(url, timeout=30).status_code == 204
+    throttled = session.delete(url, json={"remove": False}, timeout=30)
+    assert throttled.status_code == 429
+    assert int(throttled.headers["Content-Length"]) == len(throttled.content)
+    assert "Date" in throttled.headers
+    user = session.get(guarded.api_url + "/users/keep-a", timeout=30)
+    assert user.status_code == 200 and user.json()["name"] == "keep-a"
+    # one connection carried all three requests
+    assert session.get_adapter(url).poolmanager.connection_from_url(url).num_connections == 1
+
+
 def test_unauthenticated_and_wrong_scope_callers_get_stock_answers(guarded, stock):
     for hub in (guarded, stock):
         hub.client.create_users(["auth-a"])
