@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -116,18 +119,25 @@ def test_a_throttled_stop_keeps_its_keep_alive_connection_usable(guarded):
     """Repeats are answered below tornado's handlers: the request body is read, the answer
     has a length, and the next request on the same connection is served normally."""
     guarded.client.create_users(["keep-a"])
-    session = requests.Session()
-    session.headers["Authorization"] = f"token {guarded.token}"
-    url = guarded.api_url + guarded.client.server_path("keep-a", "")
-    assert session.delete(url, timeout=30).status_code == 204
-    throttled = session.delete(url, json={"remove": False}, timeout=30)
-    assert throttled.status_code == 429
-    assert int(throttled.headers["Content-Length"]) == len(throttled.content)
-    assert "Date" in throttled.headers
-    user = session.get(guarded.api_url + "/users/keep-a", timeout=30)
-    assert user.status_code == 200 and user.json()["name"] == "keep-a"
-    # one connection carried all three requests
-    assert session.get_adapter(url).poolmanager.connection_from_url(url).num_connections == 1
+    hub = urlsplit(guarded.hub_url)
+    connection = http.client.HTTPConnection(hub.hostname, hub.port, timeout=30)
+    headers = {"Authorization": f"token {guarded.token}", "Content-Type": "application/json"}
+
+    def send(method: str, path: str, body: str | None = None) -> http.client.HTTPResponse:
+        connection.request(method, "/hub/api" + path, body=body, headers=headers)
+        reply = connection.getresponse()
+        reply.content = reply.read()
+        return reply
+
+    stop_path = guarded.client.server_path("keep-a", "")
+    assert send("DELETE", stop_path).status == 204
+    throttled = send("DELETE", stop_path, body='{"remove": false}')
+    assert throttled.status == 429
+    assert int(throttled.getheader("Content-Length")) == len(throttled.content)
+    assert throttled.getheader("Date") and not throttled.will_close
+    user = send("GET", "/users/keep-a")
+    assert user.status == 200 and json.loads(user.content)["name"] == "keep-a"
+    connection.close()
 
 
 def test_unauthenticated_and_wrong_scope_callers_get_stock_answers(guarded, stock):

@@ -199,6 +199,7 @@ class DevHub:
         self.hub_proc: subprocess.Popen | None = None
         self.sim_url: str | None = None
         self.url = ""
+        self.hub_url = ""  # the hub's own port, as in-cluster services (the culler) reach it
         self.client: HubClient | None = None
 
     @property
@@ -242,6 +243,8 @@ class DevHub:
             self._start_simulator(kubeconfig, env)
         env["KUBECONFIG"] = kubeconfig
 
+        hub_port = free_port()
+        self.hub_url = f"http://127.0.0.1:{hub_port}"
         config_path = self.workdir / "jupyterhub_config.py"
         config_path.write_text(
             hub_config(
@@ -249,7 +252,7 @@ class DevHub:
                 leaky=self.leaky,
                 bind_port=self.port,
                 base_url=self.base_url,
-                hub_port=free_port(),
+                hub_port=hub_port,
                 proxy_api_port=free_port(),
                 proxy_command=proxy_command,
                 workdir=self.workdir,

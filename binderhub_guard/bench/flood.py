@@ -27,7 +27,6 @@ import asyncio
 import itertools
 import json
 import multiprocessing
-import re
 import secrets
 import shutil
 import statistics
@@ -545,13 +544,6 @@ def _generated_token(target: Target) -> str:
     return reply.json()["token"]
 
 
-def _hub_base_url(hub: Any) -> str:
-    """The hub's own port, as the culler reaches it in-cluster (not through the proxy)."""
-    config = (Path(hub.workdir) / "jupyterhub_config.py").read_text()
-    found = re.search(r'hub_bind_url = "(http://[^"]+)"', config)
-    return found.group(1) if found else hub.url
-
-
 def _flood_dev_hub(stock: bool, args: argparse.Namespace, mode: str) -> Result:
     from .devhub import DevHub
     from .probe import read_probe
@@ -564,7 +556,7 @@ def _flood_dev_hub(stock: bool, args: argparse.Namespace, mode: str) -> Result:
         hub.start()
         target = Target(
             name,
-            _hub_base_url(hub),
+            hub.hub_url,
             token,
             pid=hub.hub_pid,
             log_path=hub.log_path,
