@@ -102,6 +102,20 @@ def test_a_noisy_count_must_rise_beyond_twice_its_largest_fall():
     assert signal["evidence"]["threshold"] == 12 and signal["evidence"]["largest_fall"] == 6
 
 
+def test_noise_seen_at_another_load_raises_the_bar():
+    # at one server the count once fell by 4: a rise of 5 at rest is within twice that
+    servers = [1, 0] * 5
+    rest = [10, 11, 12, 13, 15]
+    assert (
+        evaluate(window([20, 10, 16, 11, 17, 12, 18, 13, 19, 15], servers, name="Widget"), RULES)
+        == []
+    )
+    [signal] = evaluate(
+        window([15, 10, 16, 11, 17, 12, 18, 13, 19, 15], servers, name="Widget"), RULES
+    )
+    assert (signal["evidence"]["from"], signal["evidence"]["to"]) == (rest[0], rest[-1])
+
+
 def test_kube_resources_rising_in_one_jump_are_flagged():
     # ten users cycling at once leak ten reflectors between two moments at rest
     [signal] = evaluate(rests([12, 22]), RULES)

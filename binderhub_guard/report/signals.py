@@ -142,8 +142,7 @@ def rising_evidence(samples: Sequence[Sample], name: str, rules: SignalRules) ->
     if len(run) < 2:
         return None
     counts = [count for count, _ in run]
-    falls = (earlier - later for (earlier, _), (later, _) in itertools.pairwise(visits))
-    largest_fall = max([0, *falls])
+    largest_fall = _largest_fall(samples, count_of)
     if name in rules.resource_types:
         kind, min_increase, min_steps = "kube_resource", rules.resource_min_increase, 1
     else:
@@ -185,6 +184,32 @@ def _visits(
             in_visit = True
     visits.reverse()
     return visits
+
+
+def _largest_fall(samples: Sequence[Sample], count_of: Callable[[Sample], int | None]) -> int:
+    """The largest fall of a count between two visits to the same load, over every load
+    since the first successful spawn: its noise, seen on more visits than the latest
+    load's alone (a count that only grows falls nowhere)."""
+    last_visit: dict[int | None, int] = {}  # load -> smallest count of its latest visit
+    level: int | None = None
+    current: int | None = None
+    largest = 0
+    for sample in samples:
+        count = count_of(sample)
+        if sample.spawns_total == 0 or count is None:
+            continue
+        if sample.active_servers != level or current is None:
+            if current is not None:
+                last_visit[level] = current
+            level, current = sample.active_servers, count
+            previous = last_visit.get(level)
+            if previous is not None:
+                largest = max(largest, previous - count)
+        else:
+            current = min(current, count)
+            if previous is not None:
+                largest = max(largest, previous - current)
+    return largest
 
 
 def _rising_run(visits: list[tuple[int, float]]) -> list[tuple[int, float]]:
