@@ -70,16 +70,16 @@ def _hub_settings(spawner_class: str) -> str:
     )
 
 
-class Compactor:
-    """Compacts the simulator's watch history every few seconds: resuming watches get 410."""
+class _Every:
+    """Calls `tick()` every `every` seconds in a thread, while the `with` block runs."""
 
-    def __init__(self, sim_url: str, every: float = 3.0) -> None:
-        self.sim_url = sim_url
-        self.every = every
+    every = 1.0
+
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Compactor:
+    def __enter__(self) -> _Every:
         self._thread.start()
         return self
 
@@ -90,36 +90,38 @@ class Compactor:
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             try:
-                requests.post(self.sim_url + "/_sim/compact", timeout=5)
+                self.tick()
             except requests.RequestException:
                 pass
 
+    def tick(self) -> None:
+        raise NotImplementedError
 
-class PendingPeak:
+
+class Compactor(_Every):
+    """Compacts the simulator's watch history every few seconds: resuming watches get 410."""
+
+    def __init__(self, sim_url: str, every: float = 3.0) -> None:
+        super().__init__()
+        self.sim_url = sim_url
+        self.every = every
+
+    def tick(self) -> None:
+        requests.post(self.sim_url + "/_sim/compact", timeout=5)
+
+
+class PendingPeak(_Every):
     """The most pods the simulator had Pending at once, sampled while it runs."""
 
     def __init__(self, hub: DevHub) -> None:
+        super().__init__()
         self.hub = hub
         self.most = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> PendingPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            try:
-                pods = self.hub.sim_state()["pods"]
-            except requests.RequestException:
-                continue
-            pending = sum(pod.get("status", {}).get("phase") == "Pending" for pod in pods)
-            self.most = max(self.most, pending)
+    def tick(self) -> None:
+        pods = self.hub.sim_state()["pods"]
+        pending = sum(pod.get("status", {}).get("phase") == "Pending" for pod in pods)
+        self.most = max(self.most, pending)
 
 
 def _burst(hub: DevHub, requests_: int, seconds: float, timeout: float) -> dict[str, int]:
