@@ -122,8 +122,9 @@ class GuardReport(LoggingConfigurable):
     resource_min_increase = Int(
         4,
         help="""Growth of a resource_types count, compared at equal load, that raises
-        "count_rising" (in one increase or several). Above the 2 extra Watch objects that
-        kubespawner's two shared reflectors may hold at once while relisting.""",
+        "count_rising" (in one increase or several). Clean hubs moved these counts by 2 at
+        most between two moments of equal load (kubespawner's two shared reflectors each
+        holding a second Watch, and its client, while relisting), so 4 leaves a margin of 2.""",
     ).tag(config=True)
 
     recent_window = Int(
