@@ -15,7 +15,9 @@ methods on the instance (the class is left alone):
   ``UserServerAPIHandler`` (``/api/users/{name}/server`` and ``/api/users/{name}/servers/{sn}``)
   gets `GuardedUserServerAPIHandler`, a subclass that applies the per-caller rate after
   JupyterHub's authentication. The two routes move to the front of the table unless an earlier
-  route answers the same paths (tornado tries routes in order). The report's routes go in just
+  route answers the same paths (tornado tries routes in order). With a GuardedKubeSpawner,
+  the two ``SpawnProgressAPIHandler`` routes get `GuardedSpawnProgressAPIHandler`, which tells
+  the spawner's ``progress()`` when the browser has gone. The report's routes go in just
   before JupyterHub's ``/api/(.*)`` 404 catch-all. The StopGuard is built here too, when the
   configuration is complete, so bad StopGuard values stop the hub at start-up.
 - ``start`` / ``cleanup``: start and stop the report and the StopGuard's summary logging.
@@ -50,6 +52,7 @@ the hub refuses to start, naming what it could not find.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -61,7 +64,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from jupyterhub.apihandlers.users import UserServerAPIHandler
+from jupyterhub.apihandlers.users import SpawnProgressAPIHandler, UserServerAPIHandler
 from jupyterhub.handlers.base import auth_header_pat
 from jupyterhub.scopes import needs_scope
 from tornado import httputil, web
@@ -75,7 +78,7 @@ from . import report
 from ._version import __version__
 from .ledger import registry as ledger_registry
 from .report.handlers import default_handlers as report_handlers
-from .spawner import GuardedKubeSpawner
+from .spawner import GuardedKubeSpawner, progress_client_gone
 from .spawner import check_config as check_spawner_config
 from .stopguard import Decision, StopGuard, TargetState
 
@@ -208,6 +211,8 @@ class _Installer:
         """
         settings = GuardInstall(parent=self.app)
         outcome = {"ledger": self._ledger_status()}
+        if outcome["ledger"].startswith("active"):
+            self._route_progress(handlers)
         self.log.info("binderhub-guard: ledger %s", outcome["ledger"])
         steps = {"stop_guard": self._route_stops, "report": self._route_report}
         for capability, install_step in steps.items():
@@ -238,6 +243,18 @@ class _Installer:
             f"off: spawner_class is {spawner_class.__module__}.{spawner_class.__name__},"
             " not a GuardedKubeSpawner"
         )
+
+    def _route_progress(self, handlers: list) -> None:
+        routes = [i for i, route in enumerate(handlers) if route[1] is SpawnProgressAPIHandler]
+        for i in routes:
+            pattern, _handler, *rest = handlers[i]
+            handlers[i] = (pattern, GuardedSpawnProgressAPIHandler, *rest)
+        if not routes:
+            self.log.warning(
+                "binderhub-guard: jupyterhub's SpawnProgressAPIHandler is not in the route"
+                " table; a progress stream whose client has gone is released when its spawn"
+                " ends, not at once"
+            )
 
     def log_versions(self) -> None:
         self.log.info(
@@ -632,6 +649,25 @@ class GuardedUserServerAPIHandler(UserServerAPIHandler):
         # by the guard's counters instead of JupyterHub's request-duration metric
         if not self._answered_by_guard:
             super()._log()
+
+
+class GuardedSpawnProgressAPIHandler(SpawnProgressAPIHandler):
+    """JupyterHub's spawn progress stream, which tells `GuardedKubeSpawner.progress()` when its
+    client has gone: a closed browser tab ends the spawner's polling at once. Stock notices
+    only when a write fails, at the next event or at the end of the spawn."""
+
+    _client_gone: asyncio.Future | None = None
+
+    async def get(self, user_name: str, server_name: str = "") -> None:
+        self._client_gone = asyncio.get_running_loop().create_future()
+        # set in this request's own task context: the spawner's progress() reads it there
+        progress_client_gone.set(self._client_gone)
+        await super().get(user_name, server_name)
+
+    def on_connection_close(self) -> None:
+        if self._client_gone is not None and not self._client_gone.done():
+            self._client_gone.set_result(None)
+        super().on_connection_close()
 
 
 def check_config(config_file: str) -> dict[str, str]:

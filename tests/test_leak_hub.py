@@ -29,28 +29,6 @@ SHARED_WATCHES = 2  # kubespawner's class-level pod and event reflectors
 
 # What binderhub_guard.hub would install in front of jupyterhub's progress handler (a door
 # this module does not own): the handler resolves progress_client_gone when its client goes.
-PROGRESS_CLIENT_GONE_HOOK = """
-import asyncio
-from jupyterhub.apihandlers.users import SpawnProgressAPIHandler
-from binderhub_guard.spawner import progress_client_gone
-
-_progress_get = SpawnProgressAPIHandler.get
-
-async def _get_until_client_gone(self, *args, **kwargs):
-    self._client_gone = asyncio.get_running_loop().create_future()
-    progress_client_gone.set(self._client_gone)
-    return await _progress_get(self, *args, **kwargs)
-
-def _client_closed(self):
-    gone = getattr(self, "_client_gone", None)
-    if gone is not None and not gone.done():
-        gone.set_result(None)
-
-SpawnProgressAPIHandler.get = _get_until_client_gone
-SpawnProgressAPIHandler.on_connection_close = _client_closed
-"""
-
-
 def _settings(workdir) -> str:
     # slow_spawn_timeout 0: a start request answers 202 at once, so a pending start can be
     # interrupted, and failures show as the server disappearing from the user model
@@ -59,7 +37,7 @@ def _settings(workdir) -> str:
         "\nc.GuardedKubeSpawner.orphan_grace_seconds = 0.2"
         "\nc.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}"
         # as zero-to-jupyterhub does: servers outlive the hub, their resources must not
-        "\nc.JupyterHub.cleanup_servers = False\n" + PROGRESS_CLIENT_GONE_HOOK
+        "\nc.JupyterHub.cleanup_servers = False\n"
     )
 
 
