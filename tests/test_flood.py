@@ -15,9 +15,10 @@ def test_flood_prints_figures_for_the_floor_and_a_guarded_hub(capsys):
     argv = ["flood", "--users", "20", "--rate", "100", "--seconds", "3", "--idle-seconds", "2"]
     args = build_parser().parse_args([*argv, "--no-stock", "--json"])
     assert args.run(args) == 0
-    bare, guarded = json.loads(capsys.readouterr().out)
+    bare, bare_as_hub, guarded = json.loads(capsys.readouterr().out)
 
     assert bare["target"] == "bare 429" and set(bare["statuses"]) == {"429"}
+    assert bare_as_hub["target"] == "bare 429, xheaders" and set(bare_as_hub["statuses"]) == {"429"}
     assert guarded["target"] == "guarded"
     # every steady stop is a repeat, answered by the guard
     assert set(guarded["statuses"]) == {"429"}

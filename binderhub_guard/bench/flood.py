@@ -16,8 +16,10 @@ steady flood over the same users, where every stop is a repeat. Then the observe
 after its last launch has ended comes a quiet window (`--cpu-seconds`, flood only) where the
 hub's CPU per flood request is read from /proc, for the hub process only (not the proxy, not
 the simulator), with nothing else to share it. The floor is a bare tornado `RequestHandler`
-answering 429, flooded the same way in the same run. Latencies from a shared machine move with
-its load: compare the columns of one run.
+answering 429, flooded the same way in the same run, twice: from a plain tornado HTTP server,
+and from one with ``xheaders=True`` as JupyterHub runs its own (which the hub pays for each
+request before any code of the guard's or JupyterHub's runs). Latencies from a shared machine
+move with its load: compare the columns of one run.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ LAUNCH_USER_PREFIX = "launch-"
 SAMPLE_USER = "admin"
 SAMPLES_PER_SECOND = 5
 BARE = "bare 429"
+BARE_AS_HUB = "bare 429, xheaders"
 LAUNCH_USERS = 30
 
 
@@ -82,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--floor",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also flood a bare tornado handler answering 429 (default: yes)",
+        help="also flood a bare tornado handler answering 429, from a plain HTTP server and"
+        " from one with JupyterHub's xheaders=True (default: yes)",
     )
     parser.add_argument(
         "--hub-url", help="flood this hub instead of dev hubs (e.g. http://hub:8081)"
@@ -464,8 +468,10 @@ def run_flood(target: Target, args: argparse.Namespace, mode: str) -> tuple[Resu
 # --- the floor: a bare tornado handler answering 429 -------------------------------------------
 
 
-def _serve_bare_429(conn: Any) -> None:
-    """In its own process: the cheapest in-process answer a tornado app can give."""
+def _serve_bare_429(conn: Any, xheaders: bool) -> None:
+    """In its own process: the cheapest in-process answer a tornado app can give; with
+    `xheaders`, from an HTTP server set up as JupyterHub sets up its own (X-Forwarded-For and
+    X-Real-Ip are read for every request, before any handler)."""
     from tornado import web
     from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
@@ -484,7 +490,7 @@ def _serve_bare_429(conn: Any) -> None:
             [(r"/hub/api/users/([^/]+)/server", Bare429)], log_function=lambda handler: None
         )
         sockets = bind_sockets(0, "127.0.0.1")
-        HTTPServer(app).add_sockets(sockets)
+        HTTPServer(app, xheaders=xheaders).add_sockets(sockets)
         conn.send(sockets[0].getsockname()[1])
         await asyncio.Event().wait()
 
@@ -492,15 +498,21 @@ def _serve_bare_429(conn: Any) -> None:
 
 
 class _BareServer:
+    def __init__(self, xheaders: bool = False) -> None:
+        self.xheaders = xheaders
+
     def __enter__(self) -> Target:
         ctx = multiprocessing.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=_serve_bare_429, args=(child_conn,), daemon=True)
+        self.process = ctx.Process(
+            target=_serve_bare_429, args=(child_conn, self.xheaders), daemon=True
+        )
         self.process.start()
         if not parent_conn.poll(30):
             raise RuntimeError("the bare 429 server did not start")
         port = parent_conn.recv()
-        return Target(BARE, f"http://127.0.0.1:{port}", "unused", pid=self.process.pid)
+        name = BARE_AS_HUB if self.xheaders else BARE
+        return Target(name, f"http://127.0.0.1:{port}", "unused", pid=self.process.pid)
 
     def __exit__(self, *exc: Any) -> None:
         self.process.terminate()
@@ -588,7 +600,7 @@ def _statuses(r: Result) -> str:
 
 
 def _rows(results: list[Result]) -> list[tuple[str, list[str]]]:
-    floor = next((r for r in results if r.target == BARE), None)
+    floors = {r.target: r for r in results if r.target in (BARE, BARE_AS_HUB)}
 
     def each(get: Any, digits: int = 2) -> list[str]:
         return [_fmt(get(r), digits) for r in results]
@@ -596,17 +608,22 @@ def _rows(results: list[Result]) -> list[tuple[str, list[str]]]:
     def phases(get: Any, digits: int = 2) -> list[str]:
         return [" / ".join(_fmt(get(r, p), digits) for p in PHASES) for r in results]
 
-    def vs_floor(r: Result) -> float | None:
-        if floor is None or r.cpu_ms_per_request is None or not floor.cpu_ms_per_request:
-            return None
-        return r.cpu_ms_per_request / floor.cpu_ms_per_request
+    def vs_floor(name: str) -> Any:
+        def ratio(r: Result) -> float | None:
+            floor = floors.get(name)
+            if floor is None or r.cpu_ms_per_request is None or not floor.cpu_ms_per_request:
+                return None
+            return r.cpu_ms_per_request / floor.cpu_ms_per_request
+
+        return ratio
 
     return [
         ("first pass: seconds to answer", each(lambda r: r.first_pass_seconds, 1)),
         ("flood requests answered per s", each(lambda r: r.answered_per_second, 1)),
         ("answers by status", each(_statuses)),
         ("hub CPU ms per flood request (quiet)", each(lambda r: r.cpu_ms_per_request, 3)),
-        ("  x the bare 429 handler's", each(vs_floor)),
+        ("  x the bare 429 handler's", each(vs_floor(BARE))),
+        ("  x the bare 429 handler's, xheaders", each(vs_floor(BARE_AS_HUB))),
         ("normal call p50 ms", phases(lambda r, p: r.normal_p50_ms.get(p), 1)),
         ("normal call p99 ms", phases(lambda r, p: r.normal_p99_ms.get(p), 1)),
         ("normal call failures", phases(lambda r, p: r.normal_failures.get(p))),
@@ -664,9 +681,10 @@ def main(args: argparse.Namespace) -> int:
         results.append(finish())
     else:
         if args.floor:
-            with _BareServer() as bare:
-                result, finish = run_flood(bare, args, mode)
-                results.append(finish())
+            for xheaders in (False, True):
+                with _BareServer(xheaders) as bare:
+                    result, finish = run_flood(bare, args, mode)
+                    results.append(finish())
         results.append(_flood_dev_hub(False, args, mode))
         if args.stock:
             results.append(_flood_dev_hub(True, args, mode))
