@@ -27,7 +27,6 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ import psutil
 import requests
 
 from .devhub import DevHub
+from .every import Every
 from .hubclient import HubClient
 from .soak import CYCLE_ERRORS, VARIANTS, cycle_server
 
@@ -70,35 +70,7 @@ def _hub_settings(spawner_class: str) -> str:
     )
 
 
-class _Every:
-    """Calls `tick()` every `every` seconds in a thread, while the `with` block runs."""
-
-    every = 1.0
-
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> _Every:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.tick()
-            except requests.RequestException:
-                pass
-
-    def tick(self) -> None:
-        raise NotImplementedError
-
-
-class Compactor(_Every):
+class Compactor(Every):
     """Compacts the simulator's watch history every few seconds: resuming watches get 410."""
 
     def __init__(self, sim_url: str, every: float = 3.0) -> None:
@@ -110,7 +82,7 @@ class Compactor(_Every):
         requests.post(self.sim_url + "/_sim/compact", timeout=5)
 
 
-class PendingPeak(_Every):
+class PendingPeak(Every):
     """The most pods the simulator had Pending at once, sampled while it runs."""
 
     def __init__(self, hub: DevHub) -> None:

@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ import requests
 from ..report.guard_report import GuardReport
 from ..report.signals import rising_evidence
 from .devhub import DevHub
+from .every import Every
 
 PARTS = ("stall", "latency", "leak")
 
@@ -319,42 +319,29 @@ def measure_leak_detection(
     return figures
 
 
-class SampleRecorder:
+class SampleRecorder(Every):
     """Reads the report's latest sample every ``interval`` seconds from a thread: the series
     the leak rules saw (nearly all of it; a sample between two reads can be missed)."""
 
     def __init__(self, hub: DevHub, interval: float) -> None:
+        super().__init__()
         self.hub = hub
-        self.interval = interval
+        self.every = interval
         self.samples: dict[float, Any] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> SampleRecorder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
+    def tick(self) -> None:
         from ..report.signals import Sample
 
-        while not self._stop.wait(self.interval):
-            try:
-                body = self.hub.api("GET", "/guard").json()
-            except (requests.RequestException, ValueError):
-                continue
-            process, watched = body["process"], body["objects"]["watched"]
-            self.samples[process["sampled_at"]] = Sample(
-                time=process["sampled_at"],
-                asyncio_tasks=watched["asyncio.Task"]["count"],
-                watched={n: w["count"] for n, w in watched.items() if n != "asyncio.Task"},
-                active_servers=process["active_servers"],
-                total_users=process["total_users"],
-                spawns_total=process["spawns_total"],
-            )
+        body = self.hub.api("GET", "/guard").json()
+        process, watched = body["process"], body["objects"]["watched"]
+        self.samples[process["sampled_at"]] = Sample(
+            time=process["sampled_at"],
+            asyncio_tasks=watched["asyncio.Task"]["count"],
+            watched={n: w["count"] for n, w in watched.items() if n != "asyncio.Task"},
+            active_servers=process["active_servers"],
+            total_users=process["total_users"],
+            spawns_total=process["spawns_total"],
+        )
 
     def closest_to_firing(self) -> dict[str, Any]:
         """Per count, the moment its never-falling run came closest to the bar of
