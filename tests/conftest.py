@@ -13,18 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from artifacts import keep_logs
 
 from binderhub_guard.bench.devhub import DevHub
 
 ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
-
-
-def _keep_log(hub: DevHub, name: str) -> None:
-    """Keep the hub's log as a test artifact: the first thing to read when a hub test fails."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    if hub.log_path.exists():
-        (ARTIFACTS / f"{name}.log").write_bytes(hub.log_path.read_bytes())
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +25,7 @@ def dev_hub(request: pytest.FixtureRequest) -> Iterator[DevHub]:
     """A guarded hub (the package's config snippets, GuardedKubeSpawner) for a test module."""
     with DevHub() as hub:
         yield hub
-        _keep_log(hub, f"{request.module.__name__}-guarded")
+        keep_logs(hub.workdir, f"{request.module.__name__}-guarded")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,7 @@ def stock_hub(request: pytest.FixtureRequest) -> Iterator[DevHub]:
     """A stock hub (plain KubeSpawner, no guard), otherwise the same as `dev_hub`."""
     with DevHub(stock=True) as hub:
         yield hub
-        _keep_log(hub, f"{request.module.__name__}-stock")
+        keep_logs(hub.workdir, f"{request.module.__name__}-stock")
 
 
 @pytest.fixture(autouse=True)

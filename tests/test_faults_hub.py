@@ -12,16 +12,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
+from artifacts import keep_logs
 
 from binderhub_guard.bench.devhub import DevHub
 
 pytestmark = pytest.mark.hub
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 RELIST_LIMIT = 6
 
 SETTINGS = f"""
@@ -46,8 +45,7 @@ def hub() -> Iterator[DevHub]:
             )
             yield hub
     finally:
-        ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copy(Path(workdir) / "jupyterhub.log", ARTIFACTS / "faults-hub-guarded.log")
+        keep_logs(workdir, "faults-hub-guarded")
         shutil.rmtree(workdir, ignore_errors=True)
 
 

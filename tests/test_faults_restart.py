@@ -6,15 +6,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
+from artifacts import keep_logs
 
 from binderhub_guard.bench.devhub import DevHub
 
 pytestmark = pytest.mark.hub
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 SETTINGS = """
 c.JupyterHub.cleanup_servers = False
@@ -69,6 +68,5 @@ def test_a_hub_killed_mid_spawn_restarts_adopting_running_servers_and_cleaning_h
             eventually(lambda: ledger(hub)["counts"]["spawns_active"] == 0)
             assert ledger(hub)["counts"]["orphans_live"] == 0
     finally:
-        ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copy(Path(workdir) / "jupyterhub.log", ARTIFACTS / "faults-restart.log")
+        keep_logs(workdir, "faults-restart")
         shutil.rmtree(workdir, ignore_errors=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import time
 from pathlib import Path
 from urllib.parse import quote, urljoin
@@ -17,13 +16,13 @@ from urllib.parse import quote, urljoin
 import jupyterhub
 import pytest
 import requests
+from artifacts import ARTIFACTS, keep_logs
 from browser.chromium import Chromium, missing
 
 from binderhub_guard.bench.devhub import DevHub
 
 pytestmark = pytest.mark.hub
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 BASE_URL = "/binder/jupyter/"
 EVIL_NAME = "<img src=x onerror=alert(1)>"
@@ -44,8 +43,7 @@ c.JupyterHub.load_roles = list(c.JupyterHub.load_roles) + [
 def hub():
     with DevHub(leaky=True, base_url=BASE_URL, extra_config=HUB_CONFIG) as hub:
         yield hub
-        ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copy(hub.log_path, ARTIFACTS / "test_page-guarded.log")
+        keep_logs(hub.workdir, "test_page-guarded")
 
 
 def page_url(hub: DevHub, path: str = "guard") -> str:

@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks one")
     parser.add_argument("--kubeconfig", required=True, help="where to write the kubeconfig")
     parser.add_argument("--namespace", default="default", help="namespace of the context")
-    parser.add_argument("--pod-ip-base", default="127.10.0.0", help="pod IPs count up from here")
+    parser.add_argument(
+        "--pod-ip-base", default=None, help="pod IPs count up from here (default: a random one)"
+    )
     parser.add_argument("--event-ttl", type=float, default=3600.0, help="Event lifetime, s")
     parser.add_argument("--max-events", type=int, default=10_000, help="cap on stored Events")
     parser.add_argument("--pending-delay", type=float, default=0.0, help="Pending time, s")
@@ -46,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pods-never-ready", action="store_true", help="pods stay Pending")
     parser.add_argument("--pods-fail", action="store_true", help="containers exit 1")
     parser.add_argument(
+        "--pods-rejected", action="store_true", help="kubelet admission rejects pods"
+    )
+    parser.add_argument(
         "--delete-response-invalid",
         action="store_true",
         help="pod deletes answer a body the client cannot validate",
@@ -64,6 +69,7 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
         history_limit=args.history_limit,
         pods_never_ready=args.pods_never_ready,
         pods_fail=args.pods_fail,
+        pods_rejected=args.pods_rejected,
         pending_delay_seconds=args.pending_delay,
         container_exit_seconds=args.container_exit,
         delete_response_invalid=args.delete_response_invalid,
@@ -78,7 +84,7 @@ async def run(
     faults: Faults,
     *,
     host: str = "127.0.0.1",
-    pod_ip_base: str = "127.10.0.0",
+    pod_ip_base: str | None = None,
     event_ttl_seconds: float = 3600.0,
     max_events: int = 10_000,
 ) -> None:

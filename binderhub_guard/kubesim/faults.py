@@ -37,6 +37,8 @@ class Faults:
     pods_never_ready: bool = False
     #: containers exit with code 1 right after starting; the pod goes Failed
     pods_fail: bool = False
+    #: the kubelet's admission rejects pods (as for OutOfcpu): Failed, no container statuses
+    pods_rejected: bool = False
     #: time a pod spends Pending, unscheduled, before the kubelet starts it
     pending_delay_seconds: float = 0.0
     #: time a container takes to exit after SIGTERM, capped by the delete's grace period
@@ -100,6 +102,6 @@ class Faults:
             raise ValueError(f"watch_drop_after_events must be a positive int, not {drop!r}")
         if not isinstance(self.history_limit, int) or self.history_limit < 1:
             raise ValueError(f"history_limit must be a positive int, not {self.history_limit!r}")
-        for name in ("pods_never_ready", "pods_fail", "delete_response_invalid"):
+        for name in ("pods_never_ready", "pods_fail", "pods_rejected", "delete_response_invalid"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a boolean")

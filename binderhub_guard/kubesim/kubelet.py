@@ -14,6 +14,7 @@ import errno
 import hashlib
 import ipaddress
 import logging
+import random
 import uuid
 from typing import Any
 
@@ -29,6 +30,16 @@ NODE_NAME = "kubesim-node"
 DEFAULT_NOTEBOOK_PORT = 8888
 # addresses tried when the next pod IP is taken, e.g. by another simulator on this machine
 _BIND_ATTEMPTS = 16
+# pod IPs stay in here: 127.0.0.0/8 minus 127.0.0.0/16, where the hub and proxy listen
+_POD_IPS_FIRST = int(ipaddress.IPv4Address("127.1.0.0"))
+_POD_IPS_END = int(ipaddress.IPv4Address("127.255.255.255"))
+
+
+def random_pod_ip_base() -> str:
+    """A random start for a simulator's pod IPs: simulators side by side (parallel test
+    workers, a benchmark beside a test run) that all counted up from one address would fight
+    over the same few IPs, and a pod whose responder cannot bind turns Failed."""
+    return str(ipaddress.IPv4Address(random.randrange(_POD_IPS_FIRST, _POD_IPS_END)))
 
 
 def notebook_port(pod: dict[str, Any]) -> int:
@@ -76,13 +87,13 @@ class Kubelet:
         self,
         store: Store,
         faults: Faults,
-        pod_ip_base: str = "127.10.0.0",
+        pod_ip_base: str | None = None,
         host_ip: str = "127.0.0.1",
     ) -> None:
         self.store = store
         self.faults = faults
         self.host_ip = host_ip
-        self._next_ip = int(ipaddress.IPv4Address(pod_ip_base))
+        self._next_ip = int(ipaddress.IPv4Address(pod_ip_base or random_pod_ip_base()))
         # keyed by pod uid: a pod re-created under the same name is a different pod
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._terminating: dict[str, asyncio.Task[None]] = {}
@@ -102,10 +113,10 @@ class Kubelet:
     def _allocate_ip(self) -> str:
         while True:
             self._next_ip += 1
-            address = str(ipaddress.IPv4Address(self._next_ip))
-            # 127.0.0.1 is where the hub and proxy listen
-            if address != "127.0.0.1" and self._next_ip % 256 not in (0, 255):
-                return address
+            if self._next_ip == _POD_IPS_END:
+                self._next_ip = _POD_IPS_FIRST
+            if self._next_ip % 256 not in (0, 255):
+                return str(ipaddress.IPv4Address(self._next_ip))
 
     def _event(self, pod: dict[str, Any], reason: str, message: str, type_: str = "Normal") -> None:
         meta = pod["metadata"]
@@ -167,6 +178,12 @@ class Kubelet:
         containers = pod["spec"]["containers"]
         pod = self._set_status(pod, {"conditions": [_condition("PodScheduled", now)]})
         self._event(pod, "Scheduled", f"Successfully assigned {ref} to {NODE_NAME}")
+        if self.faults.pods_rejected:
+            message = "Pod was rejected: Node didn't have enough resource: cpu"
+            self._set_status(pod, {"phase": "Failed", "reason": "OutOfcpu", "message": message})
+            self._event(pod, "OutOfcpu", message, type_="Warning")
+            return
+
         for container in containers:
             image = container.get("image", "")
             self._event(pod, "Pulling", f'Pulling image "{image}"')

@@ -36,7 +36,7 @@ class KubeSim:
         faults: Faults | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
-        pod_ip_base: str = "127.10.0.0",
+        pod_ip_base: str | None = None,
         *,
         event_ttl_seconds: float = 3600.0,
         max_events: int = 10_000,

@@ -104,6 +104,17 @@ async def test_pods_fail(sim: KubeSim, core_api: client.CoreV1Api):
     assert sim.kubelet.responder_count() == 0
 
 
+@pytest.mark.parametrize("faults", [Faults(pods_rejected=True)])
+async def test_pods_rejected(sim: KubeSim, core_api: client.CoreV1Api):
+    await core_api.create_namespaced_pod(NAMESPACE, pod_manifest("rita"))
+    await wait_for(lambda: phase(sim, "rita") == "Failed", what="Failed")
+    pod = await core_api.read_namespaced_pod("rita", NAMESPACE)
+    assert pod.status.reason == "OutOfcpu"
+    assert pod.status.container_statuses is None
+    assert (await event_reasons(core_api, "rita")) == ["Scheduled", "OutOfcpu"]
+    assert sim.kubelet.responder_count() == 0
+
+
 @pytest.mark.parametrize("faults", [Faults(pods_never_ready=True)])
 async def test_pods_never_ready(sim: KubeSim, core_api: client.CoreV1Api):
     await core_api.create_namespaced_pod(NAMESPACE, pod_manifest("frank"))
