@@ -33,6 +33,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from jupyterhub.utils import maybe_future
 from kubernetes_asyncio.client import ApiClient, ApiException
 from kubernetes_asyncio.client.rest import RESTClientObject
 from kubernetes_asyncio.watch import Watch
@@ -464,6 +465,8 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
     ledger: Ledger = registry
 
     _spawn: Spawn | None = None
+    # whether stop() ran since the last start(): jupyterhub skips it for a server poll() calls dead
+    _stopped_since_start: bool = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -483,6 +486,7 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
 
     def start(self):
         self._end_spawn("restarted")
+        self._stopped_since_start = False
         if self.ledger_enabled:
             self._spawn = self.ledger.begin_spawn(self.user.name, self.name)
         with self._spawn_context():
@@ -494,6 +498,7 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
         if status is None and self.server is not None and not self._spawn_running():
             # jupyterhub re-attaches servers it finds running at start-up without start()
             self._spawn = self.ledger.begin_spawn(self.user.name, self.name, adopted=True)
+            self._stopped_since_start = False
             self.log.info("Ledger: %s found running, adopted", self._spawn.describe())
         return status
 
@@ -501,6 +506,7 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
         return not self.ledger_enabled or (self._spawn is not None and self._spawn.active)
 
     async def stop(self, now: bool = False) -> None:
+        self._stopped_since_start = True
         with self._spawn_context():
             await self._stop_until_pod_gone(now)
 
@@ -582,11 +588,20 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
                 gone.remove_done_callback(cut)
             await events.aclose()
 
-    def run_post_stop_hook(self):
+    async def run_post_stop_hook(self) -> None:
         # jupyterhub's User.stop calls this on every way a server ends (stopped, failed,
         # timed out, cancelled, found dead), even when stop() itself was skipped
         try:
-            return super().run_post_stop_hook()
+            if not self._stopped_since_start:
+                # User.stop calls stop() only if poll() says running: a pod the kubelet
+                # rejected (Failed, no container statuses) would stay in the cluster
+                self.log.info("Deleting what is left of %s", self._log_name)
+                try:
+                    await self.stop(now=True)
+                except Exception as error:
+                    # stop() logged its attempts; the operator's post_stop_hook still runs
+                    self.log.warning("%s may have left a pod: %s", self._log_name, _describe(error))
+            await maybe_future(super().run_post_stop_hook())
         finally:
             self._end_spawn(self._end_reason())
 

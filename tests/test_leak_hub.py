@@ -13,17 +13,16 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import requests
+from artifacts import keep_logs
 
 from binderhub_guard.bench.devhub import DevHub
 from binderhub_guard.bench.probe import probe_config, read_probe
 
 pytestmark = pytest.mark.hub
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 SHARED_WATCHES = 2  # kubespawner's class-level pod and event reflectors
 
 
@@ -55,12 +54,11 @@ def leaky_hub() -> Iterator[DevHub]:
     try:
         with DevHub(leaky=True, workdir=workdir, extra_config=_settings(workdir)) as hub:
             hub.client.create_users(
-                ["stopper", "failer", "waiter", "canceller", "deleted", "watcher"]
+                ["stopper", "failer", "rejected", "waiter", "canceller", "deleted", "watcher"]
             )
             yield hub
     finally:
-        ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copy(Path(workdir) / "jupyterhub.log", ARTIFACTS / "leak-hub-guarded.log")
+        keep_logs(workdir, "leak-hub-guarded")
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -115,6 +113,17 @@ def test_failed_start_releases_the_leak(leaky_hub: DevHub):
             leaky_hub.client.start_server("failer", timeout=30)
     finally:
         leaky_hub.set_faults(pods_fail=False)
+    assert_all_released(leaky_hub)
+
+
+def test_start_of_a_pod_the_kubelet_rejected_leaves_no_pod(leaky_hub: DevHub):
+    # poll() calls such a pod dead, so jupyterhub's clean-up after the timeout skips stop()
+    leaky_hub.set_faults(pods_rejected=True)
+    try:
+        with pytest.raises(RuntimeError, match="rejected"):
+            leaky_hub.client.start_server("rejected", timeout=30)
+    finally:
+        leaky_hub.set_faults(pods_rejected=False)
     assert_all_released(leaky_hub)
 
 
