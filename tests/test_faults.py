@@ -88,7 +88,7 @@ async def test_a_reflector_whose_watch_gave_up_is_replaced_and_counted(sim):  # 
     replaced_before = spawner.ledger.faults.reflectors_replaced
 
     await spawner.stop()
-    spawner.run_post_stop_hook()
+    await spawner.run_post_stop_hook()
 
     replacement = KubeSpawner.reflectors[key]
     assert replacement is not given_up and not replacement.watch_task.done()

@@ -12,6 +12,7 @@ import gc
 import weakref
 
 import pytest
+from jupyterhub.utils import maybe_future
 from kubernetes_asyncio.config import kube_config
 from kubespawner import KubeSpawner
 from kubespawner.reflector import ResourceReflector
@@ -57,7 +58,7 @@ async def spawn_and_stop(spawner: KubeSpawner) -> None:
     """What jupyterhub does for a server's life: start, stop, then the post-stop hook."""
     await spawner.start()
     await spawner.stop()
-    spawner.run_post_stop_hook()
+    await maybe_future(spawner.run_post_stop_hook())  # as jupyterhub calls it
 
 
 def _watching_reflectors() -> list[ResourceReflector]:
@@ -86,7 +87,7 @@ async def test_guard_releases_the_2018_leak_and_reports_it_as_orphans(sim):
     assert len(_per_pod_reflectors()) == 1
     assert "reflector" in {e.kind for e in spawner._spawn.entries.values()}
     await spawner.stop()
-    spawner.run_post_stop_hook()
+    await maybe_future(spawner.run_post_stop_hook())  # as jupyterhub calls it
     await asyncio.sleep(0.2)
 
     assert _per_pod_reflectors() == []
@@ -145,7 +146,7 @@ async def test_watch_dropped_or_expired_during_a_spawn_leaves_one_reflector_per_
     assert sim.watch_requests > 2
     sim.faults.update({"watch_drop_after_events": None})
     await spawner.stop()
-    spawner.run_post_stop_hook()
+    await maybe_future(spawner.run_post_stop_hook())  # as jupyterhub calls it
     assert sorted(r.kind for r in _watching_reflectors()) == ["events", "pods"]
 
 
@@ -155,7 +156,7 @@ async def test_failed_start_ends_the_spawn_and_releases_its_leak(sim):
     with pytest.raises(TimeoutError):
         await spawner.start()
     # jupyterhub polls, finds the pod gone or failed, and may skip stop(): the hook still runs
-    spawner.run_post_stop_hook()
+    await maybe_future(spawner.run_post_stop_hook())  # as jupyterhub calls it
     await asyncio.sleep(0.2)
     assert spawner._spawn.end_reason == "start failed"
     assert _per_pod_reflectors() == []
@@ -172,7 +173,7 @@ async def test_abandoned_progress_is_ended_with_its_spawn(sim):
 
     start.cancel()  # what the hub does at its start timeout
     await spawner.stop(now=True)
-    spawner.run_post_stop_hook()
+    await maybe_future(spawner.run_post_stop_hook())  # as jupyterhub calls it
     await asyncio.sleep(0.2)
 
     assert step.done()
@@ -206,7 +207,7 @@ async def test_progress_ends_when_the_hub_says_its_client_has_gone(sim):
     assert mine["live"]["progress"] == 0
     start.cancel()
     await spawner.stop(now=True)
-    spawner.run_post_stop_hook()
+    await maybe_future(spawner.run_post_stop_hook())  # as jupyterhub calls it
 
 
 def test_bad_orphan_grace_fails_naming_the_trait_and_value():
@@ -230,6 +231,6 @@ async def test_a_profile_namespace_adds_shared_reflectors_held_only_while_its_sp
 
     assert holding()["holder_spawns"] == [spawner._spawn.spawn_id]
     await spawner.stop()
-    spawner.run_post_stop_hook()
+    await maybe_future(spawner.run_post_stop_hook())  # as jupyterhub calls it
     # kubespawner keeps it for the hub's lifetime; the ledger shows nobody needs it
     assert holding()["holders"] == 0 and holding()["live"]

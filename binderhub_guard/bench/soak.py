@@ -636,6 +636,8 @@ def main(args: argparse.Namespace) -> int:
 
 async def _spawn_cpu_seconds(cls: type, config, sim_url: str) -> float:
     """Process CPU for one start/stop of a `cls` spawner against the simulator."""
+    from jupyterhub.utils import maybe_future
+
     spawner = cls(_mock=True, config=config, k8s_api_host=sim_url, namespace="default")
     spawner.api_token = "soak"
     # a full collection first: each cycle starts from the same heap, not from wherever the
@@ -646,7 +648,7 @@ async def _spawn_cpu_seconds(cls: type, config, sim_url: str) -> float:
         await spawner.start()
     finally:
         await spawner.stop(now=True)
-        spawner.run_post_stop_hook()
+        await maybe_future(spawner.run_post_stop_hook())  # as jupyterhub calls it
     return time.process_time() - started
 
 
