@@ -13,6 +13,7 @@ pytestmark = pytest.mark.hub
 
 def test_flood_prints_figures_for_the_floor_and_a_guarded_hub(capsys):
     argv = ["flood", "--users", "20", "--rate", "100", "--seconds", "3", "--idle-seconds", "2"]
+    argv += ["--cpu-seconds", "2"]
     args = build_parser().parse_args([*argv, "--no-stock", "--json"])
     assert args.run(args) == 0
     bare, bare_as_hub, guarded = json.loads(capsys.readouterr().out)
@@ -24,6 +25,9 @@ def test_flood_prints_figures_for_the_floor_and_a_guarded_hub(capsys):
     assert set(guarded["statuses"]) == {"429"}
     assert guarded["answered_per_second"] > 50
     assert guarded["cpu_ms_per_request"] > 0 and bare["cpu_ms_per_request"] > 0
+    # the hub's own timers and watches, read with no flood, are no stop's cost
+    assert 0 <= guarded["background_cpu_ms_per_s"] < 1000
+    assert guarded["cpu_ms_per_request_net"] <= guarded["cpu_ms_per_request"]
     assert guarded["spawners_after"] == guarded["spawners_before"] == 0
     log_lines = guarded["log_lines_per_1000"] * guarded["answered"] / 1000
     assert log_lines <= 2  # summary lines, not one line per request

@@ -15,11 +15,13 @@ is a first one, which the guard sends through JupyterHub's authentication), then
 steady flood over the same users, where every stop is a repeat. Then the observer stops, and
 after its last launch has ended comes a quiet window (`--cpu-seconds`, flood only) where the
 hub's CPU per flood request is read from /proc, for the hub process only (not the proxy, not
-the simulator), with nothing else to share it. The floor is a bare tornado `RequestHandler`
-answering 429, flooded the same way in the same run, twice: from a plain tornado HTTP server,
-and from one with ``xheaders=True`` as JupyterHub runs its own (which the hub pays for each
-request before any code of the guard's or JupyterHub's runs). Latencies from a shared machine
-move with its load: compare the columns of one run.
+the simulator), with nothing else to share it; and after the flood, a rest window of the same
+length reads what the hub spends with no requests at all (timers, watches, the guard's report
+sampling), which the "less background" figures take out. The floor is a bare tornado
+`RequestHandler` answering 429, flooded the same way in the same run, twice: from a plain
+tornado HTTP server, and from one with ``xheaders=True`` as JupyterHub runs its own (which the
+hub pays for each request before any code of the guard's or JupyterHub's runs). Latencies from a
+shared machine move with its load: compare the columns of one run.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ class Result:
     answered_per_second: float = 0.0
     cpu_ms_per_request: float | None = None  # in the quiet window
     cpu_window_answered: int = 0
+    background_cpu_ms_per_s: float | None = None  # in the rest window: no flood, nothing else
+    cpu_ms_per_request_net: float | None = None  # quiet window less the background
     normal_p50_ms: dict[str, float | None] = field(default_factory=dict)
     normal_p99_ms: dict[str, float | None] = field(default_factory=dict)
     normal_failures: dict[str, int] = field(default_factory=dict)
@@ -159,10 +163,11 @@ async def _flood(
     """From wall-clock `start`: a first pass (each user once, at `args.concurrency`, as a culler
     makes its round), then a flood of repeats over the same users, counted in two windows:
     "steady" (`args.seconds`, while the observer watches) and, once the observer has stopped,
-    "quiet" (`args.cpu_seconds`, where the hub's CPU per request is read).
+    "quiet" (`args.cpu_seconds`, where the hub's CPU per request is read). Then, the flood over,
+    "rest" (`args.cpu_seconds` again), where the hub's background CPU is read.
 
-    `hooks` gets `steady()`, `steady_over()`, `observer_done() -> bool`, `quiet()`, `quiet_over()`
-    calls at the window edges."""
+    `hooks` gets `steady()`, `steady_over()`, `observer_done() -> bool`, `quiet()`, `quiet_over()`,
+    `rest()`, `rest_over()` calls at the window edges."""
     import aiohttp
 
     flood = _Flood(start=start)
@@ -246,6 +251,11 @@ async def _flood(
         enter(None)
         sending = False
         await sender
+        hooks.rest()
+        flood.bounds["rest"] = (time.time(), time.time())
+        await asyncio.sleep(args.cpu_seconds)
+        flood.bounds["rest"] = (flood.bounds["rest"][0], time.time())
+        hooks.rest_over()
     return flood
 
 
@@ -435,6 +445,12 @@ def run_flood(target: Target, args: argparse.Namespace, mode: str) -> tuple[Resu
         def quiet_over(self) -> None:
             marks["cpu_end"] = _cpu_seconds(target.pid)
 
+        def rest(self) -> None:
+            marks["cpu_rest"] = _cpu_seconds(target.pid)
+
+        def rest_over(self) -> None:
+            marks["cpu_rest_end"] = _cpu_seconds(target.pid)
+
     flood = asyncio.run(_flood(target, users, args, t_flood, Hooks()))
 
     result.sent = flood.sent
@@ -446,6 +462,13 @@ def run_flood(target: Target, args: argparse.Namespace, mode: str) -> tuple[Resu
     if marks.get("cpu_end") is not None and flood.answered["quiet"]:
         cpu = marks["cpu_end"] - marks["cpu_quiet"]
         result.cpu_ms_per_request = 1000 * cpu / flood.answered["quiet"]
+        # what the hub spends anyway (timers, watches, the guard's report) is no stop's cost
+        rest_begin, rest_end = flood.bounds["rest"]
+        background = (marks["cpu_rest_end"] - marks["cpu_rest"]) / (rest_end - rest_begin)
+        quiet_begin, quiet_end = flood.bounds["quiet"]
+        result.background_cpu_ms_per_s = 1000 * background
+        net = cpu - background * (quiet_end - quiet_begin)
+        result.cpu_ms_per_request_net = 1000 * net / flood.answered["quiet"]
 
     if observer is not None:
         if "observations" not in marks:
@@ -608,12 +631,13 @@ def _rows(results: list[Result]) -> list[tuple[str, list[str]]]:
     def phases(get: Any, digits: int = 2) -> list[str]:
         return [" / ".join(_fmt(get(r, p), digits) for p in PHASES) for r in results]
 
-    def vs_floor(name: str) -> Any:
+    def vs_floor(name: str, cost: str) -> Any:
         def ratio(r: Result) -> float | None:
             floor = floors.get(name)
-            if floor is None or r.cpu_ms_per_request is None or not floor.cpu_ms_per_request:
+            ours, theirs = getattr(r, cost), getattr(floor, cost, None)
+            if ours is None or not theirs:
                 return None
-            return r.cpu_ms_per_request / floor.cpu_ms_per_request
+            return ours / theirs
 
         return ratio
 
@@ -622,8 +646,14 @@ def _rows(results: list[Result]) -> list[tuple[str, list[str]]]:
         ("flood requests answered per s", each(lambda r: r.answered_per_second, 1)),
         ("answers by status", each(_statuses)),
         ("hub CPU ms per flood request (quiet)", each(lambda r: r.cpu_ms_per_request, 3)),
-        ("  x the bare 429 handler's", each(vs_floor(BARE))),
-        ("  x the bare 429 handler's, xheaders", each(vs_floor(BARE_AS_HUB))),
+        ("  x the bare 429 handler's", each(vs_floor(BARE, "cpu_ms_per_request"))),
+        ("hub background CPU ms per s (rest)", each(lambda r: r.background_cpu_ms_per_s, 1)),
+        ("hub CPU ms per request, less background", each(lambda r: r.cpu_ms_per_request_net, 3)),
+        ("  x the bare 429 handler's", each(vs_floor(BARE, "cpu_ms_per_request_net"))),
+        (
+            "  x the bare 429 handler's, xheaders",
+            each(vs_floor(BARE_AS_HUB, "cpu_ms_per_request_net")),
+        ),
         ("normal call p50 ms", phases(lambda r, p: r.normal_p50_ms.get(p), 1)),
         ("normal call p99 ms", phases(lambda r, p: r.normal_p99_ms.get(p), 1)),
         ("normal call failures", phases(lambda r, p: r.normal_failures.get(p))),
@@ -653,7 +683,8 @@ def format_table(results: list[Result], args: argparse.Namespace) -> str:
     title = (
         f"stop flood, {mode}: {args.users} never-started users, {args.idle_seconds:g}s idle,"
         f" a first pass over all users, then {args.seconds:g}s steady (every stop a repeat),"
-        f" then {args.cpu_seconds:g}s quiet (flood only) for CPU."
+        f" then {args.cpu_seconds:g}s quiet (flood only) for CPU,"
+        f" then {args.cpu_seconds:g}s rest (no flood) for the hub's background CPU."
         f"\nphases: {' / '.join(PHASES)}"
     )
     return title + "\n" + "\n".join(lines)
