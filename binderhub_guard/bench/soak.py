@@ -69,21 +69,55 @@ HEAP_FILE = "heap.json"
 
 
 def heap_gauge_config(workdir: str, malloc_trim: bool) -> str:
-    """Hub config text: on SIGRTMIN+4 the hub writes its Python heap's size (pymalloc blocks,
-    gc-tracked objects), after handing free memory back to the system first if `malloc_trim`
-    (a diagnostic: RSS growth that malloc_trim takes back was free memory the C allocator
-    kept, not objects)."""
+    """Hub config text: on SIGRTMIN+4 the hub writes where its memory is: its Python heap
+    (pymalloc blocks, gc-tracked objects, pymalloc's 1 MiB arenas) and glibc malloc's bytes in
+    use and free-but-kept (mallinfo2), after handing free memory back to the system first if
+    `malloc_trim` (a diagnostic: RSS growth that malloc_trim takes back was free memory the C
+    allocator kept, not objects). Growing arenas with flat blocks is pymalloc fragmentation;
+    growing free bytes with flat bytes in use is glibc keeping what was freed."""
     path = str(Path(workdir) / HEAP_FILE)
     return textwrap.dedent(
-        f"""
+        rf"""
         def _install_heap_gauge():
-            import asyncio, ctypes, gc, json, os, signal, sys
+            import asyncio, ctypes, gc, json, os, re, signal, sys, tempfile
+
+            class MallInfo2(ctypes.Structure):
+                _fields_ = [
+                    (name, ctypes.c_size_t)
+                    for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                 "fsmblks", "uordblks", "fordblks", "keepcost")
+                ]
+
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallinfo2.restype = MallInfo2
+
+            def pymalloc_arenas():
+                # _debugmallocstats writes to the C stderr, which is the hub's log
+                saved = os.dup(2)
+                with tempfile.TemporaryFile() as out:
+                    os.dup2(out.fileno(), 2)
+                    try:
+                        sys._debugmallocstats()
+                    finally:
+                        os.dup2(saved, 2)
+                        os.close(saved)
+                    out.seek(0)
+                    text = out.read().decode()
+                found = re.search(r"# arenas allocated current\s*=\s*([\d,]+)", text)
+                return int(found.group(1).replace(",", "")) if found else None
 
             def dump():
                 gc.collect()
                 if {malloc_trim!r}:
-                    ctypes.CDLL("libc.so.6").malloc_trim(0)
-                figures = {{"blocks": sys.getallocatedblocks(), "objects": len(gc.get_objects())}}
+                    libc.malloc_trim(0)
+                malloc = libc.mallinfo2()
+                figures = {{
+                    "blocks": sys.getallocatedblocks(),
+                    "objects": len(gc.get_objects()),
+                    "arenas": pymalloc_arenas(),
+                    "malloc_used": malloc.uordblks + malloc.hblkhd,
+                    "malloc_free": malloc.fordblks,
+                }}
                 with open({path!r} + ".tmp", "w") as f:
                     json.dump(figures, f)
                 os.replace({path!r} + ".tmp", {path!r})
@@ -132,6 +166,9 @@ class Sample:
     ledger_size: int | None
     py_blocks: int | None
     orphans_live: int | None
+    pymalloc_arenas: int | None = None
+    malloc_used_bytes: int | None = None
+    malloc_free_bytes: int | None = None
 
 
 class HubGauges:
@@ -182,6 +219,9 @@ class HubGauges:
             ledger_size=inside.get("ledger_size"),
             orphans_live=inside.get("orphans_live"),
             py_blocks=inside.get("py_blocks"),
+            pymalloc_arenas=inside.get("pymalloc_arenas"),
+            malloc_used_bytes=inside.get("malloc_used_bytes"),
+            malloc_free_bytes=inside.get("malloc_free_bytes"),
         )
 
     def _cpu_seconds(self) -> float | None:
@@ -213,6 +253,9 @@ class HubGauges:
                 "ledger_size": sum(ledger["live"].values()) if guarded else None,
                 "orphans_live": ledger["orphans_live"] if guarded else None,
                 "py_blocks": heap["blocks"],
+                "pymalloc_arenas": heap["arenas"],
+                "malloc_used_bytes": heap["malloc_used"],
+                "malloc_free_bytes": heap["malloc_free"],
             }
         return self._from_report()
 
@@ -313,6 +356,18 @@ def summarize(
         "rss_end_bytes": last.rss_bytes,
         "rss_slope_bytes_per_cycle": None if slope is None else round(slope, 1),
         "py_blocks_slope_per_cycle": _round(rss_slope(samples, warmup, "py_blocks")),
+        # where the RSS slope goes: pymalloc arenas, glibc malloc in use, glibc free-but-kept
+        "arena_slope_bytes_per_cycle": _round(
+            None
+            if (arenas := rss_slope(samples, warmup, "pymalloc_arenas")) is None
+            else arenas * PYMALLOC_ARENA_BYTES
+        ),
+        "malloc_used_slope_bytes_per_cycle": _round(
+            rss_slope(samples, warmup, "malloc_used_bytes")
+        ),
+        "malloc_free_slope_bytes_per_cycle": _round(
+            rss_slope(samples, warmup, "malloc_free_bytes")
+        ),
         "hub_cpu_ms_per_cycle": None if cpu is None else round(cpu * 1000, 2),
         **{
             f"{name}_{end}": getattr(sample, name)
@@ -336,7 +391,12 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-ROW = "{:>7} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>8} {:>10}"
+ROW = "{:>7} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>8} {:>10} {:>7} {:>9} {:>9}"
+PYMALLOC_ARENA_BYTES = 2**20  # CPython 3.10+ on 64-bit Linux
+
+
+def _mib(value: int | None) -> str | None:
+    return None if value is None else f"{value / 2**20:.1f}"
 
 
 def _fmt(value: Any) -> str:
@@ -344,13 +404,12 @@ def _fmt(value: Any) -> str:
 
 
 def print_sample(sample: Sample) -> None:
-    rss = None if sample.rss_bytes is None else f"{sample.rss_bytes / 2**20:.1f}"
     print(
         ROW.format(
             sample.cycles,
             sample.seconds,
             sample.failures,
-            _fmt(rss),
+            _fmt(_mib(sample.rss_bytes)),
             _fmt(sample.reflectors),
             _fmt(sample.spawners),
             _fmt(sample.tasks),
@@ -359,9 +418,17 @@ def print_sample(sample: Sample) -> None:
             _fmt(sample.ledger_size),
             _fmt(sample.orphans_live),
             _fmt(sample.py_blocks),
+            _fmt(sample.pymalloc_arenas),
+            _fmt(_mib(sample.malloc_used_bytes)),
+            _fmt(_mib(sample.malloc_free_bytes)),
         ),
         flush=True,
     )
+
+
+def _kib(result: dict[str, Any], gauge: str) -> str:
+    slope = result.get(f"{gauge}_slope_bytes_per_cycle")
+    return _fmt(None if slope is None else round(slope / 1024, 2))
 
 
 def print_comparison(results: list[dict[str, Any]]) -> None:
@@ -391,6 +458,9 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
                 else round(r["rss_slope_bytes_per_cycle"] / 1024, 2)
             ),
         ),
+        ("  of which pymalloc arenas, KiB/cycle", lambda r: _kib(r, "arena")),
+        ("  of which malloc in use, KiB/cycle", lambda r: _kib(r, "malloc_used")),
+        ("  of which malloc free (kept), KiB/cycle", lambda r: _kib(r, "malloc_free")),
         (
             "Python heap blocks after warm-up, /cycle",
             lambda r: _fmt(r["py_blocks_slope_per_cycle"]),
@@ -430,6 +500,9 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
                 "ledger",
                 "orphans",
                 "py_blocks",
+                "arenas",
+                "malloc_MiB",
+                "free_MiB",
             )
         )
     on_sample = (lambda s: None) if quiet else print_sample
