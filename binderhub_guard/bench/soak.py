@@ -6,10 +6,12 @@ with the guard's snippets loaded and only the spawner class changed: ``stock`` (
 events reflector, replayed by ``binderhub_guard.testing.leaky``).  Cycles run in batches with
 `--users` servers in parallel; after each batch every server is stopped and the hub is
 measured: RSS, live reflectors and spawners, asyncio tasks, TCP connections from the hub to
-the Kubernetes API, open aiohttp ClientSessions, ledger size, live orphans and the Python
-heap's allocated blocks.  The end table adds the slopes per cycle after warm-up of RSS and of
-the Python heap (objects kept vs. memory the C allocator kept) and the hub's CPU time per
-cycle.  ``--overhead`` measures the ledger's own cost per spawn in process, without a hub.
+the Kubernetes API, open aiohttp ClientSessions, ledger size, live orphans, the Python
+heap's allocated blocks, pymalloc's arenas and glibc malloc's bytes in use and free-but-kept.
+The end table adds the slopes per cycle after warm-up of RSS, split between those allocators
+(objects kept vs. memory an allocator kept after they were freed), of the Python heap, and
+the hub's CPU time per cycle.  ``--overhead`` measures the ledger's own cost per spawn in
+process, without a hub.
 
 The simulator expires Events after ``--event-ttl`` (60 s by default, printed with the
 reason): kubespawner's shared event reflector caches every live Event, so with the
@@ -476,10 +478,19 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
         ("Python heap blocks, k", lambda r: span_k(r, "py_blocks")),
     ]
     width = max(len(name) for name, _ in rows)
+    cells = [[str(value(r)) for r in results] for _, value in rows]
+    columns = [
+        2 + max(len(r["variant"]), *(len(row[i]) for row in cells)) for i, r in enumerate(results)
+    ]
     print()
-    print(" " * width + "  " + "".join(f"{r['variant']:>16}" for r in results))
-    for name, value in rows:
-        print(f"{name:<{width}}  " + "".join(f"{str(value(r)):>16}" for r in results))
+    print(
+        " " * width + "".join(f"{r['variant']:>{w}}" for r, w in zip(results, columns, strict=True))
+    )
+    for (name, _), row in zip(rows, cells, strict=True):
+        print(
+            f"{name:<{width}}"
+            + "".join(f"{cell:>{w}}" for cell, w in zip(row, columns, strict=True))
+        )
 
 
 def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
