@@ -592,9 +592,10 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
         # jupyterhub's User.stop calls this on every way a server ends (stopped, failed,
         # timed out, cancelled, found dead), even when stop() itself was skipped
         try:
-            if not self._stopped_since_start:
+            if not self._stopped_since_start and self.delete_stopped_pods:
                 # User.stop calls stop() only if poll() says running: a pod the kubelet
-                # rejected (Failed, no container statuses) would stay in the cluster
+                # rejected (Failed, no container statuses) would stay in the cluster, unless
+                # the operator keeps stopped pods for debugging
                 self.log.info("Deleting what is left of %s", self._log_name)
                 try:
                     await self.stop(now=True)

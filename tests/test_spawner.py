@@ -162,6 +162,24 @@ async def test_failed_start_ends_the_spawn_and_releases_its_leak(sim):
     assert _per_pod_reflectors() == []
 
 
+@pytest.mark.parametrize("delete_stopped_pods", [True, False])
+async def test_a_pod_left_by_a_skipped_stop_is_deleted_unless_stopped_pods_are_kept(
+    sim, delete_stopped_pods: bool
+):
+    sim.faults.update({"pods_rejected": True})
+    spawner = make_spawner(
+        GuardedKubeSpawner, sim, start_timeout=1, delete_stopped_pods=delete_stopped_pods
+    )
+    with pytest.raises(TimeoutError):
+        await spawner.start()
+    # poll() calls the rejected pod dead, so jupyterhub's User.stop skips stop()
+    assert await spawner.poll() == 1
+    await maybe_future(spawner.run_post_stop_hook())
+    assert [p["metadata"]["name"] for p in sim.pods()] == (
+        [] if delete_stopped_pods else [spawner.pod_name]
+    )
+
+
 async def test_abandoned_progress_is_ended_with_its_spawn(sim):
     sim.faults.update({"pods_never_ready": True})
     spawner = make_spawner(GuardedKubeSpawner, sim, start_timeout=30)
