@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cpu-seconds",
         type=float,
         default=5,
-        help="quiet window (flood on, no launches, no normal calls) where hub CPU is read",
+        help="quiet window (flood on, no launches, no normal calls) where hub CPU is read;"
+        " a rest window as long (no flood) then reads the hub's background CPU",
     )
     parser.add_argument(
         "--closed-loop", action="store_true", help="flood at --concurrency, not at --rate"
