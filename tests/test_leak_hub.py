@@ -106,34 +106,29 @@ def test_stop_releases_the_leak(leaky_hub: DevHub):
     assert probe(leaky_hub)["ledger"]["orphans_released"] >= 1
 
 
-def test_failed_start_releases_the_leak(leaky_hub: DevHub):
-    leaky_hub.set_faults(pods_fail=True)
+def start_fails_under(hub: DevHub, fault: str, user: str) -> None:
+    """Start `user`'s server with the simulator fault `fault` on; the start must fail."""
+    hub.set_faults(**{fault: True})
     try:
-        with pytest.raises(RuntimeError, match="failer"):
-            leaky_hub.client.start_server("failer", timeout=30)
+        with pytest.raises(RuntimeError, match=user):
+            hub.client.start_server(user, timeout=30)
     finally:
-        leaky_hub.set_faults(pods_fail=False)
+        hub.set_faults(**{fault: False})
+
+
+def test_failed_start_releases_the_leak(leaky_hub: DevHub):
+    start_fails_under(leaky_hub, "pods_fail", "failer")
     assert_all_released(leaky_hub)
 
 
 def test_start_of_a_pod_the_kubelet_rejected_leaves_no_pod(leaky_hub: DevHub):
     # poll() calls such a pod dead, so jupyterhub's clean-up after the timeout skips stop()
-    leaky_hub.set_faults(pods_rejected=True)
-    try:
-        with pytest.raises(RuntimeError, match="rejected"):
-            leaky_hub.client.start_server("rejected", timeout=30)
-    finally:
-        leaky_hub.set_faults(pods_rejected=False)
+    start_fails_under(leaky_hub, "pods_rejected", "rejected")
     assert_all_released(leaky_hub)
 
 
 def test_start_timeout_releases_the_leak(leaky_hub: DevHub):
-    leaky_hub.set_faults(pods_never_ready=True)
-    try:
-        with pytest.raises(RuntimeError, match="waiter"):
-            leaky_hub.client.start_server("waiter", timeout=30)
-    finally:
-        leaky_hub.set_faults(pods_never_ready=False)
+    start_fails_under(leaky_hub, "pods_never_ready", "waiter")
     assert_all_released(leaky_hub)
 
 
