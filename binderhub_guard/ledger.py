@@ -16,6 +16,9 @@ registers, per kind, how to tell whether an object is still live and how to rele
 When a spawn ends, its resources get ``orphan_grace_seconds`` to finish on their own; whatever
 is still live then is an *orphan*: logged with the spawn it came from and its creation site
 (a short stack), and released (stopped, closed, cancelled and awaited) when ``release_orphans``.
+Kinds registered with ``ends_on_its_own=False`` (a reflector runs until someone stops it) get
+no grace: waiting cannot end them, it only keeps them and all they pin for longer, so with
+``release_orphans`` they are reported and released as soon as the spawn ends.
 
 Snapshot (read-only, JSON-ready) for the report, from :meth:`Ledger.snapshot`::
 
@@ -132,7 +135,7 @@ def _frame_role(code: CodeType) -> int:
 class Entry:
     """One recorded resource, held by weak reference."""
 
-    __slots__ = ("kind", "_label", "ref", "origin", "created", "owner")
+    __slots__ = ("kind", "_label", "ref", "origin", "created", "owner", "reported")
 
     def __init__(
         self,
@@ -148,6 +151,8 @@ class Entry:
         self.origin = origin
         self.created = time.time()
         self.owner = owner
+        # already reported as an orphan: a later sweep of the same spawn must not count it twice
+        self.reported = False
 
     def target(self) -> Any:
         return self.ref()
@@ -225,6 +230,7 @@ class _KindRules:
     is_live: IsLive
     release: Release
     has_failed: IsLive | None = None
+    ends_on_its_own: bool = True
 
 
 def _short_stack(depth: int) -> Origin:
@@ -330,14 +336,21 @@ class Ledger:
     # -- kinds -------------------------------------------------------------------------------
 
     def register_kind(
-        self, kind: str, is_live: IsLive, release: Release, has_failed: IsLive | None = None
+        self,
+        kind: str,
+        is_live: IsLive,
+        release: Release,
+        has_failed: IsLive | None = None,
+        *,
+        ends_on_its_own: bool = True,
     ) -> None:
         """Teach the ledger how to tell a live `kind` from a finished one, and how to release it.
 
         `has_failed` tells a shared object that still exists but no longer works (a reflector
-        whose watch gave up, its cache frozen).
+        whose watch gave up, its cache frozen).  `ends_on_its_own=False` says a live one never
+        finishes unless released, so an ended spawn's are orphans at once, with no grace.
         """
-        self._rules[kind] = _KindRules(is_live, release, has_failed)
+        self._rules[kind] = _KindRules(is_live, release, has_failed, ends_on_its_own)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -373,21 +386,32 @@ class Ledger:
             if holding is not None:
                 holding.holders.discard(spawn.spawn_id)
         self._prune(spawn)
-        if spawn.entries:
-            self._schedule_sweep(spawn)
+        if not spawn.entries:
+            return
+        endless = self._endless_kinds()
+        if self.release_orphans and any(e.kind in endless for e in spawn.entries.values()):
+            self._schedule_sweep(spawn, kinds=endless, delay=0)
+        self._schedule_sweep(spawn)
 
-    def _schedule_sweep(self, spawn: Spawn) -> None:
+    def _endless_kinds(self) -> frozenset[str]:
+        return frozenset(kind for kind, rules in self._rules.items() if not rules.ends_on_its_own)
+
+    def _schedule_sweep(
+        self, spawn: Spawn, kinds: frozenset[str] | None = None, delay: float | None = None
+    ) -> None:
+        """Sweep `spawn` (only its `kinds`, if given) after `delay` (the grace by default)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self.sweep(spawn)
+            self.sweep(spawn, kinds)
             return
-        spawn.sweep_scheduled = True
+        if kinds is None:
+            spawn.sweep_scheduled = True
         # an empty context: the sweep and what it releases belong to no spawn
         loop.call_later(
-            self.orphan_grace_seconds,
+            self.orphan_grace_seconds if delay is None else delay,
             self._start_housekeeping,
-            self._sweep_and_release(spawn),
+            self._sweep_and_release(spawn, kinds),
             context=contextvars.Context(),
         )
 
@@ -450,11 +474,13 @@ class Ledger:
             if not self.is_live(entry):
                 spawn.entries.pop(key, None)
 
-    def sweep(self, spawn: Spawn) -> list[Orphan]:
-        """Turn the ended spawn's still-live resources into reported orphans."""
+    def sweep(self, spawn: Spawn, kinds: frozenset[str] | None = None) -> list[Orphan]:
+        """Turn the ended spawn's still-live resources (of `kinds`, if given) into reported
+        orphans."""
         self._prune(spawn)
         found = []
-        for entry in spawn.entries.values():
+        for entry in self._unreported(spawn, kinds):
+            entry.reported = True
             orphan = Orphan(
                 kind=entry.kind,
                 label=entry.label,
@@ -483,11 +509,21 @@ class Ledger:
             )
         return found
 
-    async def _sweep_and_release(self, spawn: Spawn) -> None:
-        spawn.sweep_scheduled = False
-        orphans = self.sweep(spawn)
+    @staticmethod
+    def _unreported(spawn: Spawn, kinds: frozenset[str] | None) -> list[Entry]:
+        return [
+            entry
+            for entry in spawn.entries.values()
+            if not entry.reported and (kinds is None or entry.kind in kinds)
+        ]
+
+    async def _sweep_and_release(self, spawn: Spawn, kinds: frozenset[str] | None) -> None:
+        if kinds is None:
+            spawn.sweep_scheduled = False
+        orphans = self.sweep(spawn, kinds)
         if orphans and self.release_orphans:
-            await self.release_entries(list(spawn.entries.values()))
+            entries = spawn.entries.values()
+            await self.release_entries([e for e in entries if kinds is None or e.kind in kinds])
             for orphan in orphans:
                 orphan.released = True
                 self._orphans_released += 1

@@ -246,7 +246,14 @@ def install_hooks(ledger: Ledger = registry) -> None:
     if _HOOKED:
         return
     ledger_module.add_plumbing(__file__)
-    ledger.register_kind(REFLECTOR, _reflector_is_live, _stop_reflector, _reflector_has_failed)
+    # a reflector watches until someone stops it: an ended spawn's own one is an orphan at once
+    ledger.register_kind(
+        REFLECTOR,
+        _reflector_is_live,
+        _stop_reflector,
+        _reflector_has_failed,
+        ends_on_its_own=False,
+    )
     ledger.register_kind(PROGRESS, _progress_is_live, _end_progress)
     ledger.register_kind(WATCH, _watch_is_live, _close_watch)
     ledger.register_kind(API_CLIENT, _session_open, _close_client)
@@ -349,7 +356,9 @@ class LedgerSettings(Configurable):
         config=True,
         help="""
         Seconds a stopped spawn's resources get to finish on their own before the ledger
-        declares them orphans. Must be a finite number >= 0.
+        declares them orphans. Must be a finite number >= 0. Reflectors the spawn started
+        itself get no grace when `release_orphans` is on: a reflector watches until it is
+        stopped, so it is reported and released as soon as the server has stopped.
         """,
     )
 

@@ -115,6 +115,27 @@ async def test_orphans_are_only_reported_when_release_is_off(ledger: Ledger):
     assert ledger.snapshot()["counts"]["orphans_live"] == 1
 
 
+@pytest.mark.parametrize("release", [True, False])
+async def test_a_kind_that_never_ends_on_its_own_gets_no_grace(release: bool):
+    ledger = Ledger(orphan_grace_seconds=0.3, release_orphans=release)
+    ledger.register_kind("thing", lambda t: not t.closed, _close)
+    ledger.register_kind("watcher", lambda t: not t.closed, _close, ends_on_its_own=False)
+    spawn = ledger.begin_spawn("alice")
+    with ledger.activate(spawn):
+        finishing, watcher = Thing(), Thing()
+        ledger.record("thing", finishing)
+        ledger.record("watcher", watcher)
+
+    ledger.end_spawn(spawn, "stopped")
+    await asyncio.sleep(0.05)
+    assert watcher.closed is release
+    assert not finishing.closed  # still within its grace
+    await asyncio.sleep(0.4)
+    assert finishing.closed is release
+    orphans = ledger.snapshot()["orphans"]
+    assert sorted(o["kind"] for o in orphans) == ["thing", "watcher"]  # each reported once
+
+
 async def test_orphan_tasks_are_cancelled_and_awaited(ledger: Ledger):
     install_task_tracking(asyncio.get_running_loop(), ledger)
     spawn = ledger.begin_spawn("alice")

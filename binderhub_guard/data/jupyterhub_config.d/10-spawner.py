@@ -4,7 +4,8 @@
 # API client and progress iterator a spawn creates, released when the server stops (or fails
 # to start, times out, is cancelled), when its user or named server is deleted, and at hub
 # shutdown. Whatever is still live orphan_grace_seconds after the server stopped is logged
-# as an orphan with where it was created, and released. Shared reflectors no longer keep the
+# as an orphan with where it was created, and released (a reflector the spawn started itself
+# at once: reflectors never stop on their own). Shared reflectors no longer keep the
 # spawner that created them alive. All KubeSpawner settings (c.KubeSpawner.*) keep working.
 #
 # Settings (help: `binderhub_guard.spawner.LedgerSettings`):
