@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
 from artifacts import keep_logs
 
 from binderhub_guard.bench.devhub import DevHub
@@ -225,12 +224,13 @@ def test_a_resumed_watch_that_gets_410_relists_within_the_bound(hub: DevHub):
         with WatchCounter(hub) as watches:
             for i in range(8):
                 # a change, then compaction: a watch resuming from before it gets 410 Expired
-                requests.post(
-                    hub.sim_url + "/api/v1/namespaces",
+                hub.sim_request(
+                    "POST",
+                    "/api/v1/namespaces",
                     json={"metadata": {"name": f"bump-{i}"}},
                     timeout=5,
                 )
-                requests.post(hub.sim_url + "/_sim/compact", timeout=5)
+                hub.sim_request("POST", "/_sim/compact", timeout=5)
                 time.sleep(1)
     finally:
         hub.set_faults(watch_drop_after_seconds=None)

@@ -2,8 +2,8 @@
 
 `DevHub` starts, as child processes it owns:
 
-1. the Kubernetes API simulator (`python -m binderhub_guard.kubesim`), unless a kubeconfig for
-   a real cluster is given;
+1. the Kubernetes API simulator (`python -m binderhub_guard.kubesim`), serving HTTPS under a CA
+   its kubeconfig names as a cluster's does, unless a kubeconfig for a real cluster is given;
 2. a real `jupyterhub` process, which starts the real configurable-http-proxy.
 
 The hub is configured the way Zero to JupyterHub configures it: every snippet in the package's
@@ -18,6 +18,7 @@ hub started, even when the hub itself had to be killed.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import secrets
 import shutil
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import yaml
 
 from .hubclient import HubClient
 
@@ -96,6 +98,12 @@ def stop_process_group(proc: subprocess.Popen, timeout: float) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+
+
+def kubeconfig_ca(kubeconfig: str | Path) -> bytes:
+    """The CA certificate (PEM) that a kubeconfig's first cluster names."""
+    config = yaml.safe_load(Path(kubeconfig).read_text())
+    return base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
 
 
 def hub_config(
@@ -198,6 +206,7 @@ class DevHub:
         self.sim_proc: subprocess.Popen | None = None
         self.hub_proc: subprocess.Popen | None = None
         self.sim_url: str | None = None
+        self.sim_ca_path: Path | None = None
         self.url = ""
         self.hub_url = ""  # the hub's own port, as in-cluster services (the culler) reach it
         self.client: HubClient | None = None
@@ -302,7 +311,7 @@ class DevHub:
 
     def _start_simulator(self, kubeconfig: str, env: dict[str, str]) -> None:
         self.sim_proc = subprocess.Popen(
-            [sys.executable, "-m", "binderhub_guard.kubesim", "--port", "0"]
+            [sys.executable, "-m", "binderhub_guard.kubesim", "--port", "0", "--tls"]
             + ["--kubeconfig", kubeconfig, "--namespace", self.namespace]
             + self.sim_args,
             cwd=self.workdir,
@@ -318,6 +327,8 @@ class DevHub:
             log = (self.workdir / "kubesim.log").read_text()[-2000:]
             raise DevHubError(f"the Kubernetes API simulator did not start:\n{log}")
         self.sim_url = line.split()[1]
+        self.sim_ca_path = self.workdir / "kubesim-ca.pem"
+        self.sim_ca_path.write_bytes(kubeconfig_ca(kubeconfig))
 
     def _wait_for_hub(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -358,14 +369,20 @@ class DevHub:
         """Call the hub's REST API as the dev-client service."""
         return self.client.api(method, path, **kwargs)
 
+    def sim_request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Call the embedded simulator (its ``/_sim/*`` endpoints or its Kubernetes API),
+        trusting only its CA."""
+        assert self.sim_url, "this needs the embedded simulator"
+        kwargs.setdefault("timeout", 10)
+        # a str: requests ignores a Path here and verifies against the system's CAs instead
+        return requests.request(method, self.sim_url + path, verify=str(self.sim_ca_path), **kwargs)
+
     def sim_state(self) -> dict:
         """The simulator's own view (pods, open watches, requests), not the hub's opinion."""
-        assert self.sim_url, "sim_state needs the embedded simulator"
-        return requests.get(self.sim_url + "/_sim/state", timeout=10).json()
+        return self.sim_request("GET", "/_sim/state").json()
 
     def set_faults(self, **faults: Any) -> dict:
-        assert self.sim_url, "faults need the embedded simulator"
-        return requests.patch(self.sim_url + "/_sim/faults", json=faults, timeout=10).json()
+        return self.sim_request("PATCH", "/_sim/faults", json=faults).json()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

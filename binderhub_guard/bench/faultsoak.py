@@ -73,13 +73,13 @@ def _hub_settings(spawner_class: str) -> str:
 class Compactor(Every):
     """Compacts the simulator's watch history every few seconds: resuming watches get 410."""
 
-    def __init__(self, sim_url: str, every: float = 3.0) -> None:
+    def __init__(self, hub: DevHub, every: float = 3.0) -> None:
         super().__init__()
-        self.sim_url = sim_url
+        self.hub = hub
         self.every = every
 
     def tick(self) -> None:
-        requests.post(self.sim_url + "/_sim/compact", timeout=5)
+        self.hub.sim_request("POST", "/_sim/compact", timeout=5)
 
 
 class PendingPeak(Every):
@@ -229,7 +229,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             started = time.monotonic()
             hub.set_faults(**FAULTS)
             try:
-                with Compactor(hub.sim_url), ThreadPoolExecutor(args.users) as pool:
+                with Compactor(hub), ThreadPoolExecutor(args.users) as pool:
                     outcomes = list(
                         pool.map(
                             lambda n, c: cycle_server(client, n, c, args.start_timeout),

@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", required=True, help="where to write the kubeconfig")
     parser.add_argument("--namespace", default="default", help="namespace of the context")
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS, as a cluster's API does, under a throwaway CA written into the"
+        " kubeconfig: each client then loads that one CA certificate, not the system's trust store",
+    )
+    parser.add_argument(
         "--pod-ip-base", default=None, help="pod IPs count up from here (default: a random one)"
     )
     parser.add_argument("--event-ttl", type=float, default=3600.0, help="Event lifetime, s")
@@ -87,6 +93,7 @@ async def run(
     pod_ip_base: str | None = None,
     event_ttl_seconds: float = 3600.0,
     max_events: int = 10_000,
+    tls: bool = False,
 ) -> None:
     """Serve until SIGINT/SIGTERM; print one ``ready <url>`` line once the kubeconfig exists."""
     sim = KubeSim(
@@ -96,6 +103,7 @@ async def run(
         pod_ip_base=pod_ip_base,
         event_ttl_seconds=event_ttl_seconds,
         max_events=max_events,
+        tls=tls,
     )
     url = await sim.start()
     try:
@@ -129,6 +137,7 @@ def main(args: argparse.Namespace) -> int:
             pod_ip_base=args.pod_ip_base,
             event_ttl_seconds=args.event_ttl,
             max_events=args.max_events,
+            tls=args.tls,
         )
     )
     return 0

@@ -9,6 +9,7 @@ says.  ``/_sim/*`` endpoints expose the same inspection and the fault knobs to o
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,7 @@ from .api import KubeApi, status_body
 from .faults import Faults
 from .kubelet import Kubelet
 from .store import Store
+from .tls import server_tls
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,11 @@ _EXPIRY_INTERVAL_SECONDS = 1.0
 
 
 class KubeSim:
-    """A Kubernetes API server with a kubelet, on 127.0.0.1, in this event loop."""
+    """A Kubernetes API server with a kubelet, on 127.0.0.1, in this event loop.
+
+    With ``tls=True`` it serves HTTPS under a CA of its own, which its kubeconfig names, as a
+    cluster's API server does.
+    """
 
     def __init__(
         self,
@@ -40,6 +46,7 @@ class KubeSim:
         *,
         event_ttl_seconds: float = 3600.0,
         max_events: int = 10_000,
+        tls: bool = False,
     ) -> None:
         self.faults = faults if faults is not None else Faults()
         self.host = host
@@ -47,13 +54,16 @@ class KubeSim:
         self.store = Store(self.faults, event_ttl_seconds=event_ttl_seconds, max_events=max_events)
         self.kubelet = Kubelet(self.store, self.faults, pod_ip_base=pod_ip_base)
         self.api = KubeApi(self.store, self.kubelet, self.faults)
+        self.tls = tls
         self.url = ""
+        #: the PEM of the CA that signed the serving certificate, once started with TLS
+        self.ca_pem: bytes | None = None
         self._runner: web.AppRunner | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self.api.ensure_namespace("default")
 
     async def start(self) -> str:
-        """Start serving; return the base URL, e.g. http://127.0.0.1:41234."""
+        """Start serving; return the base URL, e.g. http://127.0.0.1:41234 (https with TLS)."""
         app = web.Application()
         app.router.add_route("GET", "/_sim/faults", self._get_faults)
         app.router.add_route("PATCH", "/_sim/faults", self._patch_faults)
@@ -66,10 +76,14 @@ class KubeSim:
             app, access_log=None, shutdown_timeout=0.5, handler_cancellation=True
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        ssl_context = None
+        if self.tls:
+            ssl_context, self.ca_pem = server_tls(self.host)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        self.url = f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://{self.host}:{self.port}"
         self._expiry_task = asyncio.create_task(self._expire_events())
         log.info("kubesim listening on %s", self.url)
         return self.url
@@ -96,10 +110,13 @@ class KubeSim:
         if not self.url:
             raise RuntimeError("start() the simulator before writing its kubeconfig")
         self.api.ensure_namespace(namespace)
+        cluster = {"server": self.url}
+        if self.ca_pem is not None:
+            cluster["certificate-authority-data"] = base64.b64encode(self.ca_pem).decode("ascii")
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "kubesim", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "kubesim", "cluster": cluster}],
             "users": [{"name": "kubesim", "user": {"token": "kubesim-token"}}],
             "contexts": [
                 {

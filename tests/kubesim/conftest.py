@@ -15,8 +15,9 @@ from binderhub_guard.kubesim import Faults, KubeSim
 @pytest.fixture(autouse=True)
 def _no_ca_bundle(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     # Every kubernetes_asyncio ApiClient, including the one each Watch makes, loads OpenSSL's
-    # default CA bundle: ~0.15 s of CPU apiece, most of this suite's time.  The simulator speaks
-    # plain http, so point OpenSSL at an empty location instead.
+    # default CA bundle when its kubeconfig names no CA: ~0.15 s of CPU apiece, most of this
+    # suite's time.  The simulator speaks plain http unless a test asks for TLS, so point OpenSSL
+    # at an empty location instead.
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-ca-bundle.pem"))
     monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-ca-dir"))
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import ssl
 import time
 
 import aiohttp
 import pytest
 from kubernetes_asyncio import client, watch
+from kubernetes_asyncio.client import Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubesim_helpers import NAMESPACE, pod_manifest, wait_for
 
@@ -142,6 +144,24 @@ async def test_watch_without_version_sends_current_state(sim: KubeSim, core_api:
             seen.append((event["type"], event["raw_object"]["metadata"]["name"]))
             break
     assert seen == [("ADDED", "carol")]
+
+
+@pytest.mark.parametrize("sim_options", [{"tls": True}])
+async def test_tls_is_trusted_through_the_kubeconfig_only(sim: KubeSim, core_api: client.CoreV1Api):
+    assert sim.url.startswith("https://127.0.0.1:")
+    namespaces = await core_api.list_namespace()
+    assert NAMESPACE in {namespace.metadata.name for namespace in namespaces.items}
+    async with watch.Watch().stream(core_api.list_namespace, timeout_seconds=1) as stream:
+        async for event in stream:
+            assert event["type"] == "ADDED"
+            break
+        else:
+            pytest.fail("no watch event over HTTPS")
+
+    # without the kubeconfig's CA (and, in these tests, without the system's CAs either)
+    async with client.ApiClient(Configuration(host=sim.url)) as untrusting_client:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await client.CoreV1Api(untrusting_client).list_namespace()
 
 
 async def test_timeout_seconds_ends_stream(sim: KubeSim, core_api: client.CoreV1Api):

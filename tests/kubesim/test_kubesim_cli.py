@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import signal
 import sys
 import time
 
 import aiohttp
 import pytest
+import yaml
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client import Configuration
 from kubernetes_asyncio.config import kube_config
@@ -80,6 +82,29 @@ async def test_process_serves_until_sigterm(tmp_path):
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_process_with_tls_names_its_ca_in_the_kubeconfig(tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "binderhub_guard.kubesim",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--tls",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        line = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
+        assert line.startswith("ready https://127.0.0.1:")
+        cluster = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]
+        assert cluster["server"] == line.split()[1]
+        ca_pem = base64.b64decode(cluster["certificate-authority-data"])
+        assert ca_pem.startswith(b"-----BEGIN CERTIFICATE-----")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 5)
 
 
 async def test_kubespawner_load_config_reads_kubeconfig_env(
