@@ -72,8 +72,8 @@ HEAP_FILE = "heap.json"
 
 def heap_gauge_config(workdir: str, malloc_trim: bool) -> str:
     """Hub config text: on SIGRTMIN+4 the hub writes where its memory is: its Python heap
-    (pymalloc blocks, gc-tracked objects, pymalloc's 1 MiB arenas) and glibc malloc's bytes in
-    use and free-but-kept (mallinfo2), after handing free memory back to the system first if
+    (pymalloc blocks, pymalloc's 1 MiB arenas) and glibc malloc's bytes in use and
+    free-but-kept (mallinfo2), after handing free memory back to the system first if
     `malloc_trim` (a diagnostic: RSS growth that malloc_trim takes back was free memory the C
     allocator kept, not objects). Growing arenas with flat blocks is pymalloc fragmentation;
     growing free bytes with flat bytes in use is glibc keeping what was freed."""
@@ -115,7 +115,6 @@ def heap_gauge_config(workdir: str, malloc_trim: bool) -> str:
                 malloc = libc.mallinfo2()
                 figures = {{
                     "blocks": sys.getallocatedblocks(),
-                    "objects": len(gc.get_objects()),
                     "arenas": pymalloc_arenas(),
                     "malloc_used": malloc.uordblks + malloc.hblkhd,
                     "malloc_free": malloc.fordblks,
@@ -627,8 +626,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overhead",
         action="store_true",
-        help="no hub: CPU of --cycles spawn/stop cycles in process, KubeSpawner vs"
-        " GuardedKubeSpawner, on the in-process simulator (the ledger's cost per spawn)",
+        help="no hub: the ledger's cost per spawn, as CPU of --cycles spawn/stop cycles in this"
+        " process, KubeSpawner vs GuardedKubeSpawner, against the simulator in its own process",
     )
     parser.add_argument(
         "--faults",
@@ -814,9 +813,11 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
 
     workdir = tempfile.mkdtemp(prefix="soak-overhead-")
     kubeconfig = str(Path(workdir) / "kubeconfig")
-    # the simulator in its own process: its CPU (and the noise of it) is not the spawner's
+    # the simulator in its own process: its CPU (and the noise of it) is not the spawner's.
+    # Over TLS under its own CA, as a cluster: each API client the spawners and their watches
+    # make loads that one certificate, not the system's trust store (~50 ms of CPU apiece)
     sim = subprocess.Popen(
-        [sys.executable, "-m", "binderhub_guard.kubesim", "--port", "0"]
+        [sys.executable, "-m", "binderhub_guard.kubesim", "--port", "0", "--tls"]
         + ["--kubeconfig", kubeconfig],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
