@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import secrets
 import shutil
@@ -54,11 +55,21 @@ class DevHubError(RuntimeError):
     """The dev hub could not start; the message says why."""
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` different TCP ports on 127.0.0.1 that nothing listens on right now.
+
+    Picked with all their sockets bound at once: a port picked and released can be the
+    kernel's next pick too, and a hub given the same port twice fails to start."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def ensure_port_free(port: int, what: str) -> None:
@@ -239,10 +250,11 @@ class DevHub:
             raise
 
     def _start(self) -> None:
+        public_port, hub_port, proxy_api_port = free_ports(3)
         if self.port:
             ensure_port_free(self.port, "hub")
         else:
-            self.port = free_port()
+            self.port = public_port
         proxy_command = find_proxy_command()
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
         if self.kubeconfig:
@@ -252,7 +264,6 @@ class DevHub:
             self._start_simulator(kubeconfig, env)
         env["KUBECONFIG"] = kubeconfig
 
-        hub_port = free_port()
         self.hub_url = f"http://127.0.0.1:{hub_port}"
         config_path = self.workdir / "jupyterhub_config.py"
         config_path.write_text(
@@ -262,7 +273,7 @@ class DevHub:
                 bind_port=self.port,
                 base_url=self.base_url,
                 hub_port=hub_port,
-                proxy_api_port=free_port(),
+                proxy_api_port=proxy_api_port,
                 proxy_command=proxy_command,
                 workdir=self.workdir,
                 token=self.token,

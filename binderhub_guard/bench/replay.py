@@ -42,7 +42,7 @@ from typing import Any
 import psutil
 import requests
 
-from .devhub import DevHub, DevHubError, free_port
+from .devhub import DevHub, DevHubError
 from .hubclient import HubClient
 from .replay_load import Flood, Launch, Prober, Users, flood_targets
 
@@ -131,11 +131,8 @@ class Timeline:
 # --- the hubs' configuration -------------------------------------------------------------------
 
 
-def replay_config(
-    workdir: Path, hub_port: int, flood_token: str, cleanup_servers: bool = False
-) -> str:
-    """Config appended to both hubs: the hub's own port (the flood goes there, as a culler in
-    the cluster reaches the hub), the culler, the flooding culler's token, the reflector
+def replay_config(workdir: Path, flood_token: str, cleanup_servers: bool = False) -> str:
+    """Config appended to both hubs: the culler, the flooding culler's token, the reflector
     count.
 
     On the simulator, servers are not stopped at hub shutdown (the simulator goes with the hub,
@@ -143,7 +140,6 @@ def replay_config(
     culler = os.path.join(os.path.dirname(sys.executable), "jupyterhub-idle-culler")
     reflectors_path = str(workdir / REFLECTORS_FILE)
     return f"""
-c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_port}"
 c.JupyterHub.cleanup_servers = {cleanup_servers!r}
 c.GuardedKubeSpawner.orphan_grace_seconds = {LEDGER_GRACE_SECONDS}
 c.GuardReport.sample_interval = 1
@@ -237,11 +233,10 @@ class Replay:
     flood_token: str
 
 
-def run_hub(
-    name: str, hub: DevHub, hub_own_url: str, replay: Replay, progress: Progress
-) -> dict[str, Any]:
+def run_hub(name: str, hub: DevHub, replay: Replay, progress: Progress) -> dict[str, Any]:
     """The timeline against one started hub (see `prepare_hub`); returns its samples, launches
-    and flood counts. The flood goes to `hub_own_url`, the hub's own port."""
+    and flood counts. The flood goes to the hub's own port, as a culler in the cluster
+    reaches the hub."""
     timeline = replay.timeline
     client = hub.client
     report_available = client.api("GET", "/guard").status_code == 200
@@ -250,7 +245,7 @@ def run_hub(
     load = Users(client, user_names(name, replay.users), t0, timeline.leave)
     # its own connection pool: up to 50 calls may wait on a stalled hub at once
     prober = Prober(HubClient(hub.url, hub.token), t0, timeline.seconds)
-    flood = Flood(hub_own_url, replay.flood_token, replay.flood_rate, t0, timeline.flood)
+    flood = Flood(hub.hub_url, replay.flood_token, replay.flood_rate, t0, timeline.flood)
     flood.start()
     time.sleep(max(0.0, t0 - time.monotonic()))
     load.start()
@@ -611,14 +606,9 @@ def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     replay = Replay(timeline, args.users, args.flood_rate, secrets.token_hex(16))
     hubs: dict[str, DevHub] = {}
-    hub_own_urls: dict[str, str] = {}
     for name in HUBS:
         workdir = Path(tempfile.mkdtemp(prefix=f"replay-{name}-"))
-        hub_port = free_port()
-        hub_own_urls[name] = f"http://127.0.0.1:{hub_port}"
-        config = replay_config(
-            workdir, hub_port, replay.flood_token, cleanup_servers=bool(args.kubeconfig)
-        )
+        config = replay_config(workdir, replay.flood_token, cleanup_servers=bool(args.kubeconfig))
         hubs[name] = DevHub(
             stock=name == "stock",
             leaky=True,
@@ -639,7 +629,7 @@ def main(args: argparse.Namespace) -> int:
         )
         for i, name in enumerate(HUBS):
             progress = Progress(timeline, hubs_after=len(HUBS) - 1 - i)
-            runs[name] = run_hub(name, hubs[name], hub_own_urls[name], replay, progress)
+            runs[name] = run_hub(name, hubs[name], replay, progress)
             runs[name]["warm_up"] = {"launches": args.users, "ready": warmed[name]}
             print(f"replay: [{name}] done, stopping its hub", file=sys.stderr, flush=True)
             _stop_and_keep_log(name, hubs[name], out)
