@@ -90,6 +90,25 @@ def test_port_in_use_fails_clearly_and_starts_nothing() -> None:
         assert psutil.Process().children(recursive=True) == before
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_hub_that_fails_after_starting_its_proxy_leaves_no_proxy_running(tmp_path) -> None:
+    # JupyterHub starts the proxy in a session of its own, then fails to bind its own port
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = f'c.JupyterHub.hub_bind_url = "http://127.0.0.1:{busy.getsockname()[1]}"'
+        with pytest.raises(DevHubError, match="exited with status"):
+            DevHub(workdir=str(tmp_path), extra_config=taken).start()
+    proxy_pid = int((tmp_path / "jupyterhub-proxy.pid").read_text())
+    assert _gone(proxy_pid)
+
+
 def test_start_up_says_what_is_active_and_on_which_versions(dev_hub: DevHub) -> None:
     log = dev_hub.log_path.read_text()
     for line in (

@@ -11,8 +11,9 @@ The hub is configured the way Zero to JupyterHub configures it: every snippet in
 authenticator, a service token). `stock=True` loads none of the guard's snippets and uses plain
 `KubeSpawner`, everything else equal, so stock and guarded hubs can be compared in one run.
 
-Each child runs in its own process group, so stopping a DevHub also stops the proxy that the
-hub started, even when the hub itself had to be killed.
+Each child runs in its own process group. JupyterHub starts the proxy in a session of its own
+and stops it when it shuts down; a hub that failed to start or had to be killed leaves it
+running, so stopping a DevHub then stops the proxy by the PID in the hub's proxy PID file.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 import yaml
 
@@ -53,6 +55,10 @@ LEAKY_SPAWNERS = {
 
 class DevHubError(RuntimeError):
     """The dev hub could not start; the message says why."""
+
+
+# where the hub writes its proxy's PID, in the DevHub's workdir
+PROXY_PID_FILE = "jupyterhub-proxy.pid"
 
 
 def free_ports(count: int) -> list[int]:
@@ -153,6 +159,7 @@ def hub_config(
         c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_port}"
         c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
         c.ConfigurableHTTPProxy.command = [{proxy_command!r}]
+        c.ConfigurableHTTPProxy.pid_file = "{workdir / PROXY_PID_FILE}"
         c.JupyterHub.db_url = "sqlite:///{workdir / "jupyterhub.sqlite"}"
         c.JupyterHub.cookie_secret_file = "{workdir / "jupyterhub_cookie_secret"}"
 
@@ -368,6 +375,7 @@ class DevHub:
         """Stop the hub (it stops its servers and the proxy), then the simulator."""
         if self.hub_proc is not None:
             stop_process_group(self.hub_proc, timeout=30)
+            self._stop_proxy_left_running()
         if self.sim_proc is not None:
             stop_process_group(self.sim_proc, timeout=5)
             self.sim_proc.stdout.close()
@@ -375,6 +383,19 @@ class DevHub:
             self.client.close()
         if self._own_workdir and not os.environ.get("DEVHUB_KEEP_WORKDIR"):
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _stop_proxy_left_running(self) -> None:
+        try:
+            proxy = psutil.Process(int((self.workdir / PROXY_PID_FILE).read_text()))
+            # the PID may have been reused since the proxy wrote it
+            if not any("configurable-http-proxy" in part for part in proxy.cmdline()):
+                return
+            proxy.terminate()
+            proxy.wait(5)
+        except psutil.TimeoutExpired:
+            proxy.kill()
+        except (OSError, ValueError, psutil.Error):
+            pass  # no PID file (a clean shutdown removes it), or the proxy is gone
 
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Call the hub's REST API as the dev-client service."""
