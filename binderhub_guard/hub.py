@@ -20,15 +20,15 @@ methods on the instance (the class is left alone):
   the spawner's ``progress()`` when the browser has gone. The report's routes go in just
   before JupyterHub's ``/api/(.*)`` 404 catch-all. The StopGuard is built here too, when the
   configuration is complete, so bad StopGuard values stop the hub at start-up.
-- ``start`` / ``cleanup``: start and stop the report and the StopGuard's summary logging.
-  Before the hub's HTTP server is made, its application's ``start_request`` (tornado's
-  ``HTTPServerConnectionDelegate`` interface) is wrapped, so that each request meets
+- ``start`` / ``cleanup``: start and stop the report, the StopGuard's summary logging and the
+  `MemoryTrim` (free C-heap pages returned to the system). Before the hub's HTTP server is
+  made, its application's ``start_request`` (tornado's ``HTTPServerConnectionDelegate``
+  interface) is wrapped, so that each request meets
   `StopGate` first: a repeated stop of a not-running server by a caller that JupyterHub
   already accepted for it is answered 429 right there, before tornado routes it, builds a
   handler, authenticates (token hashing, DB queries, activity records) or logs. Every other
   request goes to the application untouched. Only when the guarded routes are first, so that
   the gate answers for exactly the handler tornado would pick.
-- ``start`` / ``cleanup``: start and stop the report and the StopGuard's summary logging.
 
 Why this hook: authenticator handlers go first in the route table, but a second route for the
 same path would shadow JupyterHub's for every method; ``extra_handlers`` (deprecated) come after
@@ -77,6 +77,7 @@ from traitlets.config import LoggingConfigurable
 from . import report
 from ._version import __version__
 from .ledger import registry as ledger_registry
+from .memtrim import MemoryTrim
 from .report.handlers import default_handlers as report_handlers
 from .spawner import GuardedKubeSpawner, progress_client_gone
 from .spawner import check_config as check_spawner_config
@@ -160,6 +161,7 @@ class _Installer:
         self.gate: StopGate | None = None
         self.summaries: PeriodicCallback | None = None
         self.report_started = False
+        self.memory_trim: MemoryTrim | None = None
 
     def hook(self) -> None:
         for name in ("init_role_creation", "init_handlers", "start", "cleanup"):
@@ -193,10 +195,12 @@ class _Installer:
         def init_handlers() -> None:
             original()
             self.guard = StopGuard(parent=self.app)
+            self.memory_trim = MemoryTrim(parent=self.app)
             self.app.tornado_settings[SETTINGS_KEY] = {
                 "stop_guard": self.guard,
                 "ledger": ledger_registry,
                 "report": None,
+                "memory_trim": self.memory_trim,
             }
             self.install_routes(self.app.handlers)
             self.log_versions()
@@ -342,6 +346,8 @@ class _Installer:
                     application.start_request
                 )
             await original()
+            if self.memory_trim is not None:
+                self.memory_trim.start()
             guard = self.guard
             if guard is not None and guard.enabled:
                 self.summaries = PeriodicCallback(
@@ -368,6 +374,8 @@ class _Installer:
                 self.guard.log_summary(time.monotonic())
             if self.report_started:
                 await report.stop()
+            if self.memory_trim is not None:
+                await self.memory_trim.stop()
             await original()
 
         return cleanup
@@ -688,6 +696,7 @@ def check_config(config_file: str) -> dict[str, str]:
     # the outcome is returned: only errors (a capability skipped under fail_open) are logged
     app.log.setLevel(logging.ERROR)
     GuardReport(parent=app)
+    MemoryTrim(parent=app)
     installer = _Installer(app)
     installer.guard = StopGuard(parent=app)
     routes = [

@@ -304,7 +304,12 @@ class GuardReport(LoggingConfigurable):
             "stop_guard": sources.stop_guard_section(self.get_source("stop_guard"), top),
             "leak_signals": self.sampler.active_signals,
             "sampler": self.sampler_section(),
+            "memory_trim": self.memory_trim_section(),
         }
+
+    def memory_trim_section(self) -> dict[str, Any] | None:
+        trim = self.get_source("memory_trim")
+        return trim.status() if trim is not None else None
 
     def process_section(self) -> dict[str, Any]:
         sample = self.sampler.latest
