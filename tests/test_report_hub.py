@@ -69,7 +69,7 @@ def test_admins_and_the_dev_client_get_the_report(dev_hub, tokens, who):
     assert body["stop_guard"]["available"] is True
     assert set(body["stop_guard"]["totals"]) == {"pass", "throttle", "dry-run"}
     assert isinstance(body["leak_signals"], list)
-    assert body["memory_trim"]["interval_seconds"] == 60
+    assert body["memory_trim"]["interval_seconds"] == 10
 
 
 @pytest.mark.parametrize("who", ["user", "admin_without_guard_scope", None])

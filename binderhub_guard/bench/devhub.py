@@ -257,11 +257,8 @@ class DevHub:
             raise
 
     def _start(self) -> None:
-        public_port, hub_port, proxy_api_port = free_ports(3)
         if self.port:
             ensure_port_free(self.port, "hub")
-        else:
-            self.port = public_port
         proxy_command = find_proxy_command()
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
         if self.kubeconfig:
@@ -271,6 +268,9 @@ class DevHub:
             self._start_simulator(kubeconfig, env)
         env["KUBECONFIG"] = kubeconfig
 
+        # picked once the simulator listens, so that it cannot take one of them meanwhile
+        public_port, hub_port, proxy_api_port = free_ports(3)
+        self.port = self.port or public_port
         self.hub_url = f"http://127.0.0.1:{hub_port}"
         config_path = self.workdir / "jupyterhub_config.py"
         config_path.write_text(

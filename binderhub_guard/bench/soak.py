@@ -5,9 +5,11 @@ with the guard's snippets loaded and only the spawner class changed: ``stock`` (
 ``guarded`` (GuardedKubeSpawner), ``leaky-stock`` and ``leaky-guarded`` (the 2018 per-spawn
 events reflector, replayed by ``binderhub_guard.testing.leaky``).  Cycles run in batches with
 `--users` servers in parallel; after each batch every server is stopped and the hub is
-measured: RSS, live reflectors and spawners, asyncio tasks, TCP connections from the hub to
-the Kubernetes API, open aiohttp ClientSessions, ledger size, live orphans, the Python
-heap's allocated blocks, pymalloc's arenas and glibc malloc's bytes in use and free-but-kept.
+measured: RSS (the batch's peak, read every half second: the hub's MemoryTrim makes it a
+sawtooth that a single reading would sample anywhere), live reflectors and spawners,
+asyncio tasks, TCP connections from the hub to the Kubernetes API, open aiohttp
+ClientSessions, ledger size, live orphans, the Python heap's allocated blocks, pymalloc's
+arenas and glibc malloc's bytes in use and free-but-kept.
 The end table adds the slopes per cycle after warm-up of RSS, split between those allocators
 (objects kept vs. memory an allocator kept after they were freed), of the Python heap, and
 the hub's CPU time per cycle.  ``--overhead`` measures the ledger's own cost per spawn in
@@ -45,6 +47,7 @@ import psutil
 import requests
 
 from .devhub import DevHub
+from .every import Every
 from .hubclient import HubClient
 from .probe import probe_config, read_probe
 
@@ -172,6 +175,33 @@ class Sample:
     malloc_free_bytes: int | None = None
 
 
+class PeakRss(Every):
+    """The hub's highest resident memory between two readings, polled every half second.
+
+    A hub that trims its heap (MemoryTrim) has a sawtooth RSS: one reading per sample would
+    land anywhere on it, so the slope would measure where the samples fell.  The peak of
+    each window is what a memory limit meets."""
+
+    every = 0.5
+
+    def __init__(self, process: psutil.Process) -> None:
+        super().__init__()
+        self.process = process
+        self._peak = 0
+
+    def tick(self) -> None:
+        try:
+            self._peak = max(self._peak, self.process.memory_info().rss)
+        except psutil.Error:
+            pass
+
+    def take(self) -> int:
+        """The peak since the last take, the current reading included."""
+        self.tick()
+        peak, self._peak = self._peak, 0
+        return peak
+
+
 class HubGauges:
     """Reads one hub's figures: the process from outside, object counts from inside."""
 
@@ -187,6 +217,7 @@ class HubGauges:
         self.client = client
         self.rss_after_trim = rss_after_trim
         self.process = psutil.Process(hub_pid) if hub_pid else None
+        self.peak_rss = PeakRss(self.process) if self.process else None
         self.api_port = api_port
         self.probe_dir = probe_dir
         self.guarded = guarded
@@ -194,10 +225,19 @@ class HubGauges:
         self.measuring_cpu_seconds = 0.0
         self._measured_before = 0.0
 
+    def __enter__(self) -> HubGauges:
+        if self.peak_rss is not None:
+            self.peak_rss.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.peak_rss is not None:
+            self.peak_rss.__exit__(*exc_info)
+
     def sample(self, cycles: int, seconds: float, failures: int) -> Sample:
         self._measured_before = self.measuring_cpu_seconds
         cpu_before = self._cpu_seconds()
-        rss = self.process.memory_info().rss if self.process else None
+        rss = self.peak_rss.take() if self.peak_rss else None
         try:
             inside = self._inside()
         except CYCLE_ERRORS:
@@ -529,10 +569,10 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.url:
         client = HubClient(args.url, args.token)
         try:
-            gauges = HubGauges(
+            with HubGauges(
                 client, args.hub_pid, args.api_port, probe_dir=None, guarded=not args.stock
-            )
-            samples = run_cycles(client, gauges, **common)
+            ) as gauges:
+                samples = run_cycles(client, gauges, **common)
         finally:
             client.close()
         return summarize(variant, samples, args.warmup, args.cycles, minutes)
@@ -547,15 +587,15 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             sim_args=["--event-ttl", str(args.event_ttl)],
         ) as hub:
             api_port = int(hub.sim_url.rsplit(":", 1)[1])
-            gauges = HubGauges(
+            with HubGauges(
                 hub.client,
                 hub.hub_pid,
                 api_port,
                 probe_dir=workdir,
                 guarded=variant.endswith("guarded"),
                 rss_after_trim=args.malloc_trim,
-            )
-            samples = run_cycles(hub.client, gauges, **common)
+            ) as gauges:
+                samples = run_cycles(hub.client, gauges, **common)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return summarize(variant, samples, args.warmup, args.cycles, minutes)

@@ -5,7 +5,7 @@
 # servers are never touched, and throttled stops are logged as one summary line per caller.
 # Tune with c.StopGuard.* (help: `binderhub_guard.stopguard.StopGuard`), for example
 # c.StopGuard.dry_run = True to only count, or c.StopGuard.enabled = False for stock.
-# Every 60 s the hub returns the C heap's free pages to the system, so that its RSS follows
+# Every 10 s the hub returns the C heap's free pages to the system, so that its RSS follows
 # the memory it uses (c.MemoryTrim.interval; 0 turns it off).
 c = get_config()  # noqa: F821
 
