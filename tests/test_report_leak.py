@@ -54,7 +54,9 @@ def test_leak_under_plain_kubespawner_raises_count_rising():
         # each leaked reflector holds a Watch, its ApiClient and ClientSession: any may cross
         # the threshold first
         assert types & {"ResourceReflector", "Watch", "ApiClient", "ClientSession"}, found
-        assert {s["evidence"]["rule"] for s in found} == {"kube_resource"}, found
+        # each leaked reflector's watch task raises the task count too: the general rule may
+        # fire in the same sample
+        assert "kube_resource" in {s["evidence"]["rule"] for s in found}, found
         assert cycles <= 20
         assert (
             metric(hub, r'^binderhub_guard_leak_signals_active\{signal="count_rising"\} (\S+)') >= 1
