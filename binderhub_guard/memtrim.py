@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import math
 import time
 from typing import Any
@@ -26,9 +25,10 @@ from traitlets.config import LoggingConfigurable
 
 
 def _load_malloc_trim() -> Any:
+    # the symbols already loaded into this process (libc among them): no library search,
+    # which would run ldconfig at hub start-up
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        malloc_trim = libc.malloc_trim
+        malloc_trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     malloc_trim.argtypes = [ctypes.c_size_t]
