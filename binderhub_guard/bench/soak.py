@@ -365,6 +365,15 @@ def run_cycles(
 
 def rss_slope(samples: list[Sample], warmup: int, gauge: str = "rss_bytes") -> float | None:
     """Least-squares growth of `gauge` per cycle, over samples after `warmup` cycles."""
+    fit = slope_fit(samples, warmup, gauge)
+    return None if fit is None else fit[0]
+
+
+def slope_fit(
+    samples: list[Sample], warmup: int, gauge: str = "rss_bytes"
+) -> tuple[float, float | None] | None:
+    """`gauge`'s least-squares slope per cycle after `warmup` cycles and its standard error
+    (None with fewer than three samples): how far batch-to-batch noise leaves the slope."""
     points = [
         (s.cycles, getattr(s, gauge)) for s in samples if s.cycles >= warmup and getattr(s, gauge)
     ]
@@ -376,14 +385,19 @@ def rss_slope(samples: list[Sample], warmup: int, gauge: str = "rss_bytes") -> f
     var = sum((x - mean_x) ** 2 for x, _ in points)
     if var == 0:
         return None
-    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+    if n < 3:
+        return slope, None
+    residuals = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in points)
+    return slope, (residuals / (n - 2) / var) ** 0.5
 
 
 def summarize(
     variant: str, samples: list[Sample], warmup: int, cycles: int, minutes: float
 ) -> dict[str, Any]:
     first, last = samples[0], samples[-1]
-    slope = rss_slope(samples, warmup)
+    fit = slope_fit(samples, warmup)
+    slope, slope_error = (None, None) if fit is None else fit
     cpu = None
     if last.hub_cpu_seconds is not None and last.cycles:
         cpu = (last.hub_cpu_seconds - first.hub_cpu_seconds) / last.cycles
@@ -395,7 +409,8 @@ def summarize(
         "cut_short": None if last.cycles >= cycles else f"at cycle {last.cycles}: {minutes:g} min",
         "rss_start_bytes": first.rss_bytes,
         "rss_end_bytes": last.rss_bytes,
-        "rss_slope_bytes_per_cycle": None if slope is None else round(slope, 1),
+        "rss_slope_bytes_per_cycle": _round(slope),
+        "rss_slope_error_bytes_per_cycle": _round(slope_error),
         "py_blocks_slope_per_cycle": _round(rss_slope(samples, warmup, "py_blocks")),
         # where the RSS slope goes: pymalloc arenas, glibc malloc in use, glibc free-but-kept
         "arena_slope_bytes_per_cycle": _round(
@@ -467,9 +482,9 @@ def print_sample(sample: Sample) -> None:
     )
 
 
-def _kib(result: dict[str, Any], gauge: str) -> str:
-    slope = result.get(f"{gauge}_slope_bytes_per_cycle")
-    return _fmt(None if slope is None else round(slope / 1024, 2))
+def _kib(result: dict[str, Any], key: str) -> str:
+    per_cycle = result.get(f"{key}_bytes_per_cycle")
+    return _fmt(None if per_cycle is None else round(per_cycle / 1024, 2))
 
 
 def print_comparison(results: list[dict[str, Any]]) -> None:
@@ -491,17 +506,11 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
             "hub RSS, MiB",
             lambda r: f"{r['rss_start_bytes'] / 2**20:.1f}->{r['rss_end_bytes'] / 2**20:.1f}",
         ),
-        (
-            "RSS slope after warm-up, KiB/cycle",
-            lambda r: _fmt(
-                None
-                if r["rss_slope_bytes_per_cycle"] is None
-                else round(r["rss_slope_bytes_per_cycle"] / 1024, 2)
-            ),
-        ),
-        ("  of which pymalloc arenas, KiB/cycle", lambda r: _kib(r, "arena")),
-        ("  of which malloc in use, KiB/cycle", lambda r: _kib(r, "malloc_used")),
-        ("  of which malloc free (kept), KiB/cycle", lambda r: _kib(r, "malloc_free")),
+        ("RSS slope after warm-up, KiB/cycle", lambda r: _kib(r, "rss_slope")),
+        ("  its standard error, KiB/cycle", lambda r: _kib(r, "rss_slope_error")),
+        ("  of which pymalloc arenas, KiB/cycle", lambda r: _kib(r, "arena_slope")),
+        ("  of which malloc in use, KiB/cycle", lambda r: _kib(r, "malloc_used_slope")),
+        ("  of which malloc free (kept), KiB/cycle", lambda r: _kib(r, "malloc_free_slope")),
         (
             "Python heap blocks after warm-up, /cycle",
             lambda r: _fmt(r["py_blocks_slope_per_cycle"]),
