@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import math
 import time
 from typing import Any
 
 import psutil
-from traitlets import Float, TraitError, validate
+from traitlets import Float, validate
 from traitlets.config import LoggingConfigurable
+
+from .traitchecks import in_range
 
 
 def _load_malloc_trim() -> Any:
@@ -54,12 +55,7 @@ class MemoryTrim(LoggingConfigurable):
 
     @validate("interval")
     def _check_interval(self, proposal: dict) -> float:
-        value = proposal["value"]
-        if not math.isfinite(value) or value < 0:
-            raise TraitError(
-                f"{type(self).__name__}.interval must be a finite number >= 0, not {value!r}"
-            )
-        return value
+        return in_range(proposal, 0)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import math
 import sys
 import time
 import weakref
@@ -45,6 +44,7 @@ from traitlets.config import Configurable, LoggingConfigurable
 from . import ledger as ledger_module
 from .faultcounts import FaultCounts, RelistDamper
 from .ledger import SHARED, Ledger, Spawn, current_owner, registry
+from .traitchecks import in_range
 
 REFLECTOR = "reflector"
 PROGRESS = "progress"
@@ -364,21 +364,7 @@ class LedgerSettings(Configurable):
 
     @validate("orphan_grace_seconds")
     def _check_grace(self, proposal: dict) -> float:
-        value = proposal["value"]
-        if not math.isfinite(value) or value < 0:
-            raise TraitError(
-                f"{type(self).__name__}.orphan_grace_seconds must be a finite number >= 0,"
-                f" not {value!r}"
-            )
-        return value
-
-
-def _positive(owner: Configurable, name: str, value: float) -> float:
-    if not math.isfinite(value) or value <= 0:
-        raise TraitError(
-            f"{type(owner).__name__}.{name} must be a finite number > 0, not {value!r}"
-        )
-    return value
+        return in_range(proposal, 0)
 
 
 class FaultSettings(Configurable):
@@ -444,7 +430,7 @@ class FaultSettings(Configurable):
         "stop_retry_timeout", "stop_retry_max_delay", "relist_limit_per_minute", "relist_max_delay"
     )
     def _check_positive(self, proposal: dict) -> float:
-        return _positive(self, proposal["trait"].name, proposal["value"])
+        return in_range(proposal, 0, above=True)
 
     def check_relist_bound(self) -> None:
         """Fail, naming both traits and values, if relist_max_delay cannot hold the rate."""

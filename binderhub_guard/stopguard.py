@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from traitlets import Bool, Float, Int, Set, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
+from .traitchecks import in_range
+
 
 class TargetState(enum.Enum):
     RUNNING = "running"
@@ -91,15 +93,6 @@ class _Summary:
 _SUMMARY_TARGETS = 1000
 
 
-def _positive(proposal: dict) -> float:
-    value = proposal["value"]
-    if not (value > 0 and math.isfinite(value)):
-        raise TraitError(
-            f"StopGuard.{proposal['trait'].name} must be a finite number > 0, got {value!r}"
-        )
-    return value
-
-
 class StopGuard(LoggingConfigurable):
     """Throttles repeated stop requests for servers that are not running."""
 
@@ -163,15 +156,11 @@ class StopGuard(LoggingConfigurable):
 
     @validate("window_seconds", "rate", "summary_interval")
     def _validate_positive(self, proposal: dict) -> float:
-        return _positive(proposal)
+        return in_range(proposal, 0, above=True)
 
     @validate("burst", "max_tracked_keys")
     def _validate_at_least_one(self, proposal: dict) -> int:
-        if proposal["value"] < 1:
-            raise TraitError(
-                f"StopGuard.{proposal['trait'].name} must be >= 1, got {proposal['value']!r}"
-            )
-        return proposal["value"]
+        return in_range(proposal, 1)
 
     @validate("exempt_callers")
     def _validate_exempt_callers(self, proposal: dict) -> set[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from traitlets import Dict, Float, Int, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
+from ..traitchecks import in_range
 from . import sources
 from .census import InstanceCensus, import_class
 from .heap import HeapScan, TracemallocView, scan_heap
@@ -152,29 +152,29 @@ class GuardReport(LoggingConfigurable):
 
     @validate("sample_interval")
     def _valid_sample_interval(self, proposal: dict) -> float:
-        return _number_at_least(proposal, 0.05, "seconds")
+        return in_range(proposal, 0.05, unit="seconds")
 
     @validate("full_scan_interval")
     def _valid_full_scan_interval(self, proposal: dict) -> float:
         if proposal["value"] == 0:
             return 0.0
-        return _number_at_least(proposal, 1.0, "seconds (or 0 for on demand only)")
+        return in_range(proposal, 1.0, unit="seconds (or 0 for on demand only)")
 
     @validate("ring_size")
     def _valid_window(self, proposal: dict) -> int:
-        return _number_at_least(proposal, 2, "samples")
+        return in_range(proposal, 2, unit="samples")
 
     @validate("top_types")
     def _valid_top_types(self, proposal: dict) -> int:
-        return _number_at_least(proposal, 1, "", maximum=MAX_TOP)
+        return in_range(proposal, 1, maximum=MAX_TOP)
 
     @validate("scan_slice_size")
     def _valid_slice_size(self, proposal: dict) -> int:
-        return _number_at_least(proposal, 100, "objects")
+        return in_range(proposal, 100, unit="objects")
 
     @validate("tracemalloc_frames")
     def _valid_frames(self, proposal: dict) -> int:
-        return _number_at_least(proposal, 1, "frames", maximum=MAX_FRAMES)
+        return in_range(proposal, 1, unit="frames", maximum=MAX_FRAMES)
 
     @validate(
         "growth_min_increase",
@@ -186,11 +186,11 @@ class GuardReport(LoggingConfigurable):
         "rss_per_spawn_bytes",
     )
     def _valid_threshold(self, proposal: dict) -> int:
-        return _number_at_least(proposal, 1, "")
+        return in_range(proposal, 1)
 
     @validate("growth_noise_factor")
     def _valid_noise_factor(self, proposal: dict) -> float:
-        return _number_at_least(proposal, 0, "")
+        return in_range(proposal, 0)
 
     @validate("resource_types", "growth_exempt_types")
     def _valid_watched_names(self, proposal: dict) -> list[str]:
@@ -402,19 +402,6 @@ class GuardReport(LoggingConfigurable):
             "signals_raised_total": dict(self.sampler.signals_raised),
             "full_scan_interval_seconds": self.full_scan_interval,
         }
-
-
-def _number_at_least(
-    proposal: dict, minimum: float, unit: str, maximum: float | None = None
-) -> Any:
-    value = proposal["value"]
-    name = proposal["trait"].name
-    ok = math.isfinite(value) and value >= minimum and (maximum is None or value <= maximum)
-    if not ok:
-        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        expected = f"{bounds} {unit}".rstrip()
-        raise TraitError(f"GuardReport.{name} must be {expected}, got {value!r}")
-    return value
 
 
 def shared_source(shared: Mapping[str, Any] | None) -> Callable[[str], Any]:
