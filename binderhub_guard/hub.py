@@ -375,7 +375,7 @@ class _Installer:
             if self.report_started:
                 await report.stop()
             if self.memory_trim is not None:
-                await self.memory_trim.stop()
+                self.memory_trim.stop()
             await original()
 
         return cleanup

@@ -13,12 +13,12 @@ does nothing.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import time
 from typing import Any
 
 import psutil
+from tornado.ioloop import PeriodicCallback
 from traitlets import Float, validate
 from traitlets.config import LoggingConfigurable
 
@@ -61,7 +61,7 @@ class MemoryTrim(LoggingConfigurable):
         super().__init__(**kwargs)
         self._malloc_trim = _load_malloc_trim()
         self._process = psutil.Process()
-        self._task: asyncio.Task | None = None
+        self._callback: PeriodicCallback | None = None
         self.trims = 0
         self.released_bytes_total = 0
         self.last_seconds: float | None = None
@@ -77,19 +77,14 @@ class MemoryTrim(LoggingConfigurable):
         if not self.available:
             self.log.info("binderhub-guard: no malloc_trim in this C library, memory not trimmed")
             return
-        self._task = asyncio.ensure_future(self._run())
+        self._callback = PeriodicCallback(self.trim, self.interval * 1000)
+        self._callback.start()
         self.log.info("binderhub-guard: C heap's free pages returned every %gs", self.interval)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            self.trim()
+    def stop(self) -> None:
+        if self._callback is not None:
+            self._callback.stop()
+            self._callback = None
 
     def trim(self) -> int:
         """Return the free pages now; the resident bytes that released (0 if none)."""

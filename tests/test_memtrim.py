@@ -42,7 +42,7 @@ async def test_trims_run_at_the_interval_until_stopped():
         pytest.skip("no malloc_trim in this C library")
     trim.start()
     await asyncio.sleep(0.3)
-    await trim.stop()
+    trim.stop()
     trims = trim.trims
     assert trims >= 2
     await asyncio.sleep(0.15)
@@ -54,4 +54,4 @@ async def test_interval_zero_turns_it_off():
     trim.start()
     await asyncio.sleep(0.05)
     assert trim.trims == 0
-    await trim.stop()
+    trim.stop()

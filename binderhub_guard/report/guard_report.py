@@ -309,9 +309,11 @@ class GuardReport(LoggingConfigurable):
             "memory_trim": self.memory_trim_section(),
         }
 
-    def memory_trim_section(self) -> dict[str, Any] | None:
+    def memory_trim_section(self) -> dict[str, Any]:
         trim = self.get_source("memory_trim")
-        return trim.status() if trim is not None else None
+        if trim is None:
+            return sources.unavailable("no MemoryTrim installed in this hub")
+        return trim.status()
 
     def process_section(self) -> dict[str, Any]:
         sample = self.sampler.latest
