@@ -15,6 +15,10 @@ SUBCOMMANDS = {
     "flood": ("binderhub_guard.bench.flood", "stop flood: hub cost, stock vs guarded"),
     "report": ("binderhub_guard.report.cli", "print a hub's guard report"),
     "check": ("binderhub_guard.check", "the hub start-up self-check, without a hub"),
+    "stop-memory": (
+        "binderhub_guard.bench.stopmemory",
+        "stop guard memory under distinct long names, stock vs guarded",
+    ),
     "report-bench": ("binderhub_guard.bench.reportbench", "guard report latency and stalls"),
     "replay": ("binderhub_guard.bench.replay", "the 2018 outage re-enacted, stock vs guarded"),
 }
