@@ -104,6 +104,8 @@ SETTINGS_KEY = "binderhub_guard"
 GUARD_TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
 UPSTREAMS = ("jupyterhub", "jupyterhub-kubespawner", "kubernetes_asyncio")
 _REPORT_HANDLER_CLASSES = {route[1] for route in report_handlers}
+# besides the token and cookies, what JupyterHub's XSRF and cross-origin checks read
+_AUTH_HEADERS = ("X-Xsrftoken", "X-Csrftoken", "Sec-Fetch-Mode", "Sec-Fetch-Site", "Origin")
 # requests that may take away what a credential was allowed to do: handler -> (methods, the
 # kind of caller named by the route's first argument, or None for anyone's)
 CREDENTIAL_HANDLERS: dict[type, tuple[frozenset[str], str | None]] = {
@@ -441,19 +443,22 @@ class StopGate:
 
         return start_request_behind_gate
 
-    def caller_key(self, headers: httputil.HTTPHeaders) -> Hashable | None:
-        """A salted hash of the credentials presented, or None if there are none.
+    def caller_key(self, headers: httputil.HTTPHeaders, query: str) -> Hashable | None:
+        """A salted hash of everything JupyterHub's authentication reads, or None if the
+        request carries no credentials.
 
-        Token (as JupyterHub's ``get_auth_token`` reads it) and cookie both go in: the key
-        matches only the exact same credentials.
+        The token (as ``get_auth_token`` reads it), every cookie, the headers the XSRF and
+        cross-origin checks read, and the query string (``_xsrf`` may be there): a repeat
+        matches only if stock would see the very same request.
         """
         found = auth_header_pat.match(headers.get("Authorization", ""))
         token = found.group(1) if found else ""
-        cookie = httputil.parse_cookie(headers.get("Cookie", "")).get(self._app.hub.cookie_name)
-        if not token and not cookie:
+        cookies = headers.get("Cookie", "")
+        if not token and self._app.hub.cookie_name not in httputil.parse_cookie(cookies):
             return None
         digest = hashlib.blake2b(key=self._salt, digest_size=16)
-        digest.update(f"{token}\0{cookie or ''}".encode("utf-8", "surrogateescape"))
+        for part in (token, cookies, query, *(headers.get(name, "") for name in _AUTH_HEADERS)):
+            digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
         return digest.digest()
 
     def throttled_before_auth(
@@ -474,7 +479,8 @@ class StopGate:
                 return TargetState.UNKNOWN, None
             return self.target_state(user, server_name)
 
-        decision = self.guard.decide(self.caller_key(headers), target, time.monotonic(), state_of)
+        key = self.caller_key(headers, path.partition("?")[2])
+        decision = self.guard.decide(key, target, time.monotonic(), state_of)
         return (target, decision) if decision.throttled else None
 
     def credentials_changed_by(self, method: str, path: str) -> Callable[[], None] | None:
@@ -751,7 +757,7 @@ class GuardedUserServerAPIHandler(UserServerAPIHandler):
         super().on_finish()
 
     def _after_stock_stop(self) -> None:
-        key = self.gate.caller_key(self.request.headers)
+        key = self.gate.caller_key(self.request.headers, self.request.query)
         if self._stop_of_stopped is not None and self.get_status() == 204:
             target, user_id, generation = self._stop_of_stopped
             user_name, _, server_name = target.partition("/")

@@ -405,3 +405,29 @@ def test_an_early_429_carries_jupyterhubs_standard_headers(guarded):
     for name in ("Content-Security-Policy", "X-JupyterHub-Version", "Server"):
         assert throttled.headers.get(name) == first.headers.get(name), name
     assert throttled.headers["Content-Type"] == "application/json"
+
+
+def browser_session(hub: DevHub, user: str) -> requests.Session:
+    """A browser's cookies after logging in through the dummy authenticator's form, and the
+    XSRF token JupyterHub expects in its API calls."""
+    session = requests.Session()
+    session.get(hub.url + "/hub/login", timeout=30).raise_for_status()
+    form = {"username": user, "password": "x", "_xsrf": session.cookies["_xsrf"]}
+    # not followed: it leads on to /hub/spawn, which starts the user's server
+    login = session.post(hub.url + "/hub/login", data=form, allow_redirects=False, timeout=30)
+    assert login.status_code == 302, login.text
+    session.get(hub.url + "/hub/home", timeout=30).raise_for_status()
+    session.headers["X-XSRFToken"] = session.cookies["_xsrf"]
+    return session
+
+
+def test_a_cookie_callers_repeat_without_its_xsrf_token_gets_stocks_403(guarded, stock):
+    answers = {}
+    for name, hub in (("guarded", guarded), ("stock", stock)):
+        hub.client.create_users(["cookie-a"])
+        session = browser_session(hub, "cookie-a")
+        url = hub.api_url + hub.client.server_path("cookie-a")
+        replies = [session.delete(url, timeout=30) for _ in range(2)]
+        forged = session.delete(url, headers={"X-XSRFToken": ""}, timeout=30)
+        answers[name] = [r.status_code for r in replies] + [forged.status_code]
+    assert answers == {"stock": [204, 204, 403], "guarded": [204, 429, 403]}
