@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import signal
+import sys
+import threading
 import time
+from collections import Counter
 from typing import Any
 
 import psutil
@@ -36,20 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     results = {}
-    for variant in ("stock", "guarded"):
-        print(f"{variant}: starting hub", flush=True)
-        with DevHub(
-            stock=variant == "stock",
-            extra_config=(
-                "c.JupyterHub.allow_named_servers = True\n"
-                f"c.StopGuard.max_memory = {args.max_memory}\n"
-                "c.JupyterHub.load_roles.append("
-                "{'name': 'token-issuer', 'scopes': ['tokens'], 'services': ['dev-client']})\n"
-            ),
-        ) as hub:
-            results[variant] = _measure(hub, args)
-        print(f"{variant}: {results[variant]}", flush=True)
+    try:
+        for variant in ("stock", "guarded"):
+            results[variant] = _run_variant(variant, args)
+    except KeyboardInterrupt:
+        print("stop-memory: interrupted, hubs stopped", file=sys.stderr)
+        return 130
     _print_table(results, args)
     growth = results["guarded"]["rss_growth"]
     bound = args.max_memory * 1.1
@@ -58,6 +56,22 @@ def main(args: argparse.Namespace) -> int:
         f" {bound / 2**20:.1f} MiB (max_memory + 10 %): {'held' if growth <= bound else 'EXCEEDED'}"
     )
     return 0 if growth <= bound else 1
+
+
+def _run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    print(f"{variant}: starting hub", flush=True)
+    with DevHub(
+        stock=variant == "stock",
+        extra_config=(
+            "c.JupyterHub.allow_named_servers = True\n"
+            f"c.StopGuard.max_memory = {args.max_memory}\n"
+            "c.JupyterHub.load_roles.append("
+            "{'name': 'token-issuer', 'scopes': ['tokens'], 'services': ['dev-client']})\n"
+        ),
+    ) as hub:
+        result = _measure(hub, args)
+    print(f"{variant}: {result}", flush=True)
+    return result
 
 
 def _measure(hub: DevHub, args: argparse.Namespace) -> dict[str, Any]:
@@ -91,23 +105,28 @@ def _measure(hub: DevHub, args: argparse.Namespace) -> dict[str, Any]:
 def _send(hub: DevHub, token: str, numbers: range, args: argparse.Namespace) -> dict[int, int]:
     base = f"{hub.hub_url}{hub.base_url}hub/api/users/{USER}/servers/"
     padding = "n" * max(0, args.name_length - 8)
+    interrupted = threading.Event()
 
-    def send_share(share: range) -> dict[int, int]:
-        counts: dict[int, int] = {}
+    def send_share(share: range) -> Counter[int]:
+        counts: Counter[int] = Counter()
         with requests.Session() as session:
             session.headers["Authorization"] = f"token {token}"
             for i in share:
-                status = session.delete(f"{base}{i:08d}{padding}", timeout=30).status_code
-                counts[status] = counts.get(status, 0) + 1
+                if interrupted.is_set():
+                    break
+                counts[session.delete(f"{base}{i:08d}{padding}", timeout=30).status_code] += 1
         return counts
 
     shares = [numbers[i :: args.threads] for i in range(args.threads)]
-    totals: dict[int, int] = {}
-    with concurrent.futures.ThreadPoolExecutor(args.threads) as pool:
-        for counts in pool.map(send_share, shares):
-            for status, count in counts.items():
-                totals[status] = totals.get(status, 0) + count
-    return totals
+    pool = concurrent.futures.ThreadPoolExecutor(args.threads)
+    try:
+        return dict(sum(pool.map(send_share, shares), Counter()))
+    except BaseException:
+        # Ctrl-C: the senders stop after their request in flight, not after their share
+        interrupted.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
@@ -123,7 +142,7 @@ def _print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -
         ("hub RSS after, MiB", lambda r: f"{r['rss_after'] / 2**20:.1f}"),
         ("hub RSS growth, MiB", lambda r: f"{r['rss_growth'] / 2**20:+.1f}"),
         ("guard's memory estimate, KiB", lambda r: _kib(r["guard_memory_bytes"])),
-        ("guard's remembered stops", lambda r: str(r["guard_tracked_keys"] or "-")),
+        ("guard's remembered stops", lambda r: _or_dash(r["guard_tracked_keys"])),
     ]
     for label, cell in rows:
         print(f"{label:<28}{cell(results['stock']):>14}{cell(results['guarded']):>14}")
@@ -131,3 +150,7 @@ def _print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -
 
 def _kib(value: int | None) -> str:
     return "-" if value is None else f"{value / 1024:.1f}"
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
