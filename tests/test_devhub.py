@@ -12,7 +12,7 @@ import psutil
 import pytest
 import requests
 
-from binderhub_guard.bench.devhub import DevHub, DevHubError
+from binderhub_guard.bench.devhub import DevHub, DevHubError, ensure_port_free
 
 pytestmark = pytest.mark.hub
 
@@ -88,6 +88,21 @@ def test_port_in_use_fails_clearly_and_starts_nothing() -> None:
         with pytest.raises(DevHubError, match=f"port {port} .* in use"):
             DevHub(port=port).start()
         assert psutil.Process().children(recursive=True) == before
+
+
+def test_a_port_a_hub_left_a_moment_ago_is_accepted() -> None:
+    # the side that closes first keeps the port in TIME_WAIT; the proxy and the hub listen
+    # with SO_REUSEADDR, and get the port again, so the check must accept it too
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            accepted.close()
+            client.recv(1)
+    ensure_port_free(port, "hub")
 
 
 def _gone(pid: int) -> bool:

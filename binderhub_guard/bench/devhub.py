@@ -79,7 +79,10 @@ def free_port() -> int:
 
 
 def ensure_port_free(port: int, what: str) -> None:
+    """Fail unless `port` can be listened on. Binds as the proxy and the hub bind (with
+    SO_REUSEADDR), so that a port left a moment ago by a hub (in TIME_WAIT) is accepted."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError as e:
