@@ -46,6 +46,7 @@ from typing import Any
 import psutil
 import requests
 
+from . import lifeline
 from .devhub import DevHub
 from .every import Every
 from .hubclient import HubClient
@@ -865,7 +866,7 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
     # the simulator in its own process: its CPU (and the noise of it) is not the spawner's.
     # Over TLS under its own CA, as a cluster: each API client the spawners and their watches
     # make loads that one certificate, not the system's trust store (~50 ms of CPU apiece)
-    sim = subprocess.Popen(
+    sim = lifeline.popen(
         [sys.executable, "-m", "binderhub_guard.kubesim", "--port", "0", "--tls"]
         + ["--kubeconfig", kubeconfig],
         stdin=subprocess.DEVNULL,
