@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+from typing import Any
 
 # name -> (module with add_arguments(parser) and main(args), one-line help)
 SUBCOMMANDS = {
@@ -33,7 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM stops a command as Ctrl-C does, through its cleanup: the default action would
+    # end the process on the spot, and leave what it started to the lifelines alone
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     return args.run(args)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
