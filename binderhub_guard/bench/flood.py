@@ -589,8 +589,8 @@ def _flood_dev_hub(stock: bool, args: argparse.Namespace, mode: str) -> Result:
     token = secrets.token_hex(16)
     name = "stock" if stock else "guarded"
     hub = DevHub(stock=stock, workdir=str(workdir), extra_config=_flood_config(token, workdir))
-    try:
-        hub.start()
+    # the guard logs its last summary at shutdown; an interrupted run does not wait for it
+    with hub:
         target = Target(
             name,
             hub.hub_url,
@@ -601,8 +601,6 @@ def _flood_dev_hub(stock: bool, args: argparse.Namespace, mode: str) -> Result:
         )
         target.observer_token = _generated_token(target)
         result, finish = run_flood(target, args, mode)
-    finally:
-        hub.stop()  # the guard logs its last summary at shutdown
     try:
         return finish()
     finally:
