@@ -350,7 +350,8 @@ def run_cycles(
             ran += 1
         return failed, ran
 
-    with ThreadPoolExecutor(max_workers=users) as pool:
+    pool = ThreadPoolExecutor(max_workers=users)
+    try:
         while done < cycles and time.monotonic() < deadline:
             batch = min(sample_every, cycles - done)
             shares = [batch // users + (i < batch % users) for i in range(users)]
@@ -361,6 +362,9 @@ def run_cycles(
             time.sleep(settle_seconds)
             samples.append(gauges.sample(done, time.monotonic() - started, failures))
             on_sample(samples[-1])
+    finally:
+        # on Ctrl-C, not waiting for the cycles in flight: they fail once the hub is stopped
+        pool.shutdown(wait=False, cancel_futures=True)
     return samples
 
 
