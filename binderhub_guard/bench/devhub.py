@@ -230,13 +230,13 @@ def _under_lifelines():
     import os
     from binderhub_guard.bench.lifeline import wrap
 
-    c.ConfigurableHTTPProxy.command = wrap(c.ConfigurableHTTPProxy.command, os.getpid())
+    def under_lifeline(command):
+        return wrap([command] if isinstance(command, str) else command, os.getpid())
+
+    c.ConfigurableHTTPProxy.command = under_lifeline(c.ConfigurableHTTPProxy.command)
     for service in c.JupyterHub.services:
         if service.get("command"):
-            command = service["command"]
-            service["command"] = wrap(
-                [command] if isinstance(command, str) else command, os.getpid()
-            )
+            service["command"] = under_lifeline(service["command"])
 
 
 _under_lifelines()
