@@ -130,6 +130,13 @@ def stop_process_group(proc: subprocess.Popen, timeout: float) -> None:
     proc.wait()
 
 
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _exited(pid: int) -> bool:
     """Whether a child has exited, without reaping it."""
     try:
@@ -448,7 +455,8 @@ class DevHub:
         if self.hub_proc is not None:
             self._stop_hub(INTERRUPTED_GRACE_SECONDS if quick else STOP_GRACE_SECONDS)
         if self.sim_proc is not None:
-            stop_process_group(self.sim_proc, timeout=INTERRUPTED_GRACE_SECONDS if quick else 5)
+            # interrupted, nothing the simulator holds is worth waiting for
+            stop_process_group(self.sim_proc, timeout=0 if quick else 5)
             self.sim_proc.stdout.close()
         if self.client is not None:
             self.client.close()
@@ -467,7 +475,10 @@ class DevHub:
         for process in started:
             with contextlib.suppress(psutil.Error):
                 process.kill()  # psutil checks that the PID is still the same process
-        psutil.wait_procs(started, timeout=5)
+        # not until reaped: init reaps them, and may take its time (seconds, in a container)
+        deadline = time.monotonic() + 5
+        while any(map(_running, started)) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Call the hub's REST API as the dev-client service."""
