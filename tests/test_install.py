@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from tools import skip_missing_tool
 
 from binderhub_guard.bench.devhub import free_port
 from binderhub_guard.bench.hubclient import HubClient
@@ -38,7 +39,7 @@ def site_packages(prefix: Path) -> Path:
 def wheel_venv(request: pytest.FixtureRequest, dist: Path, tmp_path: Path) -> Path:
     deps = MATRIX[request.param]
     if not (deps / "bin" / "python").exists():
-        pytest.skip(f"{deps} missing: run scripts/test.sh, which makes the matrix venvs")
+        skip_missing_tool(str(deps), "scripts/test.sh makes the matrix venvs")
     target = tmp_path / "venv"
     venv.create(target, with_pip=False)
     (site_packages(target) / "dependencies.pth").write_text(f"{site_packages(deps)}\n")

@@ -18,6 +18,7 @@ import pytest
 import requests
 from artifacts import ARTIFACTS, keep_logs
 from browser.chromium import Chromium, missing
+from tools import skip_missing_tool
 
 from binderhub_guard.bench.devhub import DevHub
 
@@ -120,7 +121,7 @@ def test_read_scope_alone_shows_the_page_without_the_tracemalloc_switch(hub):
 @pytest.fixture(scope="module")
 def browser(hub):
     if missing():
-        pytest.skip(f"no {', '.join(missing())}: run scripts/bootstrap-test-tools.sh")
+        skip_missing_tool(", ".join(missing()), "run scripts/bootstrap-test-tools.sh")
     with Chromium(report_path=f"{BASE_URL}hub/api/guard") as chromium:
         log_in(chromium, hub, "admin")
         yield chromium
