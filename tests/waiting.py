@@ -1,0 +1,47 @@
+"""Bounded waits: poll a condition until it holds, fail only if it never does.
+
+The deadlines are generous on purpose: on a loaded machine things take longer, and how long
+they take is the benchmarks' business (bench/), not the tests'. A test asserts that something
+happens (or has happened), never how fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+DEADLINE = 60.0
+
+
+def eventually(
+    check: Callable[[], T], timeout: float = DEADLINE, what: str = "", interval: float = 0.1
+) -> T:
+    """check()'s first truthy value; fails the test if there is none within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"never happened within {timeout}s: {what or check}")
+        time.sleep(interval)
+
+
+async def until(
+    check: Callable[[], T], timeout: float = DEADLINE, what: str = "", interval: float = 0.01
+) -> T:
+    """eventually() for a test on the event loop: polls without blocking the loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"never happened within {timeout}s: {what or check}")
+        await asyncio.sleep(interval)
