@@ -116,10 +116,12 @@ def test_repeats_get_429_with_retry_after_and_are_not_logged_one_by_one(guarded)
     assert {r.status_code for r in repeats} == {429}
     # what is left of the 600 s window since the first stop was accepted, rounded up
     assert 600 - since_first <= int(repeats[-1].headers["Retry-After"]) <= 600
+
     # the first reached JupyterHub, which logged it; the repeats were the guard's
-    assert (
-        len([line for line in access_log_lines(guarded, 204) if "/users/rep-a/server" in line]) == 1
-    )
+    def first_logged() -> list[str]:
+        return [line for line in access_log_lines(guarded, 204) if "/users/rep-a/server" in line]
+
+    assert len(eventually(first_logged, what="JupyterHub's log line for the first stop")) == 1
     assert counted_since(before, guard_counts(guarded)) == {
         ("pass", "first-in-window"): 1,
         ("throttle", "repeat-in-window"): 50,
@@ -209,8 +211,14 @@ def test_server_that_starts_while_throttled_is_stoppable_at_once(guarded):
     assert reply.status_code in (202, 204), reply.text
     # at once: the guard passed it as a stop of a running server, straight to JupyterHub
     assert counted_since(before, guard_counts(guarded)) == {("pass", "target-active"): 1}
-    stopped_by_stock = access_log_lines(guarded, reply.status_code)
-    assert [line for line in stopped_by_stock if "/users/restart-a/server (dev-client@" in line]
+    eventually(  # tornado logs a request just after answering it
+        lambda: [
+            line
+            for line in access_log_lines(guarded, reply.status_code)
+            if "/users/restart-a/server (dev-client@" in line
+        ],
+        what="JupyterHub's log line for the stop",
+    )
     client.wait_for("restart-a", "", ready=False, timeout=60)
     pods = [p["metadata"]["name"] for p in guarded.sim_state()["pods"]]
     assert not [p for p in pods if "restart-a" in p]
