@@ -15,12 +15,14 @@ from typing import TypeVar
 import pytest
 
 T = TypeVar("T")
+# what the failure message says was awaited; a callable is asked at failure time
+What = str | Callable[[], str]
 
 DEADLINE = 60.0
 
 
 def eventually(
-    check: Callable[[], T], timeout: float = DEADLINE, what: str = "", interval: float = 0.1
+    check: Callable[[], T], timeout: float = DEADLINE, what: What = "", interval: float = 0.1
 ) -> T:
     """check()'s first truthy value; fails the test if there is none within `timeout`."""
     deadline = time.monotonic() + timeout
@@ -29,12 +31,12 @@ def eventually(
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"never happened within {timeout}s: {what or check}")
+            pytest.fail(f"never happened within {timeout}s: {_said(what) or check}")
         time.sleep(interval)
 
 
 async def until(
-    check: Callable[[], T], timeout: float = DEADLINE, what: str = "", interval: float = 0.01
+    check: Callable[[], T], timeout: float = DEADLINE, what: What = "", interval: float = 0.01
 ) -> T:
     """eventually() for a test on the event loop: polls without blocking the loop."""
     deadline = time.monotonic() + timeout
@@ -43,5 +45,9 @@ async def until(
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"never happened within {timeout}s: {what or check}")
+            pytest.fail(f"never happened within {timeout}s: {_said(what) or check}")
         await asyncio.sleep(interval)
+
+
+def _said(what: What) -> str:
+    return what() if callable(what) else what
