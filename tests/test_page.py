@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from pathlib import Path
 from urllib.parse import quote, urljoin
 
@@ -19,6 +18,7 @@ import requests
 from artifacts import ARTIFACTS, keep_logs
 from browser.chromium import Chromium, missing
 from tools import skip_missing_tool
+from waiting import eventually
 
 from binderhub_guard.bench.devhub import DevHub
 
@@ -204,19 +204,15 @@ def test_charts_draw_the_points_the_api_returned(browser, hub):
     assert f"{drawn['rss'][-1]:.3g}" in latest_rss.replace(",", "")
 
 
-def wait_for_signal(hub: DevHub, name: str, timeout: float = 20) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        signals = hub.api("GET", "/guard").json()["leak_signals"]
-        if any(s["name"] == name for s in signals):
-            return time.monotonic()
-        time.sleep(0.1)
-    raise AssertionError(f"the API never reported {name} within {timeout}s")
+def wait_for_signal(hub: DevHub, name: str) -> None:
+    eventually(
+        lambda: any(s["name"] == name for s in hub.api("GET", "/guard").json()["leak_signals"]),
+        what=f"the API reporting {name}",
+    )
 
 
-def test_a_leak_shows_as_a_signal_within_one_refresh(browser, hub):
-    refresh = 2
-    open_page(browser, hub, refresh=refresh)
+def test_a_leak_shows_as_a_signal_at_the_first_refresh_that_reports_it(browser, hub):
+    open_page(browser, hub, refresh=2)
     wait_for_refreshes(browser, 1)
     shown = "document.querySelector('[data-signal=orphans_live]') !== null"
     assert browser("evaluate", expression=shown) is False
@@ -224,9 +220,16 @@ def test_a_leak_shows_as_a_signal_within_one_refresh(browser, hub):
     hub.client.start_server("leaky")
     hub.client.stop_server("leaky")  # the leaky spawner's reflector outlives the server
     wait_for_signal(hub, "orphans_live")
-    started = time.monotonic()
-    browser("wait_for", expression=shown, timeout=(refresh + 1) * 1000)
-    assert time.monotonic() - started <= refresh + 1
+    # the time of the report drawn when the signal first shows (the page polls every 50 ms,
+    # so it looks between any two refreshes)
+    drawn_time = browser(
+        "wait_for",
+        expression=f"({shown}) && Number(document.getElementById('guard').dataset.reportTime)",
+        timeout=60_000,
+    )
+    reports = browser("reports")
+    first = next(r for r in reports if any(s["name"] == "orphans_live" for s in r["leak_signals"]))
+    assert drawn_time == first["time"], "the page skipped a report that had the signal"
     evidence = browser(
         "evaluate", expression="document.querySelector('[data-signal=orphans_live]').textContent"
     )
@@ -283,12 +286,32 @@ def test_user_names_are_never_markup(browser, hub):
     browser("screenshot", path=str(ARTIFACTS / "guard-page.png"))
 
 
+def server_from_before_jupyterhub_6(hub: DevHub, user: str, name: str) -> None:
+    """A named server called `name` as a hub upgraded from jupyterhub 5 has it.
+
+    jupyterhub 6 creates only named servers whose names are slugs (no markup in them), but
+    keeps the ones created before and, by default (allow_existing_invalid_named_servers =
+    "allow-start"), starts them: that is how such a name reaches a 6.x hub, and its page."""
+    import sqlalchemy
+    from jupyterhub import orm
+
+    hub.client.create_users([user])
+    engine = sqlalchemy.create_engine(f"sqlite:///{hub.workdir / 'jupyterhub.sqlite'}")
+    with sqlalchemy.orm.Session(engine) as db:
+        owner = db.query(orm.User).filter_by(name=user).one()
+        db.add(orm.Spawner(user=owner, name=name))
+        db.commit()
+    engine.dispose()
+    hub.restart_hub(kill=False)  # reads its servers from the database at start-up
+
+
 def test_server_names_are_never_markup(browser, hub):
-    reply = hub.api("POST", f"/users/{quote(EVIL_NAME, safe='')}/servers/{quote(EVIL_SERVER)}")
-    if reply.status_code == 400 and "Invalid server_name" in reply.text:
-        pytest.skip(f"jupyterhub {jupyterhub.__version__} refuses server names that are not slugs")
+    path = f"/users/{quote(EVIL_NAME, safe='')}/servers/{quote(EVIL_SERVER, safe='')}"
+    if int(jupyterhub.__version__.split(".")[0]) >= 6:
+        server_from_before_jupyterhub_6(hub, EVIL_NAME, EVIL_SERVER)
+    reply = hub.api("POST", path)
     assert reply.status_code in (201, 202), reply.text
-    hub.client.wait_for(EVIL_NAME, EVIL_SERVER, ready=True, timeout=60)
+    hub.client.wait_for(EVIL_NAME, EVIL_SERVER, ready=True, timeout=120)
     hub.client.stop_server(EVIL_NAME, EVIL_SERVER)
     open_page(browser, hub, refresh=1)
     wait_for_refreshes(browser, 2)
