@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 import requests
+from waiting import read_line
 
 from binderhub_guard.bench.devhub import DevHub, DevHubError
 
@@ -51,10 +52,9 @@ def test_dev_hub_command_prints_ready_and_sigterm_stops_everything(tmp_path) -> 
         [sys.executable, "-m", "binderhub_guard.cli", "dev-hub", "--hub-port", str(port)]
         + ["--api-token", "secret-token"],
         stdout=subprocess.PIPE,
-        text=True,
     )
     try:
-        words = command.stdout.readline().split()
+        words = read_line(command.stdout, timeout=120, what="ready line from dev-hub").split()
         assert words[:2] == ["ready", f"http://127.0.0.1:{port}/hub/api"]
         hub_pid = int(words[2].removeprefix("hub-pid="))
         hub = psutil.Process(hub_pid)
@@ -69,12 +69,13 @@ def test_dev_hub_command_prints_ready_and_sigterm_stops_everything(tmp_path) -> 
         assert reply.status_code == 200
 
         command.send_signal(signal.SIGTERM)
-        assert command.wait(timeout=40) == 0
+        assert command.wait(timeout=120) == 0
     finally:
         if command.poll() is None:
             command.kill()
         command.wait()
-    gone, alive = psutil.wait_procs(started, timeout=5)
+        command.stdout.close()
+    gone, alive = psutil.wait_procs(started, timeout=60)
     assert alive == []
     assert not _listening(port)
 

@@ -59,7 +59,7 @@ def test_guard_hooks_jupyterhub_5():
         os.pathsep + env.get("PATH", "")
     )
     done = subprocess.run(
-        [str(JH5_PYTHON), "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=180
+        [str(JH5_PYTHON), "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=280
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -122,8 +122,9 @@ def test_tracemalloc_switch_and_baseline(dev_hub, tokens):
     service = {"Authorization": f"token {tokens['service']}"}
     read_only = {"Authorization": f"token {tokens['admin_read_only']}"}
     try:
-        assert requests.post(url, json={"enabled": True}, headers=read_only).status_code == 403
-        on = requests.post(url, json={"enabled": True, "frames": 3}, headers=service)
+        refused = requests.post(url, json={"enabled": True}, headers=read_only, timeout=30)
+        assert refused.status_code == 403
+        on = requests.post(url, json={"enabled": True, "frames": 3}, headers=service, timeout=30)
         assert on.status_code == 200, on.text
         assert on.json()["enabled"] is True and on.json()["frames"] == 3
         first_baseline = on.json()["baseline_time"]
@@ -135,10 +136,10 @@ def test_tracemalloc_switch_and_baseline(dev_hub, tokens):
         row = report["top_growth"][0]
         assert re.match(r".+:\d+$", row["site"])
         assert {"size_bytes", "size_growth_bytes", "count", "count_growth"} <= set(row)
-        again = requests.post(url, json={"enabled": True}, headers=service).json()
+        again = requests.post(url, json={"enabled": True}, headers=service, timeout=30).json()
         assert again["baseline_time"] > first_baseline
     finally:
-        off = requests.post(url, json={"enabled": False}, headers=service)
+        off = requests.post(url, json={"enabled": False}, headers=service, timeout=30)
     assert off.json()["enabled"] is False
     assert get(dev_hub, "/guard", tokens["service"]).json()["tracemalloc"]["enabled"] is False
 

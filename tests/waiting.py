@@ -8,9 +8,11 @@ happens (or has happened), never how fast.
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import IO, TypeVar
 
 import pytest
 
@@ -51,3 +53,21 @@ async def until(
 
 def _said(what: What) -> str:
     return what() if callable(what) else what
+
+
+def read_line(stream: IO, timeout: float = DEADLINE, what: str = "a line") -> str:
+    """The child's next line on `stream` (a pipe), or a test failure after `timeout`: a child
+    that hangs before printing it must not hang the test. Reads the pipe's file descriptor
+    directly: use it for every read of that stream."""
+    deadline = time.monotonic() + timeout
+    fd = stream.fileno()
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            pytest.fail(f"no {what} within {timeout}s (got {line!r})")
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break  # the child closed its end: what came is all there is
+        line += chunk
+    return line.decode(errors="replace")
