@@ -29,7 +29,7 @@ def test_twenty_servers_start_answer_through_proxy_and_stop(dev_hub: DevHub) -> 
     pod_ips = {pod["status"]["podIP"] for pod in dev_hub.sim_state()["pods"]}
     assert len(pod_ips) == 20 and "127.0.0.1" not in pod_ips
     for user in users:
-        reply = requests.get(f"{dev_hub.url}/user/{user}/api", timeout=10)
+        reply = requests.get(f"{dev_hub.url}/user/{user}/api", timeout=30)
         assert reply.status_code == 200, user
         assert "X-JupyterHub-Version" in reply.headers
 
@@ -64,7 +64,7 @@ def test_dev_hub_command_prints_ready_and_sigterm_stops_everything(tmp_path) -> 
         reply = requests.get(
             f"http://127.0.0.1:{port}/hub/api/users",
             headers={"Authorization": "token secret-token"},
-            timeout=10,
+            timeout=30,
         )
         assert reply.status_code == 200
 

@@ -79,7 +79,7 @@ def test_guarded_hub_from_the_wheel_spawns_throttles_and_reports(wheel_venv: Pat
         client = HubClient(f"http://127.0.0.1:{port}", token)
         client.create_users(["wheel-user"])
         client.start_server("wheel-user")
-        assert requests.get(f"{client.url}/user/wheel-user/api", timeout=10).status_code == 200
+        assert requests.get(f"{client.url}/user/wheel-user/api", timeout=30).status_code == 200
         client.stop_server("wheel-user")
 
         repeats = [client.api("DELETE", "/users/wheel-user/server").status_code for _ in range(3)]

@@ -54,12 +54,12 @@ def page_url(hub: DevHub, path: str = "guard") -> str:
 def session_for(hub: DevHub, name: str) -> requests.Session:
     """A requests session logged in as `name` through the hub's login form."""
     session = requests.Session()
-    session.get(page_url(hub, "login"), timeout=10)
+    session.get(page_url(hub, "login"), timeout=30)
     reply = session.post(
         page_url(hub, "login"),
         data={"username": name, "password": "any", "_xsrf": session.cookies.get("_xsrf")},
         allow_redirects=False,
-        timeout=10,
+        timeout=30,
     )
     assert reply.status_code == 302, reply.text
     return session
@@ -69,14 +69,14 @@ def session_for(hub: DevHub, name: str) -> requests.Session:
 
 
 def test_anonymous_is_sent_to_the_login_page_under_the_base_url(hub):
-    reply = requests.get(page_url(hub), allow_redirects=False, timeout=10)
+    reply = requests.get(page_url(hub), allow_redirects=False, timeout=30)
     assert reply.status_code == 302
     assert reply.headers["Location"].startswith(f"{BASE_URL}hub/login?next=")
 
 
 def test_page_extends_the_hubs_page_and_serves_its_assets_from_package_data(hub):
     with session_for(hub, "admin") as session:
-        html = session.get(page_url(hub), timeout=10).text
+        html = session.get(page_url(hub), timeout=30).text
         assert 'id="jupyterhub-logo"' in html and 'id="login_widget"' in html
         assert f'data-api-url="{BASE_URL}hub/api/guard"' in html
         assert re.search(rf'<a [^>]*href="{BASE_URL}hub/guard"[^>]*>Guard</a>', html)
@@ -87,7 +87,7 @@ def test_page_extends_the_hubs_page_and_serves_its_assets_from_package_data(hub)
         assert {Path(a.split("?")[0]).name for a in ours} == {"guard.js", "guard.css"}
         for asset in ours:
             assert asset.startswith(f"{BASE_URL}hub/guard/static/")
-            reply = session.get(urljoin(hub.url, asset), timeout=10)
+            reply = session.get(urljoin(hub.url, asset), timeout=30)
             assert reply.status_code == 200 and reply.content
             assert "max-age" in reply.headers["Cache-Control"]  # versioned by content hash
 
@@ -96,21 +96,21 @@ def test_other_hub_pages_do_not_link_to_the_page(hub):
     for name in ("admin", "carol"):
         with session_for(hub, name) as session:
             for path in ("home", "token"):
-                reply = session.get(page_url(hub, path), timeout=10)
+                reply = session.get(page_url(hub, path), timeout=30)
                 assert reply.status_code == 200
                 assert "hub/guard" not in reply.text, (name, path)
 
 
 def test_bad_refresh_is_refused_naming_the_parameter(hub):
     with session_for(hub, "admin") as session:
-        reply = session.get(page_url(hub, "guard?refresh=0"), timeout=10)
+        reply = session.get(page_url(hub, "guard?refresh=0"), timeout=30)
     assert reply.status_code == 400
     assert "refresh" in reply.text
 
 
 def test_read_scope_alone_shows_the_page_without_the_tracemalloc_switch(hub):
     with session_for(hub, READER) as session:
-        html = session.get(page_url(hub), timeout=10).text
+        html = session.get(page_url(hub), timeout=30).text
     assert 'data-can-admin="false"' in html
     assert "guard-tracemalloc-switch" not in html
 
@@ -136,7 +136,7 @@ def open_page(browser: Chromium, hub: DevHub, refresh: int, context: str = "admi
     assert reply["status"] == 200, reply
 
 
-def wait_for_refreshes(browser: Chromium, count: int, context: str = "admin", timeout=15):
+def wait_for_refreshes(browser: Chromium, count: int, context: str = "admin", timeout=60):
     browser(
         "wait_for",
         context,
@@ -249,15 +249,15 @@ def test_tracemalloc_switch_shows_growing_allocation_sites(browser, hub):
     status = "document.getElementById('guard-tracemalloc-status').textContent"
     try:
         browser("click", selector="#guard-tracemalloc-switch")
-        browser("wait_for", expression=f"{status}.startsWith('On')", timeout=10_000)
+        browser("wait_for", expression=f"{status}.startsWith('On')", timeout=60_000)
         assert hub.api("GET", "/guard/tracemalloc").json()["enabled"] is True
         browser(
             "wait_for",
             expression="document.querySelectorAll('#guard-allocations td.guard-label').length > 0",
-            timeout=10_000,
+            timeout=60_000,
         )
         browser("click", selector="#guard-tracemalloc-switch")
-        browser("wait_for", expression=f"{status}.startsWith('Off')", timeout=10_000)
+        browser("wait_for", expression=f"{status}.startsWith('Off')", timeout=60_000)
     finally:
         hub.api("POST", "/guard/tracemalloc", json={"enabled": False})
 
@@ -269,7 +269,7 @@ def test_user_names_are_never_markup(browser, hub):
         stop = f"{hub.api_url}/users/{quote(EVIL_NAME, safe='')}/server"
         xsrf = {"X-XSRFToken": evil.cookies.get("_xsrf")}
         # the same caller stopping its stopped server again: throttled, listed as a caller
-        statuses = [evil.delete(stop, headers=xsrf, timeout=10).status_code for _ in range(3)]
+        statuses = [evil.delete(stop, headers=xsrf, timeout=30).status_code for _ in range(3)]
     assert 429 in statuses, statuses
 
     open_page(browser, hub, refresh=1)

@@ -43,7 +43,7 @@ def cycle_until_signal(hub, name, max_cycles):
 
 
 def metric(hub, pattern):
-    text = requests.get(hub.url.rstrip("/") + "/hub/metrics", timeout=10).text
+    text = requests.get(hub.url.rstrip("/") + "/hub/metrics", timeout=30).text
     match = re.search(pattern, text, re.M)
     assert match, f"{pattern!r} not in /hub/metrics"
     return float(match.group(1))

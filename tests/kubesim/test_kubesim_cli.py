@@ -39,7 +39,7 @@ async def test_process_serves_until_sigterm(tmp_path):
         stdout=asyncio.subprocess.PIPE,
     )
     try:
-        line = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
         assert line.startswith("ready http://127.0.0.1:")
         url = line.split()[1]
 
@@ -100,7 +100,7 @@ async def test_process_with_tls_names_its_ca_in_the_kubeconfig(tmp_path):
         stdout=asyncio.subprocess.PIPE,
     )
     try:
-        line = (await asyncio.wait_for(process.stdout.readline(), 10)).decode()
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
         assert line.startswith("ready https://127.0.0.1:")
         cluster = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]
         assert cluster["server"] == line.split()[1]
@@ -108,7 +108,7 @@ async def test_process_with_tls_names_its_ca_in_the_kubeconfig(tmp_path):
         assert ca_pem.startswith(b"-----BEGIN CERTIFICATE-----")
     finally:
         process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 5)
+        await asyncio.wait_for(process.wait(), 60)
 
 
 async def test_kubespawner_load_config_reads_kubeconfig_env(
