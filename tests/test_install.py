@@ -29,7 +29,8 @@ MATRIX = {
     "jupyterhub-5": ROOT / ".venv-jh5",
 }
 
-pytestmark = pytest.mark.hub
+# the session's wheel is built in the first one's set-up
+pytestmark = [pytest.mark.hub, pytest.mark.timeout(600)]
 
 
 def site_packages(prefix: Path) -> Path:

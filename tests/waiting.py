@@ -11,7 +11,7 @@ import asyncio
 import os
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import IO, TypeVar
 
 import pytest
@@ -71,3 +71,12 @@ def read_line(stream: IO, timeout: float = DEADLINE, what: str = "a line") -> st
             break  # the child closed its end: what came is all there is
         line += chunk
     return line.decode(errors="replace")
+
+
+async def within(step: Awaitable[T], what: str, timeout: float = DEADLINE) -> T:
+    """`step`'s result; a test failure naming `what` if it has none within `timeout` (so that a
+    hang says where it is, before the per-test timeout ends the whole test)."""
+    try:
+        return await asyncio.wait_for(step, timeout)
+    except asyncio.TimeoutError:
+        pytest.fail(f"{what} did not return within {timeout}s")
