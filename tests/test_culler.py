@@ -136,7 +136,7 @@ def test_idle_culler_culls_idle_servers_keeps_active_ones_and_is_never_throttled
     assert not any(user in pod for pod in pods for user in idle)
     log = hub.log_path.read_text()
     assert "429 DELETE" not in log
-    assert not [line for line in log.splitlines() if "from idle-culler" in line]
+    assert not [line for line in log.splitlines() if "StopGuard:" in line and "idle-culler" in line]
     client.stop_server("active-1")
 
 
