@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from waiting import read_line
 
 from binderhub_guard.bench import lifeline
 from binderhub_guard.bench.devhub import DevHub, DevHubError, ensure_port_free
@@ -32,7 +33,7 @@ def test_twenty_servers_start_answer_through_proxy_and_stop(dev_hub: DevHub) -> 
     pod_ips = {pod["status"]["podIP"] for pod in dev_hub.sim_state()["pods"]}
     assert len(pod_ips) == 20 and "127.0.0.1" not in pod_ips
     for user in users:
-        reply = requests.get(f"{dev_hub.url}/user/{user}/api", timeout=10)
+        reply = requests.get(f"{dev_hub.url}/user/{user}/api", timeout=30)
         assert reply.status_code == 200, user
         assert "X-JupyterHub-Version" in reply.headers
 
@@ -55,10 +56,9 @@ def test_dev_hub_command_prints_ready_and_sigterm_stops_everything(tmp_path) -> 
         [sys.executable, "-m", "binderhub_guard.cli", "dev-hub", "--hub-port", str(port)]
         + ["--api-token", "secret-token"],
         stdout=subprocess.PIPE,
-        text=True,
     )
     try:
-        words = command.stdout.readline().split()
+        words = read_line(command.stdout, timeout=120, what="ready line from dev-hub").split()
         assert words[:2] == ["ready", f"http://127.0.0.1:{port}/hub/api"]
         hub_pid = int(words[2].removeprefix("hub-pid="))
         hub = psutil.Process(hub_pid)
@@ -68,17 +68,18 @@ def test_dev_hub_command_prints_ready_and_sigterm_stops_everything(tmp_path) -> 
         reply = requests.get(
             f"http://127.0.0.1:{port}/hub/api/users",
             headers={"Authorization": "token secret-token"},
-            timeout=10,
+            timeout=30,
         )
         assert reply.status_code == 200
 
         command.send_signal(signal.SIGTERM)
-        assert command.wait(timeout=40) == 0
+        assert command.wait(timeout=120) == 0
     finally:
         if command.poll() is None:
             command.kill()
         command.wait()
-    gone, alive = psutil.wait_procs(started, timeout=5)
+        command.stdout.close()
+    gone, alive = psutil.wait_procs(started, timeout=60)
     assert alive == []
     assert not _listening(port)
 
