@@ -6,8 +6,8 @@
 #   bash scripts/peer-jupyterhub-tests.sh                         # the guarded runs (CI)
 #   PEER_RUNS="plain plain-reuse guard guard-reuse" bash scripts/peer-jupyterhub-tests.sh
 # plain and plain-reuse are the same runs without the guard: the baselines the differences are
-# measured against. PEER_WORKERS sets pytest-xdist's workers (default 2); other arguments go to
-# pytest (e.g. -k test_user_options).
+# measured against. Each run takes its two files on two workers (PEER_WORKERS=0: one process);
+# other arguments go to pytest (e.g. -k test_user_options).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
@@ -31,7 +31,7 @@ for run in ${PEER_RUNS:-guard guard-reuse}; do
   echo "== jupyterhub's own tests, run $run"
   start=$SECONDS
   "$venv/bin/python" -m pytest -c tests/peer/pytest.ini --rootdir "$site" -p jupyterhub_peer \
-    "${flags[@]}" -n "${PEER_WORKERS:-2}" -q -rfExX \
+    "${flags[@]}" -n "${PEER_WORKERS:-2}" --dist loadfile -q -rfExX \
     --pyargs jupyterhub.tests.test_api jupyterhub.tests.test_named_servers "$@" || status=1
   echo "== run $run: $((SECONDS - start)) s"
 done

@@ -19,4 +19,16 @@ class Difference:
 
 GUARDED = frozenset({"guard", "guard-reuse"})
 
-DIFFERENCES: list[Difference] = []
+DIFFERENCES = [
+    Difference(
+        "test_api.py::test_get_users",
+        GUARDED,
+        AssertionError,
+        r"'roles': \['admin', 'binderhub-guard-admin', 'user'\]",
+        "install(c) gives the configured admin users the role binderhub-guard-admin (the"
+        " guard's report scopes), so the admin's user model lists it (README, install)",
+    ),
+]
+# Not listed, because no test here sees it: a repeated no-op stop answered 429. These tests
+# never stop a stopped server twice with the same credentials and check the answer, even
+# when auth_header reuses tokens.
