@@ -7,6 +7,11 @@ Three parts, each printing a table (or --json):
   scan's time and the lateness it causes, and building the report from the last sample.
 - ``latency`` (real hub on the simulator): GET /hub/api/guard from the last sample and with
   ?full=1, with ``--objects`` extra live objects allocated in the hub by its config.
+- ``concurrent`` (real hub on the simulator, tracemalloc on): ``--callers`` concurrent
+  GET /hub/api/guard?full=1, back to back, against blocks without them (interleaved, so drift
+  on a shared machine hits both alike): heap scans and tracemalloc comparisons the hub made
+  per ``expensive_view_interval``, and the p99 of a normal call (GET /hub/api/users/NAME)
+  meanwhile, with distribution-free 95% confidence intervals. Needs no stock hub.
 - ``leak`` (real hubs on the simulator): spawn/stop cycles until a leak signal appears, for the
   2018 leaky spawner under GuardedKubeSpawner (ledger) and under plain KubeSpawner (object
   counts only), and ``--clean-cycles`` clean cycles counting any signal (false positives).
@@ -18,9 +23,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,14 +41,24 @@ from ..report.signals import rising_evidence
 from .devhub import DevHub
 from .every import Every
 
-PARTS = ("stall", "latency", "leak")
+PARTS = ("stall", "latency", "concurrent", "leak")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("parts", nargs="*", choices=PARTS, help="default: all three")
+    parser.add_argument("parts", nargs="*", choices=PARTS, help="default: all of them")
     parser.add_argument("--objects", type=int, default=1_000_000, help="extra live objects")
     parser.add_argument("--seconds", type=float, default=5.0, help="stall: seconds per phase")
     parser.add_argument("--requests", type=int, default=50, help="latency: GETs from last sample")
+    parser.add_argument("--callers", type=int, default=50, help="concurrent: ?full=1 callers")
+    parser.add_argument(
+        "--view-interval", type=float, default=10.0, help="concurrent: expensive_view_interval"
+    )
+    parser.add_argument(
+        "--block-seconds", type=float, default=10.0, help="concurrent: seconds per block"
+    )
+    parser.add_argument(
+        "--blocks", type=int, default=3, help="concurrent: blocks with callers (as many without)"
+    )
     parser.add_argument("--max-cycles", type=int, default=40, help="leak: cycles before giving up")
     parser.add_argument("--clean-cycles", type=int, default=200, help="leak: clean cycles")
     parser.add_argument("--parallel", type=int, default=10, help="leak: users cycling at once")
@@ -61,6 +78,10 @@ def main(args: argparse.Namespace) -> int:
             figures["stall"] = asyncio.run(measure_stall(args.objects, args.seconds))
         elif part == "latency":
             figures["latency"] = measure_latency(args.objects, args.requests)
+        elif part == "concurrent":
+            figures["concurrent"] = measure_concurrent(
+                args.objects, args.callers, args.view_interval, args.block_seconds, args.blocks
+            )
         else:
             figures["leak"] = measure_leak_detection(
                 args.max_cycles, args.clean_cycles, args.parallel, args.sample_interval, args.runs
@@ -182,7 +203,7 @@ async def measure_stall(objects: int, seconds: float) -> dict[str, Any]:
         scans = []
         async with LagMonitor() as scanning:
             for _ in range(3):
-                scan = await report.scan()
+                scan = await report.heap_view.compute()
                 scans.append(scan)
         figures["full_scan"] = {
             "objects_seen": scans[-1].objects,
@@ -267,6 +288,139 @@ def measure_latency(objects: int, count: int) -> dict[str, Any]:
         "sampler_longest_tick_cpu_ms": round(body["sampler"]["longest_tick_cpu_seconds"] * 1000, 3),
         "sampler_ticks": body["sampler"]["ticks"],
     }
+
+
+# -- concurrent expensive views: a real hub ---------------------------------------------------
+
+
+def measure_concurrent(
+    objects: int, callers: int, view_interval: float, block_seconds: float, blocks: int
+) -> dict[str, Any]:
+    """``callers`` concurrent ?full=1 with tracemalloc on: the scans and comparisons they cost
+    the hub, and a normal call's p99 with and without them."""
+    config = ballast_config(objects) + (
+        f"c.GuardReport.expensive_view_interval = {view_interval}\n"
+    )
+    with running_hub(extra_config=config) as hub:
+        hub.client.create_users(["probe"])
+        deadline = time.monotonic() + 60
+        while hub.api("GET", "/guard?full=1").json()["objects"]["most_common"]["objects"] < objects:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the hub did not allocate its ballast within 60 s")
+            time.sleep(1)
+        idle_off = probe_latencies(hub, block_seconds)
+        hub.api("POST", "/guard/tracemalloc", json={"enabled": True}).raise_for_status()
+        try:
+            idle, loaded, answered, failed = [], [], 0, 0
+            views_before = hub.api("GET", "/guard").json()["expensive_views"]
+            load_seconds = 0.0
+            for _ in range(blocks):
+                idle += probe_latencies(hub, block_seconds)
+                started = time.monotonic()
+                with FullCallers(hub, callers) as flood:
+                    loaded += probe_latencies(hub, block_seconds)
+                load_seconds += time.monotonic() - started
+                answered += flood.answered
+                failed += flood.failed
+            views_after = hub.api("GET", "/guard").json()["expensive_views"]
+        finally:
+            hub.api("POST", "/guard/tracemalloc", json={"enabled": False})
+    scans = views_after["heap_scan"]["computations"] - views_before["heap_scan"]["computations"]
+    compared = (
+        views_after["tracemalloc"]["computations"] - views_before["tracemalloc"]["computations"]
+    )
+    idle_p99, load_p99 = quantile_with_interval(idle, 0.99), quantile_with_interval(loaded, 0.99)
+    return {
+        "extra_objects": objects,
+        "callers": callers,
+        "expensive_view_interval_s": view_interval,
+        "full_reports_answered": answered,
+        "full_reports_failed": failed,
+        "seconds_with_callers": round(load_seconds, 1),
+        # blocks with callers alternate with blocks without, each one interval long or more:
+        # the bound is one computation per interval the callers spanned, counted generously
+        "heap_scans": scans,
+        "tracemalloc_comparisons": compared,
+        "most_allowed_per_view": blocks * (math.ceil(block_seconds / view_interval) + 1),
+        "normal_call": "GET /hub/api/users/probe",
+        "p99_ms_tracemalloc_off_no_callers": _ms(quantile_with_interval(idle_off, 0.99)),
+        "p99_ms_no_callers": _ms(idle_p99),
+        "p99_ms_with_callers": _ms(load_p99),
+        # the ratio's interval from the two intervals' ends: conservative
+        "p99_ratio": [
+            round(load_p99[0] / idle_p99[0], 2),
+            round(load_p99[1] / idle_p99[2], 2),
+            round(load_p99[2] / idle_p99[1], 2),
+        ],
+        "normal_calls": {"no_callers": len(idle), "with_callers": len(loaded)},
+        "load_average_1m": _load(),
+    }
+
+
+def probe_latencies(hub: DevHub, seconds: float) -> list[float]:
+    """Latencies of the normal call, one after another, for ``seconds``."""
+    times = []
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"token {hub.token}"
+        url = f"{hub.api_url}/users/probe"
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            session.get(url, timeout=30).raise_for_status()
+            times.append(time.perf_counter() - started)
+    return times
+
+
+class FullCallers:
+    """``count`` threads each asking for ?full=1 back to back while the block runs."""
+
+    def __init__(self, hub: DevHub, count: int) -> None:
+        self.hub = hub
+        self.count = count
+        self.answered = self.failed = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(count)]
+
+    def __enter__(self) -> FullCallers:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            session.headers["Authorization"] = f"token {self.hub.token}"
+            url = f"{self.hub.api_url}/guard?full=1"
+            while not self._stop.is_set():
+                try:
+                    ok = session.get(url, timeout=60).status_code == 200
+                except requests.RequestException:
+                    ok = False
+                with self._lock:
+                    self.answered += ok
+                    self.failed += not ok
+
+
+def quantile_with_interval(values: list[float], q: float) -> tuple[float, float, float]:
+    """The ``q`` quantile and its distribution-free 95% confidence interval: the order
+    statistics whose ranks bound n*q by 1.96 binomial standard deviations."""
+    ordered = sorted(values)
+    n = len(ordered)
+    half_width = 1.96 * math.sqrt(n * q * (1 - q))
+    low = max(0, math.floor(n * q - half_width) - 1)
+    high = min(n - 1, math.ceil(n * q + half_width) - 1)
+    middle = min(n - 1, max(0, math.ceil(n * q) - 1))
+    return ordered[middle], ordered[low], ordered[high]
+
+
+def _ms(estimate: tuple[float, float, float]) -> dict[str, float]:
+    value, low, high = (round(v * 1000, 2) for v in estimate)
+    return {"value": value, "ci95": [low, high]}
 
 
 # -- leak detection: real hubs ------------------------------------------------------------------
