@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -47,8 +49,41 @@ def guard_scope(scope: str) -> Callable:
     return decorator
 
 
+# One guard request at a time per event loop, see GuardHandler.prepare.
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _gate() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    gate = _gates.get(loop)
+    if gate is None:
+        gate = _gates[loop] = asyncio.Semaphore(1)
+    return gate
+
+
 class GuardHandler(APIHandler):
     """Shared by the guard's handlers: the report state, parameters, discreet refusals."""
+
+    _holding_gate: asyncio.Semaphore | None = None
+
+    async def prepare(self) -> None:
+        # The guard's requests are answered one at a time, from before JupyterHub checks the
+        # credentials: that check alone costs a token given in the config 16384 rounds of
+        # sha512 (tens of milliseconds, far more with tracemalloc on), so fifty callers at
+        # once would queue every other request of the hub behind theirs. Gated, they queue
+        # behind each other, and the hub's other requests wait for one of them at most.
+        gate = _gate()
+        await gate.acquire()
+        self._holding_gate = gate
+        await super().prepare()
+
+    def on_finish(self) -> None:
+        if self._holding_gate is not None:
+            self._holding_gate.release()
+            self._holding_gate = None
+        super().on_finish()
 
     @property
     def report(self) -> GuardReport:
