@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -16,6 +17,7 @@ from . import sources
 from .cached import CachedView, Served
 from .census import InstanceCensus, import_class
 from .heap import HeapScan, TracemallocView, scan_heap
+from .history import History
 from .sampler import Sampler
 from .signals import SignalRules
 
@@ -49,6 +51,14 @@ class GuardReport(LoggingConfigurable):
         holds the event loop for the whole of gc.get_objects() (tens of milliseconds per
         million objects), so a short interval lets a holder of custom:guard:read stall the
         hub that often.""",
+    ).tag(config=True)
+
+    history_seconds = Float(
+        3600.0,
+        help="""Seconds of samples kept, at sample_interval, for the page's charts (the
+        report's "history" section, GET /hub/api/guard?history=1): an admin who opens the
+        page after an alert sees the climb. Fixed memory, allocated at start: 9 numbers of 8
+        bytes per sample (about 26 KiB for an hour at 10 s; the report says the bytes).""",
     ).tag(config=True)
 
     ring_size = Int(
@@ -180,6 +190,10 @@ class GuardReport(LoggingConfigurable):
     def _valid_expensive_view_interval(self, proposal: dict) -> float:
         return in_range(proposal, 1.0, maximum=3600.0, unit="seconds")
 
+    @validate("history_seconds")
+    def _valid_history_seconds(self, proposal: dict) -> float:
+        return in_range(proposal, 60.0, maximum=86400.0, unit="seconds")
+
     @validate("ring_size")
     def _valid_window(self, proposal: dict) -> int:
         return in_range(proposal, 2, unit="samples")
@@ -237,6 +251,7 @@ class GuardReport(LoggingConfigurable):
         self.get_source = get_source or (lambda name: None)
         classes = {name: import_class(spec) for name, spec in self.watched_types.items()}
         self.census = InstanceCensus(classes)
+        self.history = History(max(2, math.ceil(self.history_seconds / self.sample_interval)))
         self.sampler = Sampler(
             self.census,
             self.get_source,
@@ -244,6 +259,7 @@ class GuardReport(LoggingConfigurable):
             self.ring_size,
             self.log,
             confirm_samples=self.signal_confirm_samples,
+            history=self.history,
         )
         self.tracemalloc = TracemallocView()
         self.last_scan: HeapScan | None = None
@@ -316,7 +332,9 @@ class GuardReport(LoggingConfigurable):
 
     # -- the report ----------------------------------------------------------------------------
 
-    async def build(self, *, full: bool = False, top: int | None = None) -> dict[str, Any]:
+    async def build(
+        self, *, full: bool = False, top: int | None = None, history: bool = False
+    ) -> dict[str, Any]:
         top = top or self.top_types
         scan = await self.scan() if full else self.heap_view.latest
         if scan is not None and not full:
@@ -335,7 +353,22 @@ class GuardReport(LoggingConfigurable):
             "sampler": self.sampler_section(),
             "memory_trim": self.memory_trim_section(),
             "expensive_views": self.expensive_views_section(),
+            "history": self.history_section(history),
         }
+
+    def history_section(self, with_series: bool) -> dict[str, Any]:
+        """What the history holds; its series too (oldest first) when asked: they weigh
+        about 100 bytes of JSON a sample, too much for every refresh of the page."""
+        section: dict[str, Any] = {
+            "interval_seconds": self.sample_interval,
+            "seconds": self.history_seconds,
+            "capacity": self.history.capacity,
+            "samples": len(self.history),
+            "bytes": self.history.nbytes,
+        }
+        if with_series:
+            section["series"] = self.history.series()
+        return section
 
     def expensive_views_section(self) -> dict[str, Any]:
         """How often each expensive view was computed and served: the cost callers imposed."""

@@ -138,10 +138,13 @@ class GuardAPIHandler(GuardHandler):
 
     @guard_scope(READ_SCOPE)
     async def get(self) -> None:
-        self.reject_unknown(set(self.request.arguments), {"full", "top"}, "Query parameter")
+        self.reject_unknown(
+            set(self.request.arguments), {"full", "top", "history"}, "Query parameter"
+        )
         full = self.flag_argument("full")
+        history = self.flag_argument("history")
         top = self.int_argument("top", self.report.top_types, 1, MAX_TOP)
-        self.write(json.dumps(await self.report.build(full=full, top=top)))
+        self.write(json.dumps(await self.report.build(full=full, top=top, history=history)))
 
 
 class TracemallocAPIHandler(GuardHandler):
