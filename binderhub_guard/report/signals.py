@@ -37,7 +37,8 @@ class Sample:
     tracked: Mapping[str, int] | None = None
     orphans_live: Mapping[str, int] | None = None
     orphans_found: int | None = None
-    # relists in the last minute by reflector, and the rate GuardedKubeSpawner damps above
+    # relists asked for in the last minute by reflector (made, delayed, or resumed instead),
+    # and the rate GuardedKubeSpawner holds the relists it makes to
     relists_per_minute: Mapping[str, int] | None = None
     relist_limit_per_minute: float | None = None
 
@@ -273,8 +274,9 @@ def watches_exceed_reflectors(samples: Sequence[Sample], rules: SignalRules) -> 
 
 
 def relist_storm(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
-    """Reflectors relisting at or above the rate the guard damps (dropped watches, 410
-    Gone answers): the API server is being hammered, or would be without the damping."""
+    """Reflectors asking to relist at or above the rate the guard holds them to (dropped
+    watches, 410 Gone answers): the API server is being hammered, or would be without the
+    damping."""
     latest = samples[-1]
     limit = latest.relist_limit_per_minute
     if limit is None or not latest.relists_per_minute:
@@ -286,7 +288,7 @@ def relist_storm(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
         _signal(
             "relist_storm",
             WARNING,
-            {"relists_per_minute": storming, "limit_per_minute": limit},
+            {"relists_asked_per_minute": storming, "limit_per_minute": limit},
         )
     ]
 

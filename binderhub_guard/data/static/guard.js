@@ -274,7 +274,7 @@
     count_rising: "A watched object count keeps rising while active servers do not.",
     rss_per_spawn: "Resident memory grows with every spawn.",
     watches_exceed_reflectors: "More open watches than reflectors, sample after sample.",
-    relist_storm: "A reflector relists faster than the guard's damping rate.",
+    relist_storm: "A reflector asks to relist faster than the guard's relist limit.",
   };
 
   function drawSignals(report) {
