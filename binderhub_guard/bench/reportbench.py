@@ -67,7 +67,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-cycles", type=int, default=40, help="leak: cycles before giving up")
     parser.add_argument("--clean-cycles", type=int, default=200, help="leak: clean cycles")
-    parser.add_argument("--parallel", type=int, default=10, help="leak: users cycling at once")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        nargs="+",
+        default=[1, 10, 50],
+        help="leak: users cycling at once, one run each",
+    )
+    parser.add_argument(
+        "--restart-every",
+        type=int,
+        default=0,
+        help="leak: restart the hub (the report's state starts over) every N clean cycles",
+    )
     parser.add_argument("--sample-interval", type=float, default=0.5, help="leak: sampler period")
     parser.add_argument(
         "--runs",
@@ -95,7 +107,12 @@ def main(args: argparse.Namespace) -> int:
             )
         else:
             figures["leak"] = measure_leak_detection(
-                args.max_cycles, args.clean_cycles, args.parallel, args.sample_interval, args.runs
+                args.max_cycles,
+                args.clean_cycles,
+                args.parallel,
+                args.sample_interval,
+                args.runs,
+                args.restart_every,
             )
         if args.json:
             # each part as soon as it is measured: a later part failing loses nothing
@@ -464,22 +481,23 @@ SPAWNERS = {
 def measure_leak_detection(
     max_cycles: int,
     clean_cycles: int,
-    parallel: int,
+    parallel: list[int],
     sample_interval: float,
     runs: list[str] | None = None,
+    restart_every: int = 0,
 ) -> dict[str, Any]:
-    """Cycles to the first signal for each leaky variant (one user at a time, then
-    ``parallel`` at a time), and signals raised over clean cycles (false positives), with
-    how close each count came to its bar."""
+    """Cycles to the first signal for each leaky variant at each number of users cycling at
+    once, and signals raised over clean cycles (false positives), with how close each count
+    came to its bar."""
     plan = [
         (f"{name} x{users}", name, max_cycles, users)
         for name in ("LeakyKubeSpawner", "LeakyGuardedKubeSpawner")
-        for users in sorted({1, parallel})
+        for users in sorted(set(parallel))
     ]
     plan += [
         (f"{name} x{users}", name, clean_cycles if users > 1 else min(clean_cycles, 200), users)
         for name in ("clean GuardedKubeSpawner", "clean KubeSpawner")
-        for users in sorted({1, parallel}, reverse=True)
+        for users in sorted(set(parallel), reverse=True)
     ]
     if runs:
         plan = [run for run in plan if any(wanted in run[0] for wanted in runs)]
@@ -492,7 +510,14 @@ def measure_leak_detection(
         leaky = spawner.startswith("Leaky")
         with running_hub(extra_config=config) as hub:
             load_before = _load()
-            figures[label] = run_cycles(hub, cycles, users, sample_interval, stop_at_signal=leaky)
+            figures[label] = run_cycles(
+                hub,
+                cycles,
+                users,
+                sample_interval,
+                stop_at_signal=leaky,
+                restart_every=0 if leaky else restart_every,
+            )
             figures[label]["load_average_1m"] = [load_before, _load()]
             if not leaky:
                 figures[label]["signals_logged"] = logged_signals(hub)
@@ -525,8 +550,7 @@ class SampleRecorder(Every):
         )
 
     def closest_to_firing(self) -> dict[str, Any]:
-        """Per count, the moment its never-falling run came closest to the bar of
-        count_rising (growth minus threshold; it fires at 0 and above)."""
+        """Per count, the moment its trend came closest to the bar of count_rising."""
         report = GuardReport()
         rules, ring = report.signal_rules(), report.ring_size
         series = [self.samples[t] for t in sorted(self.samples)]
@@ -539,17 +563,25 @@ class SampleRecorder(Every):
                 evidence = rising_evidence(window, name, rules)
                 if evidence is None:
                     continue
-                margin = evidence["to"] - evidence["from"] - evidence["threshold"]
+                # how far below its bar the trend statistic stayed (fires at 0 and above,
+                # with the growth too)
+                margin = round(evidence["z"] - evidence["z_needed"], 2)
                 if name not in closest or margin > closest[name]["margin"]:
                     closest[name] = {"margin": margin, **evidence}
         return {
-            name: {k: e[k] for k in ("margin", "from", "to", "increases", "threshold")}
+            name: {k: e[k] for k in ("margin", "z", "from", "to", "threshold", "visits")}
             for name, e in closest.items()
         }
 
 
 def run_cycles(
-    hub: DevHub, cycles: int, parallel: int, sample_interval: float, *, stop_at_signal: bool
+    hub: DevHub,
+    cycles: int,
+    parallel: int,
+    sample_interval: float,
+    *,
+    stop_at_signal: bool,
+    restart_every: int = 0,
 ) -> dict[str, Any]:
     """Spawn/stop ``cycles`` servers, ``parallel`` at a time. After each round, wait for a
     sample (and, when looking for a leak, for the samples that confirm a signal) and read
@@ -560,7 +592,7 @@ def run_cycles(
     done = 0
     first_signal: dict[str, Any] | None = None
     signal_names: set[str] = set()
-    rounds_with_signals = failures = 0
+    rounds_with_signals = failures = restarts = raised_before = 0
     started = time.monotonic()
     cpu_before = hub_cpu_seconds(hub)
 
@@ -581,6 +613,14 @@ def run_cycles(
             ok = list(pool.map(cycle, batch))
             failures += ok.count(False)
             done += len(batch)
+            if restart_every and done % restart_every < len(batch) and done < cycles:
+                # a new hub process: the report's ring and streaks start empty, as after an
+                # upgrade or a crash (signals raised before count; their totals restart)
+                raised_before += sum(
+                    hub.api("GET", "/guard").json()["sampler"]["signals_raised_total"].values()
+                )
+                hub.restart_hub()
+                restarts += 1
             deadline = time.monotonic() + (confirm_wait if stop_at_signal else 0)
             time.sleep(sample_interval * 1.5)
             while not (active := hub.api("GET", "/guard").json()["leak_signals"]):
@@ -606,6 +646,8 @@ def run_cycles(
         "signals": sorted(signal_names),
         "rounds_with_signals": rounds_with_signals,
         "signals_raised_over_all_samples": body["sampler"]["signals_raised_total"],
+        "signals_raised_before_restarts": raised_before,
+        "hub_restarts": restarts,
         "closest_to_count_rising": recorder.closest_to_firing(),
         "first_signal_evidence": first_signal["signals"] if first_signal else None,
     }

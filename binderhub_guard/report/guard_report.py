@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from statistics import NormalDist
 from typing import Any
 
 from traitlets import Dict, Float, Int, List, TraitError, Unicode, validate
@@ -107,19 +108,14 @@ class GuardReport(LoggingConfigurable):
         connections, so the bar is higher than for resource_types.""",
     ).tag(config=True)
 
-    growth_min_steps = Int(
-        3,
-        help="""Separate increases that the growth of a type outside resource_types must
-        come in to raise "count_rising": a single jump is usually something new starting
-        once, not a leak.""",
-    ).tag(config=True)
-
-    growth_noise_factor = Float(
-        2.0,
-        help="""Growth that raises "count_rising" must also reach this many times the
-        largest fall of the same count between two visits to the same load in the ring: a
-        count that falls as well as rises is noisy and must rise well beyond its noise. A
-        leaked object never goes away, so a leaking count does not fall.""",
+    leak_false_alarm_rate = Float(
+        0.001,
+        help="""Chance that "count_rising" (and "rss_per_spawn") finds a trend in a count
+        that has none, per evaluation: the one-sided level of the seasonal Kendall test over
+        the ring's visits at equal load (see binderhub_guard.report.signals.counts_rising).
+        Lower takes longer to flag a leak. Each sample evaluates the ring again and a signal
+        must hold for signal_confirm_samples samples, so the rate of alarms per hour is not
+        this: `binderhub-guard report-bench leak` measures it over clean cycles.""",
     ).tag(config=True)
 
     resource_types = List(
@@ -212,7 +208,6 @@ class GuardReport(LoggingConfigurable):
 
     @validate(
         "growth_min_increase",
-        "growth_min_steps",
         "resource_min_increase",
         "recent_window",
         "signal_confirm_samples",
@@ -222,9 +217,9 @@ class GuardReport(LoggingConfigurable):
     def _valid_threshold(self, proposal: dict) -> int:
         return in_range(proposal, 1)
 
-    @validate("growth_noise_factor")
-    def _valid_noise_factor(self, proposal: dict) -> float:
-        return in_range(proposal, 0)
+    @validate("leak_false_alarm_rate")
+    def _valid_false_alarm_rate(self, proposal: dict) -> float:
+        return in_range(proposal, 0, above=True, maximum=0.5)
 
     @validate("resource_types", "growth_exempt_types")
     def _valid_watched_names(self, proposal: dict) -> list[str]:
@@ -275,8 +270,7 @@ class GuardReport(LoggingConfigurable):
     def signal_rules(self) -> SignalRules:
         return SignalRules(
             growth_min_increase=self.growth_min_increase,
-            growth_min_steps=self.growth_min_steps,
-            growth_noise_factor=self.growth_noise_factor,
+            trend_z=NormalDist().inv_cdf(1 - self.leak_false_alarm_rate),
             resource_types=frozenset(self.resource_types),
             exempt_types=frozenset(self.growth_exempt_types),
             resource_min_increase=self.resource_min_increase,
