@@ -139,6 +139,7 @@ async def test_tracemalloc_switch_through_the_report(report):
         ("growth_min_increase", 0),
         ("leak_false_alarm_rate", 0),
         ("leak_false_alarm_rate", 0.6),
+        ("growth_noise_factor", -0.5),
         ("resource_min_increase", 0),
         ("resource_types", ["Watch", "NotWatched"]),
         ("growth_exempt_types", ["Spawners"]),

@@ -126,10 +126,24 @@ def test_a_count_that_falls_as_often_as_it_rises_is_not_flagged():
     assert evaluate(rests([10, 4, 6, 9, 12, 16, 19, 23, 26], "Widget"), RULES)
 
 
-def test_one_jump_between_two_rests_is_not_a_trend():
-    # a step between two visits is not growth beyond chance: ten users cycling at once are
-    # caught at the loads their rounds pass through (test_a_reflector_leaked_per_spawn_...)
-    assert evaluate(rests([12, 22]), RULES) == []
+def test_one_jump_of_a_general_count_between_two_rests_is_not_a_trend():
+    assert evaluate(rests([12, 22], "Widget"), RULES) == []
+
+
+def test_kube_resources_rising_in_one_step_are_flagged():
+    # ten users cycling at once leak ten reflectors between two moments at rest: too few
+    # visits for the trend test, a step far beyond what a clean hub's shared ones move
+    [signal] = evaluate(rests([12, 22]), RULES)
+    evidence = signal["evidence"]
+    assert evidence["test"] == "step" and evidence["rule"] == "kube_resource"
+    assert (evidence["from"], evidence["to"], evidence["step"]) == (12, 22, 10)
+    assert evidence["z"] < RULES.trend_z
+
+
+def test_a_kube_resource_step_within_twice_its_largest_fall_is_noise():
+    assert evaluate(rests([12, 9, 12, 9, 14]), RULES) == []
+    [signal] = evaluate(rests([12, 9, 12, 9, 15]), RULES)
+    assert signal["evidence"]["step_threshold"] == 6
 
 
 def test_a_relisting_reflectors_extra_watches_are_not_a_leak():

@@ -118,6 +118,14 @@ class GuardReport(LoggingConfigurable):
         this: `binderhub-guard report-bench leak` measures it over clean cycles.""",
     ).tag(config=True)
 
+    growth_noise_factor = Float(
+        2.0,
+        help="""A step of a resource_types count (see resource_min_increase) raises
+        "count_rising" only if it is also this many times the largest fall of the same count
+        between two visits to one load in the ring: a count that falls as well as rises is
+        noisy. A leaked object never goes away, so a leaking count does not fall.""",
+    ).tag(config=True)
+
     resource_types = List(
         Unicode(),
         default_value=["ResourceReflector", "Watch", "ApiClient", "ClientSession"],
@@ -217,6 +225,10 @@ class GuardReport(LoggingConfigurable):
     def _valid_threshold(self, proposal: dict) -> int:
         return in_range(proposal, 1)
 
+    @validate("growth_noise_factor")
+    def _valid_noise_factor(self, proposal: dict) -> float:
+        return in_range(proposal, 0)
+
     @validate("leak_false_alarm_rate")
     def _valid_false_alarm_rate(self, proposal: dict) -> float:
         return in_range(proposal, 0, above=True, maximum=0.5)
@@ -271,6 +283,7 @@ class GuardReport(LoggingConfigurable):
         return SignalRules(
             growth_min_increase=self.growth_min_increase,
             trend_z=NormalDist().inv_cdf(1 - self.leak_false_alarm_rate),
+            growth_noise_factor=self.growth_noise_factor,
             resource_types=frozenset(self.resource_types),
             exempt_types=frozenset(self.growth_exempt_types),
             resource_min_increase=self.resource_min_increase,

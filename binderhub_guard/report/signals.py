@@ -8,6 +8,7 @@ rule fire, so an operator can judge it without reading code.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +53,7 @@ class SignalRules:
     # one-sided critical value of the seasonal Kendall trend test: 3.09 is a false-alarm rate
     # of 0.001 per evaluation (GuardReport.leak_false_alarm_rate)
     trend_z: float = 3.09
+    growth_noise_factor: float = 2.0
     resource_types: frozenset[str] = frozenset(
         {"ResourceReflector", "Watch", "ApiClient", "ClientSession"}
     )
@@ -101,21 +103,27 @@ def orphans_present(samples: Sequence[Sample], rules: SignalRules) -> list[Signa
 
 
 def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
-    """A watched type (or the task count) that rises at equal load, beyond chance.
+    """A watched type (or the task count) that rises at equal load.
 
     Counts move with the work in flight, so they are compared at equal load only: a visit is
     a run of consecutive samples with the same number of active servers, counted by its
-    smallest count. The method is the seasonal Kendall test (Hirsch, Slack and Smith, 1982),
-    each number of active servers a season: the Mann-Kendall statistic S of each load's
-    visits in time order, summed over loads, against its variance under "no trend" (ties
-    corrected), one-sided at ``trend_z``. It needs no model of the noise, takes falls as
-    evidence against a trend, and judges each load by its own level; samples from before
-    the first successful spawn are left out (the first spawn creates kubespawner's shared
-    reflectors and clients).
+    smallest count. Samples from before the first successful spawn are left out (the first
+    spawn creates kubespawner's shared reflectors and clients). Two tests:
 
-    A significant trend must also have grown: at the latest load, the latest visit at least
-    ``resource_min_increase`` (Kubernetes resource types) or ``growth_min_increase`` (other
-    counts, which move with requests in flight) above the lowest earlier visit.
+    - trend, for every count: the seasonal Kendall test (Hirsch, Slack and Smith, 1982),
+      each number of active servers a season: the Mann-Kendall statistic S of each load's
+      visits in time order, summed over loads, against its variance under "no trend" (ties
+      corrected), one-sided at ``trend_z``. No model of the noise; falls count against a
+      trend; each load is judged by its own level. The count must also have grown, at the
+      latest load, by ``resource_min_increase`` (Kubernetes resource types) or
+      ``growth_min_increase`` (other counts, which move with requests in flight) above its
+      lowest earlier visit.
+    - step, for the Kubernetes resource types only: kubespawner shares its reflectors and
+      clients, so at a given load these counts do not move in a clean hub (by 2 at most, a
+      relisting reflector's second Watch). A rise of ``resource_min_increase`` at the latest
+      load with no fall since, and at least ``growth_noise_factor`` times the largest fall
+      between two visits to one load, is a leak even in one step: ten users cycling at once
+      leak ten at once, and a rank test needs more visits than two rounds give to see that.
     """
     signals = []
     for name in ["asyncio.Task", *samples[-1].watched]:
@@ -124,47 +132,39 @@ def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
         evidence = rising_evidence(samples, name, rules)
         if evidence is None:
             continue
-        if (
-            evidence["z"] >= rules.trend_z
-            and evidence["to"] - evidence["from"] >= evidence["threshold"]
+        grown = evidence["to"] - evidence["from"] >= evidence["threshold"]
+        if grown and evidence["z"] >= rules.trend_z:
+            signals.append(_signal("count_rising", WARNING, {**evidence, "test": "trend"}))
+        elif (
+            evidence.get("step_threshold") is not None
+            and evidence["step"] >= evidence["step_threshold"]
         ):
-            signals.append(_signal("count_rising", WARNING, evidence))
+            signals.append(_signal("count_rising", WARNING, {**evidence, "test": "step"}))
     return signals
 
 
 def rising_evidence(samples: Sequence[Sample], name: str, rules: SignalRules) -> Signal | None:
-    """The trend of ``name`` (a watched type or "asyncio.Task") at equal load and its growth
-    at the latest load (see ``counts_rising``); ``None`` without two visits at that load."""
+    """The trend of ``name`` (a watched type or "asyncio.Task") at equal load, its growth at
+    the latest load, and for resource types its step (see ``counts_rising``); ``None``
+    without two visits at the latest load."""
 
     def count_of(s: Sample) -> int | None:
         return s.asyncio_tasks if name == "asyncio.Task" else s.watched.get(name)
 
-    return _trend_evidence(samples, count_of, name, rules)
-
-
-def _trend_evidence(
-    samples: Sequence[Sample],
-    value_of: Callable[[Sample], int | None],
-    name: str,
-    rules: SignalRules,
-) -> Signal | None:
-    visits = _visits_by_load(samples, value_of)
+    visits = _visits_by_load(samples, count_of)
     latest = samples[-1]
     at_latest = visits.get(latest.active_servers, [])
     if len(at_latest) < 2:
         return None
     trend = seasonal_kendall([[v for v, _ in load] for load in visits.values()])
     low, low_time = min(at_latest[:-1])
-    if name in rules.resource_types:
-        kind, threshold = "kube_resource", rules.resource_min_increase
-    else:
-        kind, threshold = "general", rules.growth_min_increase
-    return {
+    resource = name in rules.resource_types
+    evidence: Signal = {
         "type": name,
-        "rule": kind,
+        "rule": "kube_resource" if resource else "general",
         "from": low,
         "to": at_latest[-1][0],
-        "threshold": threshold,
+        "threshold": rules.resource_min_increase if resource else rules.growth_min_increase,
         "z": round(trend.z, 2),
         "z_needed": rules.trend_z,
         "visits": trend.n,
@@ -172,6 +172,27 @@ def _trend_evidence(
         "seconds": round(latest.time - low_time, 1),
         "at_active_servers": latest.active_servers,
     }
+    if resource:
+        # the run of visits at the latest load back to its last fall
+        run = [at_latest[-1][0]]
+        for value, _ in reversed(at_latest[:-1]):
+            if value > run[0]:
+                break
+            run.insert(0, value)
+        largest_fall = max(
+            (
+                earlier - later
+                for load in visits.values()
+                for (earlier, _), (later, _) in itertools.pairwise(load)
+            ),
+            default=0,
+        )
+        evidence["step"] = run[-1] - run[0]
+        evidence["step_threshold"] = max(
+            rules.resource_min_increase, math.ceil(rules.growth_noise_factor * largest_fall)
+        )
+        evidence["largest_fall"] = max(largest_fall, 0)
+    return evidence
 
 
 def _visits_by_load(
