@@ -346,7 +346,8 @@ def measure_concurrent(
         hub.api("POST", "/guard/tracemalloc", json={"enabled": True}).raise_for_status()
         try:
             idle, loaded, answered, failed = [], [], 0, 0
-            views_before = hub.api("GET", "/guard").json()["expensive_views"]
+            # with tracemalloc on, each guard request costs the hub far more: long timeouts
+            views_before = hub.api("GET", "/guard", timeout=600).json()["expensive_views"]
             load_seconds = 0.0
             for _ in range(blocks):
                 idle += probe_latencies(hub, token, block_seconds)
@@ -356,9 +357,9 @@ def measure_concurrent(
                 load_seconds += time.monotonic() - started
                 answered += flood.answered
                 failed += flood.failed
-            views_after = hub.api("GET", "/guard").json()["expensive_views"]
+            views_after = hub.api("GET", "/guard", timeout=600).json()["expensive_views"]
         finally:
-            hub.api("POST", "/guard/tracemalloc", json={"enabled": False})
+            hub.api("POST", "/guard/tracemalloc", json={"enabled": False}, timeout=600)
     scans = views_after["heap_scan"]["computations"] - views_before["heap_scan"]["computations"]
     compared = (
         views_after["tracemalloc"]["computations"] - views_before["tracemalloc"]["computations"]
@@ -393,11 +394,25 @@ def measure_concurrent(
 
 
 def admin_token(hub: DevHub) -> str:
-    """A new API token of the hub's admin, as an admin would make one (JupyterHub generates
-    it, and checks it with one round of sha512)."""
-    reply = hub.api("POST", f"/users/{ADMIN_USER}/tokens", json={"note": "report-bench"})
-    reply.raise_for_status()
-    return reply.json()["token"]
+    """A new API token of the hub's admin, made as an admin makes one, logged in (JupyterHub
+    generates it, and checks it with one round of sha512)."""
+    with requests.Session() as session:
+        login = f"{hub.url}/hub/login"
+        session.get(login, timeout=30).raise_for_status()
+        xsrf = session.cookies.get("_xsrf")
+        session.post(
+            login,
+            data={"username": ADMIN_USER, "password": "any", "_xsrf": xsrf},
+            timeout=30,
+        ).raise_for_status()
+        reply = session.post(
+            f"{hub.api_url}/users/{ADMIN_USER}/tokens",
+            json={"note": "report-bench"},
+            headers={"X-XSRFToken": session.cookies.get("_xsrf") or xsrf},
+            timeout=30,
+        )
+        reply.raise_for_status()
+        return reply.json()["token"]
 
 
 def probe_latencies(hub: DevHub, token: str, seconds: float) -> list[float]:
@@ -409,7 +424,7 @@ def probe_latencies(hub: DevHub, token: str, seconds: float) -> list[float]:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             started = time.perf_counter()
-            session.get(url, timeout=30).raise_for_status()
+            session.get(url, timeout=600).raise_for_status()
             times.append(time.perf_counter() - started)
     return times
 
@@ -442,7 +457,8 @@ class FullCallers:
             url = f"{self.hub.api_url}/guard?full=1"
             while not self._stop.is_set():
                 try:
-                    ok = session.get(url, timeout=60).status_code == 200
+                    # never abandoned: an abandoned request still costs the hub, unseen
+                    ok = session.get(url, timeout=600).status_code == 200
                 except requests.RequestException:
                     ok = False
                 with self._lock:
