@@ -146,3 +146,16 @@ def test_bad_expensive_view_interval_names_the_trait_and_value(value):
         GuardReport(config=config)
     assert "GuardReport.expensive_view_interval" in str(raised.value)
     assert repr(value) in str(raised.value)
+
+
+async def test_a_computation_longer_than_the_interval_is_not_run_back_to_back():
+    clock = Clock()
+
+    async def slow() -> float:
+        clock.now += 90  # a tracemalloc comparison on a big, busy hub
+        return clock.now
+
+    view = CachedView(slow, interval=30, clock=clock)
+    first = await view.get()
+    clock.now += 29
+    assert (await view.get()).value == first.value and view.computations == 1

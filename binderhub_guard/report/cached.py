@@ -4,7 +4,9 @@ A full-heap scan freezes the event loop in ``gc.get_objects()`` and a tracemallo
 walks every traced block: a holder of ``custom:guard:read`` (or a few open tabs of the page)
 asking back to back would otherwise cost the hub one of each per request. Callers arriving
 while a computation runs await that one (single flight); callers within ``interval`` of its
-start get its result, with its age.
+end get its result, with its age. Counted from the end, not the start: a tracemalloc
+comparison on a big, busy hub can take longer than the interval, and would otherwise run
+back to back.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ class Served(Generic[T]):
 
 
 class CachedView(Generic[T]):
-    """``compute`` run at most once per ``interval`` seconds (counted between starts), never
-    twice at once."""
+    """``compute`` run at most once per ``interval`` seconds after the previous run ended,
+    never twice at once."""
 
     def __init__(
         self,
@@ -49,7 +51,7 @@ class CachedView(Generic[T]):
         self.served_from_cache = 0
         self.joined_in_flight = 0
         self._latest: Served[T] | None = None
-        self._started_at: float | None = None
+        self._ended_at: float | None = None
         self._running: asyncio.Future[Served[T]] | None = None
         self._running_generation = 0
         # bumped by invalidate(): a computation started before it is awaited, never served
@@ -64,7 +66,7 @@ class CachedView(Generic[T]):
         caller computes anew, after any computation in flight has ended."""
         self._generation += 1
         self._latest = None
-        self._started_at = None
+        self._ended_at = None
 
     async def get(self) -> Served[T]:
         while True:
@@ -74,12 +76,11 @@ class CachedView(Generic[T]):
                 latest = self._latest
                 if (
                     latest is not None
-                    and self._started_at is not None
-                    and now - self._started_at < self.interval
+                    and self._ended_at is not None
+                    and now - self._ended_at < self.interval
                 ):
                     self.served_from_cache += 1
                     return Served(latest.value, latest.computed_at, fresh=False)
-                self._started_at = now
                 self._running_generation = self._generation
                 running = self._running = asyncio.ensure_future(self._run(self._generation))
             else:
@@ -103,6 +104,7 @@ class CachedView(Generic[T]):
             served = Served(value, time.time(), fresh=True)
             if generation == self._generation:
                 self._latest = served
+                self._ended_at = self.clock()
             return served
         finally:
             self._running = None

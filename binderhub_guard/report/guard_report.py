@@ -47,11 +47,12 @@ class GuardReport(LoggingConfigurable):
         help="""Seconds between two computations of each expensive view: the full-heap scan
         (?full=1, and full_scan_interval's) and the tracemalloc comparison (every report while
         tracing is on). Whatever the number of callers, each view is computed at most once
-        per interval and never twice at once: callers arriving while it runs wait for that
-        run, callers within the interval get its result with its age ("age_seconds"). A scan
-        holds the event loop for the whole of gc.get_objects() (tens of milliseconds per
-        million objects), so a short interval lets a holder of custom:guard:read stall the
-        hub that often.""",
+        per interval (counted from the end of the previous computation, which on a big heap
+        with tracemalloc on can take longer than the interval) and never twice at once:
+        callers arriving while it runs wait for that run, callers within the interval get
+        its result with its age ("age_seconds"). A scan holds the event loop for the whole
+        of gc.get_objects() (tens of milliseconds per million objects), so a short interval
+        lets a holder of custom:guard:read stall the hub that often.""",
     ).tag(config=True)
 
     history_seconds = Float(
