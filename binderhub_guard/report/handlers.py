@@ -49,40 +49,59 @@ def guard_scope(scope: str) -> Callable:
     return decorator
 
 
-# One guard request at a time per event loop, see GuardHandler.prepare.
-_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
+class _Gate:
+    """One guard request at a time, each after a pause as long as the previous one took:
+    the guard's callers get at most half of the event loop, however many they are."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.free_at = 0.0
+
+    async def enter(self) -> float:
+        await self.lock.acquire()
+        loop = asyncio.get_running_loop()
+        pause = self.free_at - loop.time()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        return loop.time()
+
+    def leave(self, entered: float) -> None:
+        now = asyncio.get_running_loop().time()
+        self.free_at = now + (now - entered)
+        self.lock.release()
 
 
-def _gate() -> asyncio.Semaphore:
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Gate] = weakref.WeakKeyDictionary()
+
+
+def _gate() -> _Gate:
     loop = asyncio.get_running_loop()
     gate = _gates.get(loop)
     if gate is None:
-        gate = _gates[loop] = asyncio.Semaphore(1)
+        gate = _gates[loop] = _Gate()
     return gate
 
 
 class GuardHandler(APIHandler):
     """Shared by the guard's handlers: the report state, parameters, discreet refusals."""
 
-    _holding_gate: asyncio.Semaphore | None = None
+    _holding_gate: tuple[_Gate, float] | None = None
 
     async def prepare(self) -> None:
-        # The guard's requests are answered one at a time, from before JupyterHub checks the
+        # The guard's requests pass one at a time, paced, from before JupyterHub checks the
         # credentials: that check alone costs a token given in the config 16384 rounds of
         # sha512 (tens of milliseconds, far more with tracemalloc on), so fifty callers at
         # once would queue every other request of the hub behind theirs. Gated, they queue
         # behind each other, and the hub's other requests wait for one of them at most.
         gate = _gate()
-        await gate.acquire()
-        self._holding_gate = gate
+        self._holding_gate = (gate, await gate.enter())
         await super().prepare()
 
     def on_finish(self) -> None:
         if self._holding_gate is not None:
-            self._holding_gate.release()
+            gate, entered = self._holding_gate
             self._holding_gate = None
+            gate.leave(entered)
         super().on_finish()
 
     @property
