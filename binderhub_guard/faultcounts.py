@@ -6,7 +6,7 @@ relist damping policy (:class:`RelistDamper`) is a pure function of a reflector'
 relist times.
 
 A reflector over its rate resumes its watch instead of relisting where it can (the door
-decides that); the relists it cannot avoid are spaced by the damper.
+decides that); the relists it cannot avoid wait, so that none is over the rate.
 
 Snapshot (JSON-ready), from :meth:`FaultCounts.snapshot`::
 
@@ -15,7 +15,8 @@ Snapshot (JSON-ready), from :meth:`FaultCounts.snapshot`::
       "api_errors": {status: int},          # answers outside 2xx ("0": no answer)
       "stop_errors": {"failed_attempts": int, "recovered": int, "given_up": int},
       "stop_failures": [{"pod", "error", "attempts", "outcome", "time"}],   # most recent
-      "relists": [{"reflector", "relists", "per_minute", "damped", "delay", "resumes"}],
+      "relists": [{"reflector", "relists", "per_minute", "peak_per_minute",
+                   "asked_per_minute", "damped", "delay", "resumes"}],
       "relist_limit_per_minute": float,
       "reflectors_replaced": int,
       "replacements": [{"reflector", "time"}],                             # most recent
@@ -37,31 +38,57 @@ _RECENT = 50
 @dataclass(eq=False)
 class RelistHistory:
     """One reflector's relists: their times in the last minute, totals, the delay before its
-    latest one, and the watches it resumed instead of relisting."""
+    latest one, the most it made in any minute, and the watches it resumed instead."""
 
     label: str
     times: deque[float] = field(default_factory=deque)
     total: int = 0
     damped: int = 0
-    damped_in_a_row: int = 0
     delay: float = 0.0
     resumes: int = 0
+    peak_per_minute: int = 0
+    # the damper's theoretical arrival time (GCRA): when the next relist would be due at the
+    # sustained rate; None before the first relist
+    due: float | None = None
+    # every restart that asked for a list, whether it relisted, waited or resumed instead:
+    # how hard the reflector would hit the API server without the damping
+    asks: deque[float] = field(default_factory=deque)
 
     def per_minute(self, now: float) -> int:
         while self.times and self.times[0] <= now - WINDOW_SECONDS:
             self.times.popleft()
         return len(self.times)
 
+    def asked(self, now: float) -> None:
+        self.asks.append(now)
+        self.asked_per_minute(now)
+
+    def asked_per_minute(self, now: float) -> int:
+        while self.asks and self.asks[0] <= now - WINDOW_SECONDS:
+            self.asks.popleft()
+        return len(self.asks)
+
+    def in_window_ending(self, at: float) -> int:
+        """Relists in the minute up to ``at``, without forgetting any (``at`` may be ahead)."""
+        return sum(1 for t in self.times if at - WINDOW_SECONDS < t <= at)
+
 
 class RelistDamper:
-    """Spaces a reflector's relists once it relisted `max_per_minute` times in a minute.
+    """Holds a reflector to `max_per_minute` relists in every minute, none waiting longer
+    than `max_delay` (which must be at least 60 / `max_per_minute`).
 
-    The first relist over the rate goes out `60 / max_per_minute` seconds after the previous
-    one, each further one twice as long after its previous, up to `max_delay`; back to no
-    delay once the reflector is under the rate again.  With `max_delay` at least
-    `60 / max_per_minute`, a reflector that has to keep relisting does so at most
-    `max_per_minute` times a minute in the long run (at most twice that in any one minute:
-    a full minute's worth undelayed, then the spaced ones).
+    The generic cell rate algorithm (a token bucket, in virtual time): relists are due one
+    per `max_delay` seconds, and may come early by up to a tolerance of
+    `max_per_minute * max_delay - 60` seconds; one that would come earlier than that waits
+    until it may. So a reflector may relist a burst of ``1 + floor(max_per_minute - 60 /
+    max_delay)`` at once (7 with the defaults, 12 and 10 s: kubespawner's start of a
+    reflector lists twice, a dropped watch relists within 0.2 s), then once per
+    `max_delay`; and n relists in one minute need (n - 1) * max_delay - tolerance < 60 s,
+    which holds only for n <= max_per_minute. kubespawner's watches time out every 10 s, at
+    the sustained rate of the defaults: a hub without faults never waits.
+
+    A relist that would have to wait is "over the rate": the spawner door resumes the watch
+    instead where it can.
     """
 
     def __init__(self, max_per_minute: float, max_delay: float) -> None:
@@ -69,20 +96,23 @@ class RelistDamper:
         self.max_delay = max_delay
 
     @property
-    def spacing(self) -> float:
-        """Seconds between two relists at exactly the rate."""
-        return WINDOW_SECONDS / self.max_per_minute
+    def tolerance(self) -> float:
+        """How early (seconds) a relist may come before it is due."""
+        return max(0.0, self.max_per_minute * self.max_delay - WINDOW_SECONDS)
+
+    def earliest(self, history: RelistHistory, now: float) -> float:
+        """When a relist asked at ``now`` may go out."""
+        if history.due is None:
+            return now
+        return max(now, history.due - self.tolerance)
 
     def over_rate(self, history: RelistHistory, now: float) -> bool:
-        return history.per_minute(now) >= self.max_per_minute
+        return self.earliest(history, now) > now
 
     def next_delay(self, history: RelistHistory, now: float) -> float:
-        if not self.over_rate(history, now):
-            history.damped_in_a_row = 0
-            return 0.0
-        interval = min(self.max_delay, self.spacing * 2**history.damped_in_a_row)
-        history.damped_in_a_row += 1
-        return max(0.0, history.times[-1] + interval - now)
+        send = self.earliest(history, now)
+        history.due = max(history.due if history.due is not None else send, send) + self.max_delay
+        return send - now
 
 
 class FaultCounts:
@@ -119,16 +149,23 @@ class FaultCounts:
         """Count a (re)list by `reflector`; return how long to wait before it."""
         now = time.monotonic() if now is None else now
         history = self._history(reflector, label)
+        history.asked(now)
         delay = history.delay = self.damper.next_delay(history, now)
         # when it goes out, so that the next one is spaced from it
         history.times.append(now + delay)
+        # a window's count rises only when a relist enters it: the peak is exact
+        history.peak_per_minute = max(
+            history.peak_per_minute, history.in_window_ending(now + delay)
+        )
         history.total += 1
         history.damped += delay > 0
         return delay
 
-    def watch_resumed(self, reflector: Any, label: str) -> None:
+    def watch_resumed(self, reflector: Any, label: str, now: float | None = None) -> None:
         """Count a watch `reflector` resumed from its last resourceVersion instead of relisting."""
-        self._history(reflector, label).resumes += 1
+        history = self._history(reflector, label)
+        history.resumes += 1
+        history.asked(time.monotonic() if now is None else now)
 
     def stop_attempt_failed(self) -> None:
         self.stop_errors["failed_attempts"] += 1
@@ -162,6 +199,8 @@ class FaultCounts:
                     "reflector": history.label,
                     "relists": history.total,
                     "per_minute": history.per_minute(now),
+                    "peak_per_minute": history.peak_per_minute,
+                    "asked_per_minute": history.asked_per_minute(now),
                     "damped": history.damped,
                     "delay": history.delay,
                     "resumes": history.resumes,

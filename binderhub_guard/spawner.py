@@ -5,7 +5,7 @@ This module is the one door to kubespawner's internals (``_start_reflector``, ``
 ``ApiClient``: an upgrade of either changes this file only.
 
 Faults are counted here too (``ledger.faults``): every API answer by status, each reflector's
-relists (damped when they come faster than ``relist_limit_per_minute``), pod deletes that
+relists (held to ``relist_limit_per_minute`` in every minute), pod deletes that
 errored, and reflectors replaced after their watch gave up.
 
 Relists over the rate are avoided where they can be: kubespawner's reflector relists at every
@@ -391,28 +391,29 @@ class FaultSettings(Configurable):
     relist_limit_per_minute = Float(
         12.0,
         help="""
-        Relists (full LIST requests) per minute a shared reflector may make; past it, its
-        watch restarts resume instead, and the relists it cannot avoid are spaced out (see
-        `relist_max_delay`).
+        Relists (full LIST requests) a shared reflector may make in any minute. A watch
+        restart that would take it over resumes instead where it can, and a relist that
+        cannot be avoided waits (at most `relist_max_delay`) until it fits.
 
         kubespawner's reflector relists at every watch restart: each time its watch times out
         (every 10 s by default: 6 a minute), and 0.1-0.2 s after a dropped watch or a 410
-        Gone, several times a second when they repeat. A reflector over this rate resumes its
-        watch from the last resourceVersion it saw, as a Kubernetes informer does, unless the
-        API server rejected its previous watch (410 Expired or another error): then it must
-        relist.
+        Gone, several times a second when they repeat. A reflector over the rate resumes its
+        watch from the last resourceVersion it saw, as a Kubernetes informer does, unless
+        the API server rejected its previous watch (410 Expired or another error): then it
+        must relist.
         """,
     ).tag(config=True)
 
     relist_max_delay = Float(
         10.0,
         help="""
-        Longest delay, in seconds, before a relist a reflector over its rate cannot avoid:
-        the first such relist goes out 60 / `relist_limit_per_minute` seconds after the
-        previous one (5 s by default), each next one twice as long after its previous, up to
-        this. Must be at least 60 / `relist_limit_per_minute`, so that a reflector that must
-        keep relisting stays within `relist_limit_per_minute` a minute in the long run (at
-        most twice that in any one minute: a minute's worth undelayed, then the spaced ones).
+        Longest wait, in seconds, before a relist over the rate; also the spacing of relists
+        once a reflector has used its burst. A reflector may relist
+        1 + floor(`relist_limit_per_minute` - 60 / `relist_max_delay`) times at once (7 with
+        the defaults; kubespawner lists twice when it starts a reflector), then once per
+        `relist_max_delay`, and never more than `relist_limit_per_minute` in a minute
+        (binderhub_guard.faultcounts.RelistDamper). Must be at least
+        60 / `relist_limit_per_minute`.
 
         While a relist waits the reflector has no watch, so its view (for the pod reflector:
         whether a user's pod is running) is that much older: keep it short.

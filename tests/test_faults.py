@@ -21,43 +21,85 @@ from binderhub_guard.report.signals import Sample, SignalRules
 from binderhub_guard.spawner import GuardedKubeSpawner, check_config
 
 
-def test_relists_over_the_rate_are_spaced_from_the_previous_one_doubling_up_to_the_cap():
-    counts = FaultCounts(RelistDamper(max_per_minute=12, max_delay=20))
+def test_a_burst_goes_at_once_then_one_relist_per_max_delay():
+    counts = FaultCounts(RelistDamper(max_per_minute=12, max_delay=10))
     reflector = object.__new__(KubeSpawner)  # any weak-referenceable key
-    assert [counts.relist(reflector, "pods", now=t) for t in range(12)] == [0] * 12
-    # each asks 0.2 s after the previous list went out; spacing 5 s, then 10, 20, 20
-    asked, delays = 12.0, []
-    for _ in range(4):
+    # kubespawner's watch timeouts, every 10 s: the sustained rate, never delayed
+    assert [counts.relist(reflector, "pods", now=10.0 * t) for t in range(6)] == [0] * 6
+    # then a storm, each asking 0.2 s after the previous list went out: what is left of
+    # the minute's 12 (6) at once, then one every 10 s
+    asked, delays = 50.2, []
+    for _ in range(10):
         delays.append(counts.relist(reflector, "pods", now=asked))
         asked += delays[-1] + 0.2
-    assert delays == pytest.approx([4, 9.8, 19.8, 19.8])
-    # under the rate again (9 relists in the last minute): no delay, the doubling restarts
-    assert counts.relist(reflector, "pods", now=asked) == 0
-    snapshot = counts.snapshot(now=asked)
-    assert snapshot["relists"] == [
-        {
-            "reflector": "pods",
-            "relists": 17,
-            "per_minute": 10,
-            "damped": 4,
-            "delay": 0.0,
-            "resumes": 0,
-        }
-    ]
+    assert delays[:6] == [0] * 6
+    assert delays[6:] == pytest.approx([8.6, 9.8, 9.8, 9.8])
+    [row] = counts.snapshot(now=asked)["relists"]
+    assert row["relists"] == 16 and row["damped"] == 4 and row["resumes"] == 0
+    assert row["peak_per_minute"] == 12
 
 
-def test_a_reflector_that_must_keep_relisting_stays_within_the_rate():
-    limit = 12
-    counts = FaultCounts(RelistDamper(max_per_minute=limit, max_delay=60 / limit))
+def test_a_fresh_reflector_gets_a_burst_of_one_plus_limit_less_60_over_max_delay():
+    counts = FaultCounts(RelistDamper(max_per_minute=12, max_delay=10))
+    reflector = object.__new__(KubeSpawner)
+    delays = [counts.relist(reflector, "pods", now=0.1 * t) for t in range(8)]
+    assert delays[:7] == [0] * 7 and delays[7] > 0
+
+
+def test_over_the_rate_means_a_relist_now_would_wait():
+    damper = RelistDamper(max_per_minute=6, max_delay=10)  # no burst: one per 10 s
+    counts = FaultCounts(damper)
+    reflector = object.__new__(KubeSpawner)
+    assert not counts.over_rate(reflector, "pods", now=0.0)
+    assert counts.relist(reflector, "pods", now=0.0) == 0
+    assert counts.over_rate(reflector, "pods", now=9.9)
+    assert not counts.over_rate(reflector, "pods", now=10.0)
+    counts.watch_resumed(reflector, "pods", now=9.9)  # resumed instead: not a relist
+    assert counts.snapshot(now=9.9)["relists"][0]["asked_per_minute"] == 2
+
+
+def sliding_peak(sent: list[float]) -> int:
+    """The most relists in any 60 s window (t - 60, t]: the damper's own window. Relists
+    exactly 60 s apart are in two windows; a microsecond keeps float rounding of those sums
+    (0.05 + 60 - 60 < 0.05) from putting them in one."""
+    return max(sum(t - 60 + 1e-6 < s <= t for s in sent) for t in sent)
+
+
+@pytest.mark.parametrize("limit, max_delay", [(12, 5), (12, 10), (6, 10), (30, 2)])
+def test_a_reflector_that_must_keep_relisting_stays_within_the_limit_in_every_minute(
+    limit, max_delay
+):
+    counts = FaultCounts(RelistDamper(max_per_minute=limit, max_delay=max_delay))
     reflector = object.__new__(KubeSpawner)
     sent, now = [], 0.0
     while now < 600:  # kubespawner retries 0.2 s after each failed watch
-        now += counts.relist(reflector, "pods", now=now)
+        delay = counts.relist(reflector, "pods", now=now)
+        assert delay <= max_delay
+        now += delay
         sent.append(now)
         now += 0.2
-    per_window = [sum(t <= s < t + 60 for s in sent) for t in sent]
-    assert max(per_window) <= 2 * limit
-    assert len(sent) <= limit * 11
+    assert sliding_peak(sent) <= limit
+    assert counts.snapshot(now=now)["relists"][0]["peak_per_minute"] == sliding_peak(sent)
+
+
+def test_any_pattern_of_relists_stays_within_the_limit_in_every_minute():
+    import random
+
+    rng = random.Random(20)
+    for _ in range(200):
+        limit = rng.choice([1, 3, 6, 12, 60])
+        spacing = 60 / limit
+        damper = RelistDamper(max_per_minute=limit, max_delay=spacing * rng.choice([1, 2, 4]))
+        counts = FaultCounts(damper)
+        reflector = object.__new__(KubeSpawner)
+        sent, now = [], 0.0
+        for _ in range(rng.randint(1, 120)):
+            now += rng.choice([0.0, 0.05, 0.2, rng.uniform(0, 2 * spacing), rng.uniform(0, 30)])
+            delay = counts.relist(reflector, "pods", now=now)
+            assert 0 <= delay <= damper.max_delay + 1e-9
+            now += delay
+            sent.append(now)
+        assert sliding_peak(sent) <= limit, (limit, sent)
 
 
 def test_relist_max_delay_below_the_rate_s_spacing_fails_naming_both_traits():
@@ -131,4 +173,4 @@ def test_a_reflector_at_the_damping_rate_raises_a_relist_storm_signal():
     assert signals.relist_storm([calm], SignalRules()) == []
     [signal] = signals.relist_storm([calm, storm], SignalRules())
     assert signal["name"] == "relist_storm"
-    assert signal["evidence"] == {"relists_per_minute": {"pods": 6}, "limit_per_minute": 6}
+    assert signal["evidence"] == {"relists_asked_per_minute": {"pods": 6}, "limit_per_minute": 6}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from pathlib import Path
 from urllib.parse import quote, urljoin
 
@@ -160,7 +161,43 @@ CHART_VALUES = """() => Object.fromEntries(
         (line) => [line.dataset.series, line.dataset.values.split(' ').map(Number)]))"""
 
 
-def test_charts_draw_the_points_the_api_returned(browser, hub):
+def expected_points(reports: list[dict]) -> list[dict]:
+    """What the page should draw: the hub's history from its first report, then one point per
+    report, with stop rates between consecutive points (as guard.js computes them)."""
+    series = reports[0]["history"]["series"]
+    points = [
+        {
+            "time": series["time"][i],
+            "rss": series["rss_bytes"][i] / 2**20,
+            "tasks": series["asyncio_tasks"][i],
+            "tracked": series["tracked"][i],
+            "orphans": series["orphans_live"][i],
+            "pass": series["stops_passed"][i],
+            "held": series["stops_held_back"][i],
+        }
+        for i in range(len(series["time"]))
+    ]
+    for r in reports:
+        totals = r["stop_guard"]["totals"]
+        points.append(
+            {
+                "time": r["time"],
+                "rss": r["process"]["rss_bytes"] / 2**20,
+                "tasks": r["process"]["asyncio_tasks"],
+                "tracked": sum(r["ledger"]["counts"]["live"].values()),
+                "orphans": r["ledger"]["counts"]["orphans_live"],
+                "pass": totals["pass"],
+                "held": sum(totals[k] for k in HELD_BACK),
+            }
+        )
+    for before, now in zip(points, points[1:], strict=False):
+        seconds = now["time"] - before["time"]
+        now["passed"] = (now["pass"] - before["pass"]) / seconds
+        now["throttled"] = (now["held"] - before["held"]) / seconds
+    return points
+
+
+def test_charts_draw_the_hubs_history_then_the_points_the_api_returned(browser, hub):
     hub.client.create_users(["stopper"])
     open_page(browser, hub, refresh=1)
     wait_for_refreshes(browser, 1)
@@ -170,33 +207,31 @@ def test_charts_draw_the_points_the_api_returned(browser, hub):
     wait_for_refreshes(browser, 3)
     drawn = browser("evaluate", expression=f"({CHART_VALUES})()")
     reports = browser("reports")
+    history = int(
+        browser("evaluate", expression="document.getElementById('guard').dataset.historyPoints")
+    )
+    assert history >= 2 and "series" in reports[0]["history"]
+    assert all("series" not in r["history"] for r in reports[1:])  # only the first asks for it
     points = len(drawn["rss"])
-    assert points >= 3 and len(reports) >= points
-    reports = reports[:points]
+    assert points >= history + 3 and len(reports) >= points - history
+    expected = expected_points(reports[: points - history])
+    assert len(expected) == points
 
-    def close(series: str, expected: list[float]) -> None:
+    def close(series: str, key: str | None = None) -> None:
         values = drawn[series]
-        assert len(values) == len(expected), (series, values, expected)
-        for got, want in zip(values, expected, strict=True):
-            assert math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9), (series, values, expected)
+        want = [p[key or series] for p in expected[len(expected) - len(values) :]]
+        assert len(values) == len(want), (series, values, want)
+        for got, value in zip(values, want, strict=True):
+            assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-9), (series, values, want)
 
-    close("rss", [r["process"]["rss_bytes"] / 2**20 for r in reports])
-    close("tasks", [r["process"]["asyncio_tasks"] for r in reports])
-    close("tracked", [sum(r["ledger"]["counts"]["live"].values()) for r in reports])
-    close("orphans", [r["ledger"]["counts"]["orphans_live"] for r in reports])
-    rates = [
-        (now["stop_guard"]["totals"]["pass"] - before["stop_guard"]["totals"]["pass"])
-        / (now["time"] - before["time"])
-        for before, now in zip(reports, reports[1:], strict=False)
-    ]
-    close("passed", rates)
-    held_back = [
-        sum(now["stop_guard"]["totals"][k] - before["stop_guard"]["totals"][k] for k in HELD_BACK)
-        / (now["time"] - before["time"])
-        for before, now in zip(reports, reports[1:], strict=False)
-    ]
-    close("throttled", held_back)
-    assert max(rates) > 0 and max(held_back) > 0
+    close("rss")
+    close("tasks")
+    close("tracked")
+    close("orphans")
+    close("passed")
+    close("throttled")
+    assert len(drawn["passed"]) == points - 1  # the first point has nothing to rate against
+    assert max(drawn["passed"]) > 0 and max(drawn["throttled"]) > 0
     assert browser("errors") == []
     latest_rss = browser(
         "evaluate", expression="document.querySelector('#chart-rss .guard-legend').textContent"
@@ -322,3 +357,46 @@ def test_server_names_are_never_markup(browser, hub):
     assert cells.count(EVIL_SERVER) >= 2, cells  # spawn row, orphan rows
     assert browser("evaluate", expression="document.querySelectorAll('#guard svg').length") == 4
     assert browser("dialogs") == []
+
+
+# last: its orphans stay live (release_orphans is off), for the rest of the module
+CHART_TIMES = """(series) => document.querySelector(`#guard polyline[data-series=${series}]`)
+    .dataset.times.split(' ').map(Number)"""
+
+
+def test_a_page_opened_after_a_leak_started_shows_the_climb(browser, hub):
+    """An admin who opens the page after an alert sees the orphans pile up from before the
+    page was open: the charts start from the hub's history, not empty."""
+    browser("goto", url=page_url(hub, "home"))  # the page closed while the leak starts
+    before = hub.api("GET", "/guard").json()
+    orphans_before = before["ledger"]["counts"]["orphans_live"]
+    leak_started = before["process"]["sampled_at"]
+    users = ["late-1", "late-2", "late-3"]
+    hub.client.create_users(users)
+    for user in users:
+        hub.client.start_server(user)
+        hub.client.stop_server(user)  # the leaky spawner's reflector outlives the server
+    eventually(
+        lambda: (
+            hub.api("GET", "/guard").json()["ledger"]["counts"]["orphans_live"]
+            >= orphans_before + 3
+        ),
+        what="three orphans from the leak",
+    )
+
+    opened = time.time()
+    open_page(browser, hub, refresh=60)
+    wait_for_refreshes(browser, 1)
+    values = browser("evaluate", expression=f"({CHART_VALUES})()")["orphans"]
+    times = browser("evaluate", expression=f"({CHART_TIMES})('orphans')")
+    assert len(values) == len(times) > 2
+    earlier = [v for v, t in zip(values, times, strict=True) if t <= leak_started]
+    assert earlier, "the chart has no point from before the leak started"
+    assert earlier[-1] <= orphans_before  # the point the leak started from
+    assert values[-1] >= orphans_before + 3
+    # the climb itself, sampled while the page was closed
+    climbing = [v for v, t in zip(values, times, strict=True) if leak_started < t < opened]
+    assert any(orphans_before < v for v in climbing), climbing
+    assert browser("errors") == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser("screenshot", path=str(ARTIFACTS / "guard-history.png"))

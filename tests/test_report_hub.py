@@ -108,6 +108,7 @@ def test_full_scan_counts_match_gc(dev_hub, tokens):
         ("top=100000", "top"),
         ("full=2", "full"),
         ("full=yes please", "full"),
+        ("history=2", "history"),
         ("verbose=1", "verbose"),
     ],
 )

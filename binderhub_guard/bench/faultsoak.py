@@ -14,9 +14,11 @@ latency, watches cut every few seconds, watch history compacted so resuming watc
 
 Then the faults are switched off, the hub gets `--settle` seconds, and the simulator is asked
 what is left: pods after all stops, list and watch requests per minute per shared reflector
-(each list is a relist), API requests per spawn.  Orphans and the guard's own fault counters
-come from the guard report (the stock spawner feeds no ledger).  Each hub's log is kept (its
-path is printed) and the reasons it logged for failed spawns and stops are counted.
+(each list is a relist), API requests per spawn, and (guarded) the most relists each shared
+reflector made in any minute against ``relist_limit_per_minute``.  Orphans and the guard's
+own fault counters come from the guard report (the stock spawner feeds no ledger).  Each
+hub's log is kept (its path is printed) and the reasons it logged for failed spawns and
+stops are counted.
 """
 
 from __future__ import annotations
@@ -280,6 +282,13 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         "guard_stop_errors": faults.get("stop_errors"),
         "guard_relists_damped": sum(r["damped"] for r in faults.get("relists", [])) or None,
         "guard_watch_resumes": sum(r["resumes"] for r in faults.get("relists", [])) or None,
+        # the most relists each shared reflector made in any 60 s window (the guard's exact
+        # count, kept per reflector object: a replaced reflector's is gone with it)
+        "guard_relists_peak_per_minute": {
+            r["reflector"]: r["peak_per_minute"] for r in faults.get("relists", [])
+        }
+        or None,
+        "relist_limit_per_minute": faults.get("relist_limit_per_minute"),
         "hub_log": str(log),
         "failure_reasons": dict(failure_reasons(log.read_text(errors="replace"))),
         "minutes": round(minutes, 2),
@@ -300,6 +309,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         ("spawns still active (ledger)", lambda r: r["spawns_active"]),
         ("relists/min per reflector", lambda r: r["relists_per_minute_per_reflector"]),
         ("relists damped by the guard", lambda r: r["guard_relists_damped"]),
+        ("most relists in a minute / limit", _relist_peak),
         ("watches/min per reflector", lambda r: r["watches_per_minute_per_reflector"]),
         ("watches resumed by the guard", lambda r: r["guard_watch_resumes"]),
         ("API requests per spawn", lambda r: r["api_requests_per_spawn"]),
@@ -315,6 +325,13 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print(" " * width + "  " + "".join(f"{r['variant']:>22}" for r in results))
     for name, value in rows:
         print(f"{name:<{width}}  " + "".join(f"{_fmt(value(r)):>22}" for r in results))
+
+
+def _relist_peak(result: dict[str, Any]) -> str | None:
+    peaks = result["guard_relists_peak_per_minute"]
+    if not peaks:
+        return None
+    return f"{max(peaks.values())} / {result['relist_limit_per_minute']:g}"
 
 
 def _stop_errors(result: dict[str, Any]) -> str:

@@ -7,6 +7,11 @@ Three parts, each printing a table (or --json):
   scan's time and the lateness it causes, and building the report from the last sample.
 - ``latency`` (real hub on the simulator): GET /hub/api/guard from the last sample and with
   ?full=1, with ``--objects`` extra live objects allocated in the hub by its config.
+- ``concurrent`` (real hub on the simulator, tracemalloc on): ``--callers`` concurrent
+  GET /hub/api/guard?full=1, back to back, against blocks without them (interleaved, so drift
+  on a shared machine hits both alike): heap scans and tracemalloc comparisons the hub made
+  per ``expensive_view_interval``, and the p99 of a normal call (GET /hub/api/users/NAME)
+  meanwhile, with distribution-free 95% confidence intervals. Needs no stock hub.
 - ``leak`` (real hubs on the simulator): spawn/stop cycles until a leak signal appears, for the
   2018 leaky spawner under GuardedKubeSpawner (ledger) and under plain KubeSpawner (object
   counts only), and ``--clean-cycles`` clean cycles counting any signal (false positives).
@@ -18,9 +23,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,20 +38,48 @@ import requests
 
 from ..report.guard_report import GuardReport
 from ..report.signals import rising_evidence
-from .devhub import DevHub
+from .devhub import ADMIN_USER, DevHub
 from .every import Every
 
-PARTS = ("stall", "latency", "leak")
+PARTS = ("stall", "latency", "concurrent", "leak")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("parts", nargs="*", choices=PARTS, help="default: all three")
+    parser.add_argument("parts", nargs="*", choices=PARTS, help="default: all of them")
     parser.add_argument("--objects", type=int, default=1_000_000, help="extra live objects")
     parser.add_argument("--seconds", type=float, default=5.0, help="stall: seconds per phase")
     parser.add_argument("--requests", type=int, default=50, help="latency: GETs from last sample")
+    parser.add_argument("--callers", type=int, default=50, help="concurrent: ?full=1 callers")
+    parser.add_argument(
+        "--view-interval", type=float, default=10.0, help="concurrent: expensive_view_interval"
+    )
+    parser.add_argument(
+        "--block-seconds", type=float, default=10.0, help="concurrent: seconds per block"
+    )
+    parser.add_argument(
+        "--blocks", type=int, default=3, help="concurrent: blocks with callers (as many without)"
+    )
+    parser.add_argument(
+        "--config-token",
+        action="store_true",
+        help="concurrent: call with the dev service's token from the hub's config (16384 rounds"
+        " of sha512 per check) instead of an admin's API token (generated: one round)",
+    )
     parser.add_argument("--max-cycles", type=int, default=40, help="leak: cycles before giving up")
     parser.add_argument("--clean-cycles", type=int, default=200, help="leak: clean cycles")
-    parser.add_argument("--parallel", type=int, default=10, help="leak: users cycling at once")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        nargs="+",
+        default=[1, 10, 50],
+        help="leak: users cycling at once, one run each",
+    )
+    parser.add_argument(
+        "--restart-every",
+        type=int,
+        default=0,
+        help="leak: restart the hub (the report's state starts over) every N clean cycles",
+    )
     parser.add_argument("--sample-interval", type=float, default=0.5, help="leak: sampler period")
     parser.add_argument(
         "--runs",
@@ -61,9 +96,23 @@ def main(args: argparse.Namespace) -> int:
             figures["stall"] = asyncio.run(measure_stall(args.objects, args.seconds))
         elif part == "latency":
             figures["latency"] = measure_latency(args.objects, args.requests)
+        elif part == "concurrent":
+            figures["concurrent"] = measure_concurrent(
+                args.objects,
+                args.callers,
+                args.view_interval,
+                args.block_seconds,
+                args.blocks,
+                args.config_token,
+            )
         else:
             figures["leak"] = measure_leak_detection(
-                args.max_cycles, args.clean_cycles, args.parallel, args.sample_interval, args.runs
+                args.max_cycles,
+                args.clean_cycles,
+                args.parallel,
+                args.sample_interval,
+                args.runs,
+                args.restart_every,
             )
         if args.json:
             # each part as soon as it is measured: a later part failing loses nothing
@@ -186,7 +235,7 @@ async def measure_stall(objects: int, seconds: float) -> dict[str, Any]:
         scans = []
         async with LagMonitor() as scanning:
             for _ in range(3):
-                scan = await report.scan()
+                scan = await report.heap_view.compute()
                 scans.append(scan)
         figures["full_scan"] = {
             "objects_seen": scans[-1].objects,
@@ -273,6 +322,171 @@ def measure_latency(objects: int, count: int) -> dict[str, Any]:
     }
 
 
+# -- concurrent expensive views: a real hub ---------------------------------------------------
+
+
+def measure_concurrent(
+    objects: int,
+    callers: int,
+    view_interval: float,
+    block_seconds: float,
+    blocks: int,
+    config_token: bool = False,
+) -> dict[str, Any]:
+    """``callers`` concurrent ?full=1 with tracemalloc on: the scans and comparisons they cost
+    the hub, and a normal call's p99 with and without them."""
+    config = ballast_config(objects) + (
+        f"c.GuardReport.expensive_view_interval = {view_interval}\n"
+    )
+    with running_hub(extra_config=config) as hub:
+        hub.client.create_users(["probe"])
+        token = hub.token if config_token else admin_token(hub)
+        deadline = time.monotonic() + 60
+        while hub.api("GET", "/guard?full=1").json()["objects"]["most_common"]["objects"] < objects:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the hub did not allocate its ballast within 60 s")
+            time.sleep(1)
+        idle_off = probe_latencies(hub, token, block_seconds)
+        hub.api("POST", "/guard/tracemalloc", json={"enabled": True}).raise_for_status()
+        try:
+            idle, loaded, answered, failed = [], [], 0, 0
+            # with tracemalloc on, each guard request costs the hub far more: long timeouts
+            views_before = hub.api("GET", "/guard", timeout=600).json()["expensive_views"]
+            load_seconds = 0.0
+            for _ in range(blocks):
+                idle += probe_latencies(hub, token, block_seconds)
+                started = time.monotonic()
+                with FullCallers(hub, token, callers) as flood:
+                    loaded += probe_latencies(hub, token, block_seconds)
+                load_seconds += time.monotonic() - started
+                answered += flood.answered
+                failed += flood.failed
+            views_after = hub.api("GET", "/guard", timeout=600).json()["expensive_views"]
+        finally:
+            hub.api("POST", "/guard/tracemalloc", json={"enabled": False}, timeout=600)
+    scans = views_after["heap_scan"]["computations"] - views_before["heap_scan"]["computations"]
+    compared = (
+        views_after["tracemalloc"]["computations"] - views_before["tracemalloc"]["computations"]
+    )
+    idle_p99, load_p99 = quantile_with_interval(idle, 0.99), quantile_with_interval(loaded, 0.99)
+    return {
+        "extra_objects": objects,
+        "callers": callers,
+        "token": "from the hub's config" if config_token else "an admin's API token",
+        "expensive_view_interval_s": view_interval,
+        "full_reports_answered": answered,
+        "full_reports_failed": failed,
+        "seconds_with_callers": round(load_seconds, 1),
+        # blocks with callers alternate with blocks without, each one interval long or more:
+        # the bound is one computation per interval the callers spanned, counted generously
+        "heap_scans": scans,
+        "tracemalloc_comparisons": compared,
+        "most_allowed_per_view": blocks * (math.ceil(block_seconds / view_interval) + 1),
+        "normal_call": "GET /hub/api/users/probe",
+        "p99_ms_tracemalloc_off_no_callers": _ms(quantile_with_interval(idle_off, 0.99)),
+        "p99_ms_no_callers": _ms(idle_p99),
+        "p99_ms_with_callers": _ms(load_p99),
+        # the ratio's interval from the two intervals' ends: conservative
+        "p99_ratio": [
+            round(load_p99[0] / idle_p99[0], 2),
+            round(load_p99[1] / idle_p99[2], 2),
+            round(load_p99[2] / idle_p99[1], 2),
+        ],
+        "normal_calls": {"no_callers": len(idle), "with_callers": len(loaded)},
+        "load_average_1m": _load(),
+    }
+
+
+def admin_token(hub: DevHub) -> str:
+    """A new API token of the hub's admin, made as an admin makes one, logged in (JupyterHub
+    generates it, and checks it with one round of sha512)."""
+    with requests.Session() as session:
+        login = f"{hub.url}/hub/login"
+        session.get(login, timeout=30).raise_for_status()
+        xsrf = session.cookies.get("_xsrf")
+        session.post(
+            login,
+            data={"username": ADMIN_USER, "password": "any", "_xsrf": xsrf},
+            timeout=30,
+        ).raise_for_status()
+        reply = session.post(
+            f"{hub.api_url}/users/{ADMIN_USER}/tokens",
+            json={"note": "report-bench"},
+            headers={"X-XSRFToken": session.cookies.get("_xsrf") or xsrf},
+            timeout=30,
+        )
+        reply.raise_for_status()
+        return reply.json()["token"]
+
+
+def probe_latencies(hub: DevHub, token: str, seconds: float) -> list[float]:
+    """Latencies of the normal call, one after another, for ``seconds``."""
+    times = []
+    with requests.Session() as session:
+        session.headers["Authorization"] = f"token {token}"
+        url = f"{hub.api_url}/users/probe"
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            session.get(url, timeout=600).raise_for_status()
+            times.append(time.perf_counter() - started)
+    return times
+
+
+class FullCallers:
+    """``count`` threads each asking for ?full=1 back to back while the block runs."""
+
+    def __init__(self, hub: DevHub, token: str, count: int) -> None:
+        self.hub = hub
+        self.token = token
+        self.count = count
+        self.answered = self.failed = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(count)]
+
+    def __enter__(self) -> FullCallers:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            session.headers["Authorization"] = f"token {self.token}"
+            url = f"{self.hub.api_url}/guard?full=1"
+            while not self._stop.is_set():
+                try:
+                    # never abandoned: an abandoned request still costs the hub, unseen
+                    ok = session.get(url, timeout=600).status_code == 200
+                except requests.RequestException:
+                    ok = False
+                with self._lock:
+                    self.answered += ok
+                    self.failed += not ok
+
+
+def quantile_with_interval(values: list[float], q: float) -> tuple[float, float, float]:
+    """The ``q`` quantile and its distribution-free 95% confidence interval: the order
+    statistics whose ranks bound n*q by 1.96 binomial standard deviations."""
+    ordered = sorted(values)
+    n = len(ordered)
+    half_width = 1.96 * math.sqrt(n * q * (1 - q))
+    low = max(0, math.floor(n * q - half_width) - 1)
+    high = min(n - 1, math.ceil(n * q + half_width) - 1)
+    middle = min(n - 1, max(0, math.ceil(n * q) - 1))
+    return ordered[middle], ordered[low], ordered[high]
+
+
+def _ms(estimate: tuple[float, float, float]) -> dict[str, float]:
+    value, low, high = (round(v * 1000, 2) for v in estimate)
+    return {"value": value, "ci95": [low, high]}
+
+
 # -- leak detection: real hubs ------------------------------------------------------------------
 
 LEAKY = "binderhub_guard.testing.leaky"
@@ -287,22 +501,23 @@ SPAWNERS = {
 def measure_leak_detection(
     max_cycles: int,
     clean_cycles: int,
-    parallel: int,
+    parallel: list[int],
     sample_interval: float,
     runs: list[str] | None = None,
+    restart_every: int = 0,
 ) -> dict[str, Any]:
-    """Cycles to the first signal for each leaky variant (one user at a time, then
-    ``parallel`` at a time), and signals raised over clean cycles (false positives), with
-    how close each count came to its bar."""
+    """Cycles to the first signal for each leaky variant at each number of users cycling at
+    once, and signals raised over clean cycles (false positives), with how close each count
+    came to its bar."""
     plan = [
         (f"{name} x{users}", name, max_cycles, users)
         for name in ("LeakyKubeSpawner", "LeakyGuardedKubeSpawner")
-        for users in sorted({1, parallel})
+        for users in sorted(set(parallel))
     ]
     plan += [
         (f"{name} x{users}", name, clean_cycles if users > 1 else min(clean_cycles, 200), users)
         for name in ("clean GuardedKubeSpawner", "clean KubeSpawner")
-        for users in sorted({1, parallel}, reverse=True)
+        for users in sorted(set(parallel), reverse=True)
     ]
     if runs:
         plan = [run for run in plan if any(wanted in run[0] for wanted in runs)]
@@ -315,7 +530,14 @@ def measure_leak_detection(
         leaky = spawner.startswith("Leaky")
         with running_hub(extra_config=config) as hub:
             load_before = _load()
-            figures[label] = run_cycles(hub, cycles, users, sample_interval, stop_at_signal=leaky)
+            figures[label] = run_cycles(
+                hub,
+                cycles,
+                users,
+                sample_interval,
+                stop_at_signal=leaky,
+                restart_every=0 if leaky else restart_every,
+            )
             figures[label]["load_average_1m"] = [load_before, _load()]
             if not leaky:
                 figures[label]["signals_logged"] = logged_signals(hub)
@@ -348,8 +570,7 @@ class SampleRecorder(Every):
         )
 
     def closest_to_firing(self) -> dict[str, Any]:
-        """Per count, the moment its never-falling run came closest to the bar of
-        count_rising (growth minus threshold; it fires at 0 and above)."""
+        """Per count, the moment its trend came closest to the bar of count_rising."""
         report = GuardReport()
         rules, ring = report.signal_rules(), report.ring_size
         series = [self.samples[t] for t in sorted(self.samples)]
@@ -362,17 +583,25 @@ class SampleRecorder(Every):
                 evidence = rising_evidence(window, name, rules)
                 if evidence is None:
                     continue
-                margin = evidence["to"] - evidence["from"] - evidence["threshold"]
+                # how far below its bar the trend statistic stayed (fires at 0 and above,
+                # with the growth too)
+                margin = round(evidence["z"] - evidence["z_needed"], 2)
                 if name not in closest or margin > closest[name]["margin"]:
                     closest[name] = {"margin": margin, **evidence}
         return {
-            name: {k: e[k] for k in ("margin", "from", "to", "increases", "threshold")}
+            name: {k: e[k] for k in ("margin", "z", "from", "to", "threshold", "visits")}
             for name, e in closest.items()
         }
 
 
 def run_cycles(
-    hub: DevHub, cycles: int, parallel: int, sample_interval: float, *, stop_at_signal: bool
+    hub: DevHub,
+    cycles: int,
+    parallel: int,
+    sample_interval: float,
+    *,
+    stop_at_signal: bool,
+    restart_every: int = 0,
 ) -> dict[str, Any]:
     """Spawn/stop ``cycles`` servers, ``parallel`` at a time. After each round, wait for a
     sample (and, when looking for a leak, for the samples that confirm a signal) and read
@@ -383,7 +612,7 @@ def run_cycles(
     done = 0
     first_signal: dict[str, Any] | None = None
     signal_names: set[str] = set()
-    rounds_with_signals = failures = 0
+    rounds_with_signals = failures = restarts = raised_before = 0
     started = time.monotonic()
     cpu_before = hub_cpu_seconds(hub)
 
@@ -404,6 +633,14 @@ def run_cycles(
             ok = list(pool.map(cycle, batch))
             failures += ok.count(False)
             done += len(batch)
+            if restart_every and done % restart_every < len(batch) and done < cycles:
+                # a new hub process: the report's ring and streaks start empty, as after an
+                # upgrade or a crash (signals raised before count; their totals restart)
+                raised_before += sum(
+                    hub.api("GET", "/guard").json()["sampler"]["signals_raised_total"].values()
+                )
+                hub.restart_hub()
+                restarts += 1
             deadline = time.monotonic() + (confirm_wait if stop_at_signal else 0)
             time.sleep(sample_interval * 1.5)
             while not (active := hub.api("GET", "/guard").json()["leak_signals"]):
@@ -429,6 +666,8 @@ def run_cycles(
         "signals": sorted(signal_names),
         "rounds_with_signals": rounds_with_signals,
         "signals_raised_over_all_samples": body["sampler"]["signals_raised_total"],
+        "signals_raised_before_restarts": raised_before,
+        "hub_restarts": restarts,
         "closest_to_count_rising": recorder.closest_to_firing(),
         "first_signal_evidence": first_signal["signals"] if first_signal else None,
     }

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from statistics import NormalDist
 from typing import Any
 
 from traitlets import Dict, Float, Int, List, TraitError, Unicode, validate
@@ -12,8 +15,10 @@ from traitlets.config import LoggingConfigurable
 
 from ..traitchecks import in_range
 from . import sources
+from .cached import CachedView, Served
 from .census import InstanceCensus, import_class
 from .heap import HeapScan, TracemallocView, scan_heap
+from .history import History
 from .sampler import Sampler
 from .signals import SignalRules
 
@@ -35,6 +40,27 @@ class GuardReport(LoggingConfigurable):
         help="""Seconds between full-heap type scans in the background; 0 scans only on
         demand (GET /hub/api/guard?full=1). A scan walks every object in slices, yielding to
         the event loop between slices.""",
+    ).tag(config=True)
+
+    expensive_view_interval = Float(
+        30.0,
+        help="""Seconds between two computations of each expensive view: the full-heap scan
+        (?full=1, and full_scan_interval's) and the tracemalloc comparison (every report while
+        tracing is on). Whatever the number of callers, each view is computed at most once
+        per interval (counted from the end of the previous computation, which on a big heap
+        with tracemalloc on can take longer than the interval) and never twice at once:
+        callers arriving while it runs wait for that run, callers within the interval get
+        its result with its age ("age_seconds"). A scan holds the event loop for the whole
+        of gc.get_objects() (tens of milliseconds per million objects), so a short interval
+        lets a holder of custom:guard:read stall the hub that often.""",
+    ).tag(config=True)
+
+    history_seconds = Float(
+        3600.0,
+        help="""Seconds of samples kept, at sample_interval, for the page's charts (the
+        report's "history" section, GET /hub/api/guard?history=1): an admin who opens the
+        page after an alert sees the climb. Fixed memory, allocated at start: 9 numbers of 8
+        bytes per sample (about 26 KiB for an hour at 10 s; the report says the bytes).""",
     ).tag(config=True)
 
     ring_size = Int(
@@ -83,19 +109,22 @@ class GuardReport(LoggingConfigurable):
         connections, so the bar is higher than for resource_types.""",
     ).tag(config=True)
 
-    growth_min_steps = Int(
-        3,
-        help="""Separate increases that the growth of a type outside resource_types must
-        come in to raise "count_rising": a single jump is usually something new starting
-        once, not a leak.""",
+    leak_false_alarm_rate = Float(
+        0.001,
+        help="""Chance that "count_rising" (and "rss_per_spawn") finds a trend in a count
+        that has none, per evaluation: the one-sided level of the seasonal Kendall test over
+        the ring's visits at equal load (see binderhub_guard.report.signals.counts_rising).
+        Lower takes longer to flag a leak. Each sample evaluates the ring again and a signal
+        must hold for signal_confirm_samples samples, so the rate of alarms per hour is not
+        this: `binderhub-guard report-bench leak` measures it over clean cycles.""",
     ).tag(config=True)
 
     growth_noise_factor = Float(
         2.0,
-        help="""Growth that raises "count_rising" must also reach this many times the
-        largest fall of the same count between two visits to the same load in the ring: a
-        count that falls as well as rises is noisy and must rise well beyond its noise. A
-        leaked object never goes away, so a leaking count does not fall.""",
+        help="""A step of a resource_types count (see resource_min_increase) raises
+        "count_rising" only if it is also this many times the largest fall of the same count
+        between two visits to one load in the ring: a count that falls as well as rises is
+        noisy. A leaked object never goes away, so a leaking count does not fall.""",
     ).tag(config=True)
 
     resource_types = List(
@@ -162,6 +191,14 @@ class GuardReport(LoggingConfigurable):
             return 0.0
         return in_range(proposal, 1.0, unit="seconds (or 0 for on demand only)")
 
+    @validate("expensive_view_interval")
+    def _valid_expensive_view_interval(self, proposal: dict) -> float:
+        return in_range(proposal, 1.0, maximum=3600.0, unit="seconds")
+
+    @validate("history_seconds")
+    def _valid_history_seconds(self, proposal: dict) -> float:
+        return in_range(proposal, 60.0, maximum=86400.0, unit="seconds")
+
     @validate("ring_size")
     def _valid_window(self, proposal: dict) -> int:
         return in_range(proposal, 2, unit="samples")
@@ -180,7 +217,6 @@ class GuardReport(LoggingConfigurable):
 
     @validate(
         "growth_min_increase",
-        "growth_min_steps",
         "resource_min_increase",
         "recent_window",
         "signal_confirm_samples",
@@ -193,6 +229,10 @@ class GuardReport(LoggingConfigurable):
     @validate("growth_noise_factor")
     def _valid_noise_factor(self, proposal: dict) -> float:
         return in_range(proposal, 0)
+
+    @validate("leak_false_alarm_rate")
+    def _valid_false_alarm_rate(self, proposal: dict) -> float:
+        return in_range(proposal, 0, above=True, maximum=0.5)
 
     @validate("resource_types", "growth_exempt_types")
     def _valid_watched_names(self, proposal: dict) -> list[str]:
@@ -219,6 +259,7 @@ class GuardReport(LoggingConfigurable):
         self.get_source = get_source or (lambda name: None)
         classes = {name: import_class(spec) for name, spec in self.watched_types.items()}
         self.census = InstanceCensus(classes)
+        self.history = History(max(2, math.ceil(self.history_seconds / self.sample_interval)))
         self.sampler = Sampler(
             self.census,
             self.get_source,
@@ -226,17 +267,23 @@ class GuardReport(LoggingConfigurable):
             self.ring_size,
             self.log,
             confirm_samples=self.signal_confirm_samples,
+            history=self.history,
         )
         self.tracemalloc = TracemallocView()
         self.last_scan: HeapScan | None = None
         self.started = time.time()
-        self._scan_lock = asyncio.Lock()
+        self.heap_view: CachedView[HeapScan] = CachedView(
+            self._scan_now, self.expensive_view_interval
+        )
+        self.tracemalloc_view: CachedView[list[dict[str, Any]]] = CachedView(
+            self._tracemalloc_growth_now, self.expensive_view_interval
+        )
         self._scan_task: asyncio.Task | None = None
 
     def signal_rules(self) -> SignalRules:
         return SignalRules(
             growth_min_increase=self.growth_min_increase,
-            growth_min_steps=self.growth_min_steps,
+            trend_z=NormalDist().inv_cdf(1 - self.leak_false_alarm_rate),
             growth_noise_factor=self.growth_noise_factor,
             resource_types=frozenset(self.resource_types),
             exempt_types=frozenset(self.growth_exempt_types),
@@ -268,17 +315,20 @@ class GuardReport(LoggingConfigurable):
         if self.tracemalloc.enabled:
             self.tracemalloc.switch(False, self.tracemalloc_frames)
 
-    async def scan(self) -> HeapScan:
-        """A full-heap scan now (one at a time; a caller arriving mid-scan shares it)."""
-        if self._scan_lock.locked():
-            async with self._scan_lock:
-                assert self.last_scan is not None
-                return self.last_scan
-        async with self._scan_lock:
-            self.last_scan = await scan_heap(
-                self.census.classes, self.last_scan, self.scan_slice_size
-            )
-            return self.last_scan
+    async def scan(self) -> Served[HeapScan]:
+        """The full-heap scan, at most one per expensive_view_interval (see CachedView)."""
+        return await self.heap_view.get()
+
+    async def _scan_now(self) -> HeapScan:
+        # a full report compares the watched counts with the scan: sample with it
+        self.sampler.tick()
+        self.last_scan = await scan_heap(self.census.classes, self.last_scan, self.scan_slice_size)
+        return self.last_scan
+
+    async def _tracemalloc_growth_now(self) -> list[dict[str, Any]]:
+        # Snapshot comparison is pure Python over every traced block: keep it off the loop.
+        # The top MAX_TOP sites, so that any ?top= is served from the one comparison.
+        return await asyncio.to_thread(self.tracemalloc.top_growth, MAX_TOP)
 
     async def _scan_periodically(self) -> None:
         while True:
@@ -290,24 +340,47 @@ class GuardReport(LoggingConfigurable):
 
     # -- the report ----------------------------------------------------------------------------
 
-    async def build(self, *, full: bool = False, top: int | None = None) -> dict[str, Any]:
+    async def build(
+        self, *, full: bool = False, top: int | None = None, history: bool = False
+    ) -> dict[str, Any]:
         top = top or self.top_types
-        if full or self.sampler.latest is None:
-            # a full report compares the watched counts with the heap scan: sample now
+        scan = await self.scan() if full else self.heap_view.latest
+        if scan is not None and not full:
+            scan = replace(scan, fresh=False)
+        if self.sampler.latest is None:
             self.sampler.tick()
-        scan = await self.scan() if full else self.last_scan
         tracemalloc_section = await self.tracemalloc_section(top)
         return {
             "time": time.time(),
             "process": self.process_section(),
-            "objects": self.objects_section(scan, top, full),
+            "objects": self.objects_section(scan, top),
             "tracemalloc": tracemalloc_section,
             "ledger": self.ledger_section(),
             "stop_guard": sources.stop_guard_section(self.get_source("stop_guard"), top),
             "leak_signals": self.sampler.active_signals,
             "sampler": self.sampler_section(),
             "memory_trim": self.memory_trim_section(),
+            "expensive_views": self.expensive_views_section(),
+            "history": self.history_section(history),
         }
+
+    def history_section(self, with_series: bool) -> dict[str, Any]:
+        """What the history holds; its series too (oldest first) when asked: they weigh
+        about 100 bytes of JSON a sample, too much for every refresh of the page."""
+        section: dict[str, Any] = {
+            "interval_seconds": self.sample_interval,
+            "seconds": self.history_seconds,
+            "capacity": self.history.capacity,
+            "samples": len(self.history),
+            "bytes": self.history.nbytes,
+        }
+        if with_series:
+            section["series"] = self.history.series()
+        return section
+
+    def expensive_views_section(self) -> dict[str, Any]:
+        """How often each expensive view was computed and served: the cost callers imposed."""
+        return {"heap_scan": self.heap_view.status(), "tracemalloc": self.tracemalloc_view.status()}
 
     def memory_trim_section(self) -> dict[str, Any]:
         trim = self.get_source("memory_trim")
@@ -332,7 +405,7 @@ class GuardReport(LoggingConfigurable):
             "spawns_total": sample.spawns_total,
         }
 
-    def objects_section(self, scan: HeapScan | None, top: int, full: bool) -> dict[str, Any]:
+    def objects_section(self, served: Served[HeapScan] | None, top: int) -> dict[str, Any]:
         ring = self.sampler.ring
         latest = ring[-1]
         previous = ring[-2] if len(ring) > 1 else None
@@ -349,14 +422,17 @@ class GuardReport(LoggingConfigurable):
             "growth": latest.asyncio_tasks - previous.asyncio_tasks if previous else 0,
         }
         section: dict[str, Any] = {"watched": watched, "watched_at": latest.time}
-        if scan is None:
+        if served is None:
             section["most_common"] = sources.unavailable(
                 "no full-heap scan yet: ask for ?full=1 or set GuardReport.full_scan_interval"
             )
             return section
+        scan = served.value
         section["most_common"] = {
             "available": True,
-            "fresh": full,
+            # False: computed for an earlier caller within expensive_view_interval
+            "fresh": served.fresh,
+            "age_seconds": round(served.age(), 3),
             "scanned_at": scan.time,
             "objects": scan.objects,
             "scan_seconds": round(scan.seconds, 4),
@@ -376,12 +452,15 @@ class GuardReport(LoggingConfigurable):
             status["reason"] = 'off: POST /hub/api/guard/tracemalloc {"enabled": true}'
             status["top_growth"] = []
             return status
-        # Snapshot comparison is pure Python over every traced block: keep it off the loop.
-        status["top_growth"] = await asyncio.to_thread(self.tracemalloc.top_growth, top)
+        served = await self.tracemalloc_view.get()
+        status["top_growth"] = served.value[:top]
+        status["fresh"] = served.fresh
+        status["age_seconds"] = round(served.age(), 3)
         return status
 
     def switch_tracemalloc(self, enabled: bool, frames: int | None) -> dict[str, Any]:
         self.tracemalloc.switch(enabled, frames or self.tracemalloc_frames)
+        self.tracemalloc_view.invalidate()
         status = self.tracemalloc.status()
         self.log.warning(
             "Guard report: tracemalloc %s, baseline reset",

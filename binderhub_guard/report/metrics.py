@@ -85,6 +85,15 @@ class GuardCollector(Collector):
         )
         tick.add_metric([], self.report.sampler.last_tick_seconds)
         yield tick
+        views = CounterMetricFamily(
+            f"{PREFIX}_expensive_view_computations",
+            "Full-heap scans (heap_scan) and tracemalloc comparisons (tracemalloc) computed,"
+            " at most one per GuardReport.expensive_view_interval whatever the callers.",
+            labels=["view"],
+        )
+        views.add_metric(["heap_scan"], self.report.heap_view.computations)
+        views.add_metric(["tracemalloc"], self.report.tracemalloc_view.computations)
+        yield views
 
     def _ledger(self, sample) -> Iterator[Metric]:
         if sample.tracked is None:

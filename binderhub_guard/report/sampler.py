@@ -19,6 +19,7 @@ import psutil
 
 from . import signals, sources
 from .census import InstanceCensus
+from .history import History
 from .signals import Sample, SignalRules
 
 SourceGetter = Callable[[str], Any]
@@ -35,12 +36,14 @@ class Sampler:
         ring_size: int,
         log: logging.Logger,
         confirm_samples: int = 1,
+        history: History | None = None,
     ) -> None:
         self.census = census
         self.get_source = get_source
         self.rules = rules
         self.log = log
         self.ring: deque[Sample] = deque(maxlen=ring_size)
+        self.history = history
         self.confirm_samples = confirm_samples
         self._streaks: dict[tuple[str, str | None], int] = {}
         self.active_signals: list[signals.Signal] = []
@@ -98,6 +101,9 @@ class Sampler:
             relist_limit_per_minute=relist_limit,
         )
         self.ring.append(sample)
+        if self.history is not None:
+            stop_guard = self.get_source("stop_guard")
+            self.history.append(sample, stop_guard.totals() if stop_guard is not None else None)
         was_active = {s["name"] for s in self.active_signals}
         self.active_signals = self._confirmed(signals.evaluate(list(self.ring), self.rules))
         for signal in self.active_signals:

@@ -7,8 +7,10 @@ rule fire, so an operator can judge it without reading code.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +39,8 @@ class Sample:
     tracked: Mapping[str, int] | None = None
     orphans_live: Mapping[str, int] | None = None
     orphans_found: int | None = None
-    # relists in the last minute by reflector, and the rate GuardedKubeSpawner damps above
+    # relists asked for in the last minute by reflector (made, delayed, or resumed instead),
+    # and the rate GuardedKubeSpawner holds the relists it makes to
     relists_per_minute: Mapping[str, int] | None = None
     relist_limit_per_minute: float | None = None
 
@@ -47,7 +50,9 @@ class SignalRules:
     """Thresholds of the rules; built from ``GuardReport`` traits."""
 
     growth_min_increase: int = 5
-    growth_min_steps: int = 3
+    # one-sided critical value of the seasonal Kendall trend test: 3.09 is a false-alarm rate
+    # of 0.001 per evaluation (GuardReport.leak_false_alarm_rate)
+    trend_z: float = 3.09
     growth_noise_factor: float = 2.0
     resource_types: frozenset[str] = frozenset(
         {"ResourceReflector", "Watch", "ApiClient", "ClientSession"}
@@ -98,23 +103,27 @@ def orphans_present(samples: Sequence[Sample], rules: SignalRules) -> list[Signa
 
 
 def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
-    """A watched type (or the task count) that has only grown, compared at equal load.
+    """A watched type (or the task count) that rises at equal load.
 
-    Only visits to the latest sample's load count (a visit is a run of consecutive samples
-    with the same number of active servers), each
-    by its smallest count, so work in flight and objects that come and go with servers do
-    not matter. Walking back from the latest visit while that count never falls gives the
-    run; samples from before the first successful spawn are left out (the first spawn
-    creates kubespawner's shared reflectors and clients).
+    Counts move with the work in flight, so they are compared at equal load only: a visit is
+    a run of consecutive samples with the same number of active servers, counted by its
+    smallest count. Samples from before the first successful spawn are left out (the first
+    spawn creates kubespawner's shared reflectors and clients). Two tests:
 
-    Two strictnesses. The Kubernetes resource types (``resource_types``) are shared by
-    kubespawner, so in a clean hub their count at one load does not move with spawns: a run
-    that grew by ``resource_min_increase``, even in one increase, is a leak (ten users
-    cycling at once leak ten in one round). Other counts (tasks) move with
-    requests in flight and connections kept open: growth of ``growth_min_increase`` in at
-    least ``growth_min_steps`` separate increases. Either way the growth must also reach
-    ``growth_noise_factor`` times the largest fall between two visits in the ring: a count
-    that falls too is noisy, and must rise well beyond its noise.
+    - trend, for every count: the seasonal Kendall test (Hirsch, Slack and Smith, 1982),
+      each number of active servers a season: the Mann-Kendall statistic S of each load's
+      visits in time order, summed over loads, against its variance under "no trend" (ties
+      corrected), one-sided at ``trend_z``. No model of the noise; falls count against a
+      trend; each load is judged by its own level. The count must also have grown, at the
+      latest load, by ``resource_min_increase`` (Kubernetes resource types) or
+      ``growth_min_increase`` (other counts, which move with requests in flight) above its
+      lowest earlier visit.
+    - step, for the Kubernetes resource types only: kubespawner shares its reflectors and
+      clients, so at a given load these counts do not move in a clean hub (by 2 at most, a
+      relisting reflector's second Watch). A rise of ``resource_min_increase`` at the latest
+      load with no fall since, and at least ``growth_noise_factor`` times the largest fall
+      between two visits to one load, is a leak even in one step: ten users cycling at once
+      leak ten at once, and a rank test needs more visits than two rounds give to see that.
     """
     signals = []
     for name in ["asyncio.Task", *samples[-1].watched]:
@@ -123,108 +132,137 @@ def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
         evidence = rising_evidence(samples, name, rules)
         if evidence is None:
             continue
-        growth = evidence["to"] - evidence["from"]
-        if evidence["increases"] >= evidence["min_increases"] and growth >= evidence["threshold"]:
-            signals.append(_signal("count_rising", WARNING, evidence))
+        grown = evidence["to"] - evidence["from"] >= evidence["threshold"]
+        if grown and evidence["z"] >= rules.trend_z:
+            signals.append(_signal("count_rising", WARNING, {**evidence, "test": "trend"}))
+        elif (
+            evidence.get("step_threshold") is not None
+            and evidence["step"] >= evidence["step_threshold"]
+        ):
+            signals.append(_signal("count_rising", WARNING, {**evidence, "test": "step"}))
     return signals
 
 
 def rising_evidence(samples: Sequence[Sample], name: str, rules: SignalRules) -> Signal | None:
-    """The never-falling run of ``name`` (a watched type or "asyncio.Task") at the latest
-    load, with the bar it has to clear (see ``counts_rising``); ``None`` without two visits."""
-    latest = samples[-1]
+    """The trend of ``name`` (a watched type or "asyncio.Task") at equal load, its growth at
+    the latest load, and for resource types its step (see ``counts_rising``); ``None``
+    without two visits at the latest load."""
 
     def count_of(s: Sample) -> int | None:
         return s.asyncio_tasks if name == "asyncio.Task" else s.watched.get(name)
 
-    visits = _visits(samples, count_of)
-    run = _rising_run(visits)
-    if len(run) < 2:
+    visits = _visits_by_load(samples, count_of)
+    latest = samples[-1]
+    at_latest = visits.get(latest.active_servers, [])
+    if len(at_latest) < 2:
         return None
-    counts = [count for count, _ in run]
-    largest_fall = _largest_fall(samples, count_of)
-    if name in rules.resource_types:
-        kind, min_increase, min_steps = "kube_resource", rules.resource_min_increase, 1
-    else:
-        kind, min_increase, min_steps = "general", rules.growth_min_increase, rules.growth_min_steps
-    evidence = {
+    trend = seasonal_kendall([[v for v, _ in load] for load in visits.values()])
+    low, low_time = min(at_latest[:-1])
+    resource = name in rules.resource_types
+    evidence: Signal = {
         "type": name,
-        "rule": kind,
-        "from": counts[0],
-        "to": counts[-1],
-        "increases": sum(1 for earlier, later in itertools.pairwise(counts) if later > earlier),
-        "min_increases": min_steps,
-        "threshold": max(min_increase, math.ceil(rules.growth_noise_factor * largest_fall)),
-        "largest_fall": largest_fall,
-        "seconds": round(latest.time - run[0][1], 1),
+        "rule": "kube_resource" if resource else "general",
+        "from": low,
+        "to": at_latest[-1][0],
+        "threshold": rules.resource_min_increase if resource else rules.growth_min_increase,
+        "z": round(trend.z, 2),
+        "z_needed": rules.trend_z,
+        "visits": trend.n,
+        "loads": len(visits),
+        "seconds": round(latest.time - low_time, 1),
         "at_active_servers": latest.active_servers,
     }
+    if resource:
+        # the run of visits at the latest load back to its last fall
+        run = [at_latest[-1][0]]
+        for value, _ in reversed(at_latest[:-1]):
+            if value > run[0]:
+                break
+            run.insert(0, value)
+        largest_fall = max(
+            (
+                earlier - later
+                for load in visits.values()
+                for (earlier, _), (later, _) in itertools.pairwise(load)
+            ),
+            default=0,
+        )
+        evidence["step"] = run[-1] - run[0]
+        evidence["step_threshold"] = max(
+            rules.resource_min_increase, math.ceil(rules.growth_noise_factor * largest_fall)
+        )
+        evidence["largest_fall"] = max(largest_fall, 0)
     return evidence
 
 
-def _visits(
-    samples: Sequence[Sample], count_of: Callable[[Sample], int | None]
-) -> list[tuple[int, float]]:
-    """(smallest count, start time) of each visit to the latest sample's load since the
-    first successful spawn, oldest first."""
-    level = samples[-1].active_servers
-    visits: list[tuple[int, float]] = []  # newest first
-    in_visit = False
-    for sample in reversed(samples):
-        if sample.spawns_total == 0:
+def _visits_by_load(
+    samples: Sequence[Sample], value_of: Callable[[Sample], int | None]
+) -> dict[int | None, list[tuple[int, float]]]:
+    """(smallest value, start time) of each visit, by load, oldest first, since the first
+    successful spawn."""
+    first = 0
+    for i in range(len(samples) - 1, -1, -1):
+        if samples[i].spawns_total == 0:
+            first = i + 1
             break
-        count = count_of(sample)
-        if count is None or sample.active_servers != level:
+    visits: dict[int | None, list[tuple[int, float]]] = {}
+    level: int | None = None
+    in_visit = False
+    for sample in samples[first:]:
+        value = value_of(sample)
+        if value is None:
             in_visit = False
             continue
-        if in_visit:
-            visits[-1] = (min(visits[-1][0], count), sample.time)
+        if in_visit and sample.active_servers == level:
+            smallest, started = visits[level][-1]
+            visits[level][-1] = (min(smallest, value), started)
         else:
-            visits.append((count, sample.time))
+            level = sample.active_servers
+            visits.setdefault(level, []).append((value, sample.time))
             in_visit = True
-    visits.reverse()
     return visits
 
 
-def _largest_fall(samples: Sequence[Sample], count_of: Callable[[Sample], int | None]) -> int:
-    """The largest fall of a count between two visits to the same load, over every load
-    since the first successful spawn: its noise, seen on more visits than the latest
-    load's alone (a count that only grows falls nowhere)."""
-    last_visit: dict[int | None, int] = {}  # load -> smallest count of its latest visit
-    level: int | None = None
-    current: int | None = None
-    largest = 0
-    for sample in samples:
-        count = count_of(sample)
-        if sample.spawns_total == 0 or count is None:
+@dataclass(frozen=True)
+class Trend:
+    s: int  # Mann-Kendall S, summed over seasons
+    variance: float
+    n: int  # values in all seasons
+
+    @property
+    def z(self) -> float:
+        """S standardised with a continuity correction; 0 when nothing can be judged."""
+        if self.variance <= 0 or self.s == 0:
+            return 0.0
+        return (self.s - math.copysign(1, self.s)) / math.sqrt(self.variance)
+
+
+def seasonal_kendall(seasons: Sequence[Sequence[float]]) -> Trend:
+    """The seasonal Kendall statistic of ``seasons`` (each a series in time order)."""
+    total_s, total_variance, n = 0, 0.0, 0
+    for values in seasons:
+        k = len(values)
+        n += k
+        if k < 2:
             continue
-        if sample.active_servers != level or current is None:
-            if current is not None:
-                last_visit[level] = current
-            level, current = sample.active_servers, count
-            previous = last_visit.get(level)
-            if previous is not None:
-                largest = max(largest, previous - count)
-        else:
-            current = min(current, count)
-            if previous is not None:
-                largest = max(largest, previous - current)
-    return largest
-
-
-def _rising_run(visits: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """The visits back from the latest one to the last fall, oldest first."""
-    run = visits[-1:]
-    for visit in reversed(visits[:-1]):
-        if visit[0] > run[0][0]:
-            break
-        run.insert(0, visit)
-    return run
+        seen: list[float] = []
+        for value in values:
+            # later values above minus below each earlier one, in O(k log k)
+            below = bisect.bisect_left(seen, value)
+            above = len(seen) - bisect.bisect_right(seen, value)
+            total_s += below - above
+            bisect.insort(seen, value)
+        ties = Counter(values).values()
+        total_variance += (
+            k * (k - 1) * (2 * k + 5) - sum(t * (t - 1) * (2 * t + 5) for t in ties)
+        ) / 18
+    return Trend(total_s, total_variance, n)
 
 
 def rss_per_spawn(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
     """Resident memory grows by more than ``rss_per_spawn_bytes`` per spawn across the
-    window, measured over at least ``rss_min_spawns`` spawns."""
+    window, measured over at least ``rss_min_spawns`` spawns, with a significant trend at
+    equal load (the seasonal Kendall test of ``counts_rising``)."""
     known = [s for s in samples if s.spawns_total is not None]
     if len(known) < 2:
         return []
@@ -235,6 +273,13 @@ def rss_per_spawn(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
     slope = (last.rss_bytes - first.rss_bytes) / spawns
     if slope <= rules.rss_per_spawn_bytes:
         return []
+    # a climb beyond chance too (see counts_rising): a one-off jump (a burst of requests
+    # raising the heap's high-water mark) is not growth per spawn
+    trend = seasonal_kendall(
+        [[v for v, _ in load] for load in _visits_by_load(known, lambda s: s.rss_bytes).values()]
+    )
+    if trend.z < rules.trend_z:
+        return []
     return [
         _signal(
             "rss_per_spawn",
@@ -244,6 +289,7 @@ def rss_per_spawn(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
                 "threshold": rules.rss_per_spawn_bytes,
                 "spawns": spawns,
                 "rss_bytes": [first.rss_bytes, last.rss_bytes],
+                "z": round(trend.z, 2),
             },
         )
     ]
@@ -273,8 +319,9 @@ def watches_exceed_reflectors(samples: Sequence[Sample], rules: SignalRules) -> 
 
 
 def relist_storm(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
-    """Reflectors relisting at or above the rate the guard damps (dropped watches, 410
-    Gone answers): the API server is being hammered, or would be without the damping."""
+    """Reflectors asking to relist at or above the rate the guard holds them to (dropped
+    watches, 410 Gone answers): the API server is being hammered, or would be without the
+    damping."""
     latest = samples[-1]
     limit = latest.relist_limit_per_minute
     if limit is None or not latest.relists_per_minute:
@@ -286,7 +333,7 @@ def relist_storm(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
         _signal(
             "relist_storm",
             WARNING,
-            {"relists_per_minute": storming, "limit_per_minute": limit},
+            {"relists_asked_per_minute": storming, "limit_per_minute": limit},
         )
     ]
 

@@ -28,11 +28,13 @@ def ledger_counts(snapshot: dict[str, Any]) -> tuple[dict[str, int], dict[str, i
 
 
 def relist_rates(snapshot: dict[str, Any]) -> tuple[dict[str, int] | None, float | None]:
-    """(relists in the last minute by reflector, the damping rate) from the ledger's faults."""
+    """(relists asked for in the last minute by reflector, the damping rate) from the
+    ledger's faults. Asked for: made, delayed or resumed instead, since the damping holds
+    the relists made to the rate; what a reflector asks for is the storm."""
     faults = snapshot.get("faults")
     if faults is None:
         return None, None
-    rates = {r["reflector"]: r["per_minute"] for r in faults.get("relists", ())}
+    rates = {r["reflector"]: r["asked_per_minute"] for r in faults.get("relists", ())}
     return rates, faults.get("relist_limit_per_minute")
 
 

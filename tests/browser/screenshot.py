@@ -4,8 +4,11 @@ A guarded DevHub under /binder/jupyter/ runs the leaky spawner with orphan relea
 orphans stay visible); servers are started and stopped one after another while a "culler"
 keeps stopping servers that are not running, and tracemalloc is switched on from the page's
 button halfway. The page refreshes every second meanwhile; the shot is taken at the end.
+With --open-late the page is opened only after the scene, as by an admin answering an alert:
+its charts start from the hub's history (docs/guard-history.png).
 
     .venv/bin/python tests/browser/screenshot.py [--seconds 40] [--out docs/guard-page.png]
+    .venv/bin/python tests/browser/screenshot.py --open-late --out docs/guard-history.png
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=40, help="how long to run the scene")
     parser.add_argument("--out", default="docs/guard-page.png")
+    parser.add_argument("--open-late", action="store_true", help="open the page after the scene")
     args = parser.parse_args(argv)
     if missing():
         print(f"screenshot: no {', '.join(missing())}: run scripts/bootstrap-test-tools.sh")
@@ -41,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     with DevHub(leaky=True, base_url=BASE_URL, extra_config=HUB_CONFIG) as hub:
         with Chromium(report_path=f"{BASE_URL}hub/api/guard") as browser:
             browser.log_in(hub.url, "admin", next_path=f"{BASE_URL}hub/home")
-            browser("goto", url=f"{hub.url}/hub/guard?refresh=1")
+            if not args.open_late:
+                browser("goto", url=f"{hub.url}/hub/guard?refresh=1")
             users = [f"binder-{i:02d}" for i in range(100)]
             hub.client.create_users(users)
             started = time.monotonic()
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                 elapsed = time.monotonic() - started
                 if elapsed > args.seconds:
                     break
-                if not switched and elapsed > args.seconds / 2:
+                if not args.open_late and not switched and elapsed > args.seconds / 2:
                     browser("click", selector="#guard-tracemalloc-switch")
                     switched = True
                 hub.client.start_server(user)
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(10):  # the culler, asking again for what it stopped
                     hub.api("DELETE", f"/users/{quote(user)}/server")
                 time.sleep(1)
+            if args.open_late:
+                browser("goto", url=f"{hub.url}/hub/guard?refresh=1")
             browser("wait_for", expression="document.getElementById('guard').dataset.refreshes > 3")
             time.sleep(2)
             browser("screenshot", path=str(Path(args.out).resolve()))

@@ -8,11 +8,11 @@
   const refreshMs = Number(root.dataset.refreshSeconds) * 1000;
   const canAdmin = root.dataset.canAdmin === "true";
   const xsrf = (window.jhdata && window.jhdata.xsrf_token) || "";
-  const MAX_POINTS = 360;
   const SVG = "http://www.w3.org/2000/svg";
 
   const points = [];
-  let previous = null;
+  let keepSeconds = 3600; // the hub's history_seconds, once its history arrived
+  let needHistory = true; // on load, and after the tab was hidden (it polled nothing meanwhile)
   let timer = null;
 
   function el(tag, attrs, ...children) {
@@ -108,31 +108,52 @@
 
   // -- data ---------------------------------------------------------------------------------
 
+  // The hub's history (its samples of the last hour) seeds the charts on load; each refresh
+  // adds a point. Stop counts are cumulative: a point's rate is against the point before it.
+  function addPoint(point) {
+    const before = points[points.length - 1];
+    point.passed = point.throttled = null;
+    if (before && point.passTotal !== null && before.passTotal !== null) {
+      const seconds = point.time - before.time;
+      if (seconds > 0) {
+        point.passed = (point.passTotal - before.passTotal) / seconds;
+        point.throttled = (point.heldTotal - before.heldTotal) / seconds;
+      }
+    }
+    points.push(point);
+    while (points.length && points[0].time < point.time - keepSeconds) points.shift();
+  }
+
+  function seed(history) {
+    const s = history.series;
+    points.length = 0;
+    keepSeconds = history.seconds;
+    for (let i = 0; i < s.time.length; i++) {
+      addPoint({
+        time: s.time[i],
+        rss: mib(s.rss_bytes[i]),
+        tasks: s.asyncio_tasks[i],
+        tracked: s.tracked[i],
+        orphans: s.orphans_live[i],
+        passTotal: s.stops_passed[i],
+        heldTotal: s.stops_held_back[i],
+      });
+    }
+  }
+
   function record(report) {
     const ledger = report.ledger || {};
     const stops = report.stop_guard || {};
-    const point = {
+    const heldBack = (t) => (t.throttle || 0) + (t["dry-run"] || 0);
+    addPoint({
       time: report.time,
       rss: mib(report.process.rss_bytes),
       tasks: report.process.asyncio_tasks,
       tracked: ledger.available ? sum(Object.values(ledger.counts.live)) : null,
       orphans: ledger.available ? ledger.counts.orphans_live : null,
-      passed: null,
-      throttled: null,
-    };
-    if (stops.available && previous && previous.stop_guard.available) {
-      const seconds = report.time - previous.time;
-      const now = stops.totals;
-      const before = previous.stop_guard.totals;
-      const heldBack = (t) => (t.throttle || 0) + (t["dry-run"] || 0);
-      if (seconds > 0) {
-        point.passed = (now.pass - before.pass) / seconds;
-        point.throttled = (heldBack(now) - heldBack(before)) / seconds;
-      }
-    }
-    points.push(point);
-    if (points.length > MAX_POINTS) points.shift();
-    previous = report;
+      passTotal: stops.available ? stops.totals.pass : null,
+      heldTotal: stops.available ? heldBack(stops.totals) : null,
+    });
   }
 
   // -- charts -------------------------------------------------------------------------------
@@ -187,6 +208,7 @@
         points: drawn.map((p) => `${x(p.time).toFixed(1)},${y(p[s.key]).toFixed(1)}`).join(" "),
         "data-series": s.key,
         "data-values": drawn.map((p) => p[s.key]).join(" "),
+        "data-times": drawn.map((p) => p.time).join(" "),
       });
       chart.append(line);
       const last = drawn[drawn.length - 1];
@@ -221,7 +243,7 @@
       { key: "passed", label: "passed", css: "guard-s3" },
       { key: "throttled", label: dryRun ? "would throttle (dry run)" : "throttled", css: "guard-s4" },
     ];
-    stops.note = report.stop_guard.available ? "two refreshes needed for a rate" : report.stop_guard.reason;
+    stops.note = report.stop_guard.available ? "two samples needed for a rate" : report.stop_guard.reason;
     drawChart("chart-stops", stops);
   }
 
@@ -252,7 +274,7 @@
     count_rising: "A watched object count keeps rising while active servers do not.",
     rss_per_spawn: "Resident memory grows with every spawn.",
     watches_exceed_reflectors: "More open watches than reflectors, sample after sample.",
-    relist_storm: "A reflector relists faster than the guard's damping rate.",
+    relist_storm: "A reflector asks to relist faster than the guard's relist limit.",
   };
 
   function drawSignals(report) {
@@ -474,7 +496,12 @@
   async function refresh() {
     clearTimeout(timer);
     try {
-      const report = await call("GET", apiUrl);
+      const report = await call("GET", needHistory ? apiUrl + "?history=1" : apiUrl);
+      if (needHistory) {
+        seed(report.history);
+        needHistory = false;
+        root.dataset.historyPoints = points.length;
+      }
       record(report);
       render(report);
       root.dataset.refreshes = Number(root.dataset.refreshes) + 1;
@@ -501,8 +528,10 @@
 
   // A hidden tab costs the hub nothing; coming back refreshes at once.
   document.addEventListener("visibilitychange", () => {
-    if (document.hidden) clearTimeout(timer);
-    else refresh();
+    if (document.hidden) {
+      clearTimeout(timer);
+      needHistory = true;
+    } else refresh();
   });
 
   refresh();
