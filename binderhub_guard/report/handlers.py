@@ -28,7 +28,8 @@ _HUB_PARAMETERS = {"token", "_xsrf"}
 
 
 def guard_scope(scope: str) -> Callable:
-    """``needs_scope(scope)``, applied at the first request rather than at import.
+    """``needs_scope(scope)``, applied at the first request rather than at import, with the
+    accepted caller's work paced by the guard's gate (`_Gate`).
 
     ``needs_scope`` refuses scopes it does not know yet, and the custom guard scopes are only
     defined when the hub loads its roles, after this module was imported by the config.
@@ -38,10 +39,19 @@ def guard_scope(scope: str) -> Callable:
         checked: Callable | None = None
 
         @functools.wraps(method)
+        async def paced(self, *args, **kwargs):
+            gate = _gate()
+            entered = await gate.enter()
+            try:
+                return await method(self, *args, **kwargs)
+            finally:
+                gate.leave(entered)
+
+        @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
             nonlocal checked
             if checked is None:
-                checked = needs_scope(scope)(method)
+                checked = needs_scope(scope)(paced)
             return checked(self, *args, **kwargs)
 
         return wrapper
@@ -51,7 +61,8 @@ def guard_scope(scope: str) -> Callable:
 
 class _Gate:
     """One guard request at a time, each after a pause as long as the previous one took:
-    the guard's callers get at most half of the event loop, however many they are."""
+    the guard's callers get at most half of the event loop, however many they are. Only
+    callers JupyterHub accepted queue here: a refused one never waits, nor holds up others."""
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
@@ -84,25 +95,6 @@ def _gate() -> _Gate:
 
 class GuardHandler(APIHandler):
     """Shared by the guard's handlers: the report state, parameters, discreet refusals."""
-
-    _holding_gate: tuple[_Gate, float] | None = None
-
-    async def prepare(self) -> None:
-        # The guard's requests pass one at a time, paced, from before JupyterHub checks the
-        # credentials: that check alone costs a token given in the config 16384 rounds of
-        # sha512 (tens of milliseconds, far more with tracemalloc on), so fifty callers at
-        # once would queue every other request of the hub behind theirs. Gated, they queue
-        # behind each other, and the hub's other requests wait for one of them at most.
-        gate = _gate()
-        self._holding_gate = (gate, await gate.enter())
-        await super().prepare()
-
-    def on_finish(self) -> None:
-        if self._holding_gate is not None:
-            gate, entered = self._holding_gate
-            self._holding_gate = None
-            gate.leave(entered)
-        super().on_finish()
 
     @property
     def report(self) -> GuardReport:
