@@ -684,8 +684,9 @@ class GuardedUserServerAPIHandler(UserServerAPIHandler):
 
     gate: StopGate
     _answered_by_guard = False
-    # (target, user id, gate generation) of a stop of a not-running server sent on to stock
-    _stop_of_stopped: tuple[str, int, int] | None = None
+    # (target, user id, server name, gate generation) of a stop of a not-running server sent
+    # on to stock
+    _stop_of_stopped: tuple[str, int, str, int] | None = None
 
     def initialize(self, gate: StopGate) -> None:
         self.gate = gate
@@ -709,7 +710,7 @@ class GuardedUserServerAPIHandler(UserServerAPIHandler):
             self._answer_throttled(target, decision)
             return
         if state is TargetState.NOT_RUNNING:
-            self._stop_of_stopped = (target, user.id, generation)
+            self._stop_of_stopped = (target, user.id, server_name, generation)
             if self._stopped_without_spawner(user, server_name):
                 return
         await super().delete(user_name, server_name)
@@ -759,8 +760,7 @@ class GuardedUserServerAPIHandler(UserServerAPIHandler):
     def _after_stock_stop(self) -> None:
         key = self.gate.caller_key(self.request.headers, self.request.query)
         if self._stop_of_stopped is not None and self.get_status() == 204:
-            target, user_id, generation = self._stop_of_stopped
-            user_name, _, server_name = target.partition("/")
+            target, user_id, server_name, generation = self._stop_of_stopped
             user = dict.get(self.users, user_id)
             if generation != self.gate.generation or user is None:
                 return
