@@ -15,8 +15,8 @@ The guarded hub's answer must equal stock's (status, and the error message for e
 allowed difference: 429 with Retry-After where stock's answer was a no-op stop (202 or 204) of a
 server that was not running, without ``remove``. Success codes that only say how long the hub
 waited (201/202 for a start, 202/204 for a stop) count as the same: the settled state is compared
-instead. A token revoked through the API must get stock's 403 at once (as the README says): its
-stops are reported as by "owner (revoked token)".
+instead. A token revoked through the API must get stock's 403 at once (as the README says); one
+that expired on its own may get 429 where stock says 403, counted apart (the README documents it).
 
 The short run in the test suite and this command use the same machine.
 """
@@ -82,6 +82,8 @@ MAX_USERS = 3
 PENDING_SECONDS = 2.0
 SETTLE_TIMEOUT = 90.0
 CONVERGE_SECONDS = 10.0
+# JupyterHub's shortest: expires_in counts whole seconds
+EXPIRES_IN = 2
 REQUEST_TIMEOUT = 60.0
 
 
@@ -155,8 +157,9 @@ class Side:
     def as_client(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         return self.request(method, path, token=self.hub.token, **kwargs)
 
-    def issue_token(self, user: str) -> Answer:
-        reply = self.as_client("POST", f"/users/{quote(user)}/tokens", json={})
+    def issue_token(self, user: str, expires_in: int | None = None) -> Answer:
+        body = {} if expires_in is None else {"expires_in": expires_in}
+        reply = self.as_client("POST", f"/users/{quote(user)}/tokens", json=body)
         if reply.status_code == 201:
             model = reply.json()
             self.tokens[user] = (model["token"], model["id"])
@@ -294,7 +297,9 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.prefix = f"x{next(self._examples)}{secrets.token_hex(2)}-"
         self.users: list[str] = []
         self.made = 0
-        self.revoked: set[str] = set()  # users whose current token was revoked
+        # users whose current token was revoked through the API, or has expired
+        self.revoked: set[str] = set()
+        self.expired: set[str] = set()
         self.restarted = False
         self.caller = CALLERS[0]
         self.steps: list[str] = []
@@ -347,27 +352,51 @@ class DifferentialMachine(RuleBasedStateMachine):
             return
         self.users.remove(user)
         self.revoked.discard(user)
+        self.expired.discard(user)
         for side in self.pair.sides.values():
             side.forget(user)
 
     # --- callers and tokens --------------------------------------------------------------
 
     @precondition(lambda self: self.users)
-    @rule(i=st.integers(0, MAX_USERS - 1), revoke=st.booleans())
-    def token(self, i: int, revoke: bool) -> None:
-        """Revoke the owner's token (the owner caller keeps sending it), or issue a new one."""
+    @rule(i=st.integers(0, MAX_USERS - 1), change=st.sampled_from(["new", "revoke", "expire"]))
+    def token(self, i: int, change: str) -> None:
+        """A new token for the owner; or the owner's token revoked through the API (the owner
+        caller keeps sending it); or a token that expires on its own, used for a stop of the
+        default server before and after it expired."""
         user = self._user(i)
-        if not revoke:
+        if change == "expire":
+            self._expire_token(user)
+            return
+        if change == "new":
             self._compare("issue token", user, lambda s: s.issue_token(user))
             self.revoked.discard(user)
+            self.expired.discard(user)
             return
 
         def revoke_token(side: Side) -> Answer:
             path = f"/users/{user}/tokens/{side.tokens[user][1]}"
-            return Answer.of(side.as_client("DELETE", path))
+            answer = Answer.of(side.as_client("DELETE", path))
+            # a 404's message names the token's id, which is each hub's own
+            return Answer(answer.status, None, answer.retry_after)
 
         self._compare("revoke token", user, revoke_token)
         self.revoked.add(user)
+
+    def _expire_token(self, user: str) -> None:
+        self._compare(
+            f"issue token expiring in {EXPIRES_IN}s",
+            user,
+            lambda s: s.issue_token(user, expires_in=EXPIRES_IN),
+        )
+        issued = time.monotonic()
+        self.revoked.discard(user)
+        self.expired.discard(user)
+        self._stop(user, "", remove=False, caller="owner")
+        self._settle()
+        time.sleep(max(0.0, issued + EXPIRES_IN + 1 - time.monotonic()))
+        self.expired.add(user)
+        self._stop(user, "", remove=False, caller="owner")
 
     # --- servers -------------------------------------------------------------------------
 
@@ -492,12 +521,16 @@ class DifferentialMachine(RuleBasedStateMachine):
         path = server_path(user, server)
         self._compare(what, f"{user}/{server}", lambda s: Answer.of(s.as_client("POST", path)))
 
-    def _stop(self, user: str, server: str, *, remove: bool, note: str = "") -> None:
-        caller = self.caller
+    def _stop(
+        self, user: str, server: str, *, remove: bool, note: str = "", caller: str | None = None
+    ) -> None:
+        caller = caller or self.caller
         target = f"{user}/{server}"
         before = self.states.get(user, {}).get(server, "removed" if server else "stopped")
         if caller == "owner" and user in self.revoked:
             note += " (revoked token)"
+        elif caller == "owner" and user in self.expired:
+            note += " (expired token)"
         what = ("remove" if remove else "stop") + f" by {caller}{note}"
         self.tally[what] += 1
         body = {"json": {"remove": True}} if remove else {}
@@ -513,6 +546,10 @@ class DifferentialMachine(RuleBasedStateMachine):
         no_op = stock.status in (202, 204) and before == "stopped" and not remove
         if guarded.status == 429 and guarded.retry_after and no_op:
             self.tally["allowed: 429 for a no-op stop"] += 1
+            return
+        if guarded.status == 429 and stock.status == 403 and "(expired token)" in note:
+            # the README's documented exception: the guard does not check tokens again
+            self.tally["documented: 429 for an expired token (stock: 403)"] += 1
             return
         kind = (what, str(stock.status), str(guarded.status))
         raise self._counterexample(kind, self._report(f"{what} {target!r} while {before}", answers))
@@ -641,11 +678,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="let Hypothesis shrink a counterexample (slow: each try replays on the hubs, which"
         " keep state from earlier examples, so a replay may go differently)",
     )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="after a counterexample, go on with the next seed until --steps have run",
+    )
     parser.add_argument("--workdir", help="keep the hubs' files here (default: a temporary dir)")
 
 
 def main(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_keyboard_interrupt)
     first_seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     print(
         f"differential: {args.steps} steps, seed {first_seed}, up to {args.steps_per_example}"
@@ -653,7 +696,8 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     started = time.monotonic()
-    found: BaseException | None = None
+    # (seed of the run, the first counterexample raised in it, what ended the run)
+    failures: list[tuple[int, Counterexample | None, BaseException]] = []
     runs = []
     try:
         with HubPair(Path(args.workdir) if args.workdir else None) as pair:
@@ -662,10 +706,14 @@ def main(args: argparse.Namespace) -> int:
             # runs of a fixed size, seeds counting up from the first: replayable from it
             examples = max(1, math.ceil(min(args.steps, 300) / args.steps_per_example))
             for run_seed in itertools.count(first_seed):
-                if machine.steps_run >= args.steps:
+                if machine.steps_run >= args.steps or (failures and not args.keep_going):
                     break
-                before = machine.steps_run
+                if _interrupted:
+                    # Hypothesis may take a KeyboardInterrupt for the end of its run only
+                    raise KeyboardInterrupt
+                before, found_before = machine.steps_run, len(machine.found)
                 runs.append(run_seed)
+                outcome = "passed"
                 try:
                     run(
                         machine,
@@ -675,38 +723,53 @@ def main(args: argparse.Namespace) -> int:
                         shrink=args.shrink,
                     )
                 except Exception as e:  # noqa: BLE001 - whatever ended the run is reported
-                    found = e
-                    print(f"counterexample in the run with seed {run_seed}", flush=True)
-                    break
-                finally:
-                    print(
-                        f"  seed {run_seed}: {machine.steps_run - before} steps"
-                        f" ({time.monotonic() - started:.0f}s)",
-                        flush=True,
+                    first = (
+                        machine.found[found_before] if len(machine.found) > found_before else None
                     )
+                    failures.append((run_seed, first, e))
+                    # not every failure is a counterexample: a hub may time out, or fail
+                    outcome = "COUNTEREXAMPLE" if first is not None else "ERROR"
+                    outcome += f" {type(first or e).__name__}"
+                    print_failure(
+                        run_seed,
+                        first,
+                        e,
+                        f"binderhub-guard differential --seed {first_seed} --steps"
+                        f" {machine.steps_run} --steps-per-example {args.steps_per_example}"
+                        " --keep-going",
+                    )
+                print(
+                    f"  seed {run_seed}: {machine.steps_run - before} steps, {outcome}"
+                    f" ({time.monotonic() - started:.0f}s)",
+                    flush=True,
+                )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     print_tally(machine.tally, machine.steps_run, runs, time.monotonic() - started)
-    if found is not None:
+    if failures:
         print(
-            f"\nCOUNTEREXAMPLE in the run with seed {runs[-1]} (replay on fresh hubs:"
-            f" binderhub-guard differential --seed {runs[-1]}"
-            f" --steps {args.steps_per_example * examples} --steps-per-example"
-            f" {args.steps_per_example}):"
+            f"\n{len(failures)} runs with counterexamples or errors, seeds"
+            f" {', '.join(str(failure[0]) for failure in failures)}: printed above"
         )
-        # as raised, with the steps of its example; then what Hypothesis made of it
-        for error in machine.found[:1]:
-            print(f"\n{type(error).__name__}: {error}")
-        if len(machine.found) > 1:
-            print(f"\n({len(machine.found) - 1} more raised while Hypothesis replayed or shrank)")
-        if not machine.found or found is not machine.found[0]:
-            print(f"\nHypothesis: {type(found).__name__}: {found}")
-            for note in getattr(found, "__notes__", []):
-                print(note)
         return 1
     print("no counterexample")
     return 0
+
+
+def print_failure(
+    run_seed: int, first: Counterexample | None, ended: BaseException, replay: str
+) -> None:
+    what = "COUNTEREXAMPLE" if first is not None else "ERROR"
+    print(f"\n{what} in the run with seed {run_seed} (replay: {replay}):")
+    # as raised, with the steps of its example; then what Hypothesis made of it
+    if first is not None:
+        print(f"{type(first).__name__}: {first}")
+    if ended is not first:
+        print(f"Hypothesis: {type(ended).__name__}: {ended}")
+        for note in getattr(ended, "__notes__", []):
+            print(note)
+    sys.stdout.flush()
 
 
 def print_tally(tally: Counter[str], steps: int, seeds: list[int], wall: float) -> None:
@@ -716,5 +779,10 @@ def print_tally(tally: Counter[str], steps: int, seeds: list[int], wall: float) 
         print(f"  {what:<{width}}  {count}")
 
 
+_interrupted = False
+
+
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    global _interrupted
+    _interrupted = True
     raise KeyboardInterrupt
