@@ -6,13 +6,18 @@ import argparse
 import importlib
 import sys
 
-# name -> (module with add_arguments(parser) and main(args), one-line help)
+# name -> (module with add_arguments(parser) and main(args), one-line help); a module is
+# imported only when its command runs, so that `check` in a hub image loads none of the lab
 SUBCOMMANDS = {
     "kubesim": ("binderhub_guard.kubesim.cli", "run the embedded Kubernetes API simulator"),
     "dev-hub": ("binderhub_guard.bench.devhub", "run a real hub on the simulator"),
     "demo": ("binderhub_guard.bench.demo", "spawn and stop servers through a dev hub"),
     "soak": ("binderhub_guard.bench.soak", "spawn/stop cycles: leak figures, stock vs guarded"),
     "flood": ("binderhub_guard.bench.flood", "stop flood: hub cost, stock vs guarded"),
+    "stop-memory": (
+        "binderhub_guard.bench.stopmemory",
+        "stop guard memory under distinct long names, stock vs guarded",
+    ),
     "report": ("binderhub_guard.report.cli", "print a hub's guard report"),
     "check": ("binderhub_guard.check", "the hub start-up self-check, without a hub"),
     "report-bench": ("binderhub_guard.bench.reportbench", "guard report latency and stalls"),
@@ -24,19 +29,23 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported to add its arguments."""
     parser = argparse.ArgumentParser(prog="binderhub-guard", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.main)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if arg in SUBCOMMANDS), None)
+    args = build_parser(command).parse_args(argv)
     return args.run(args)
 
 

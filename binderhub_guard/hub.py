@@ -44,10 +44,13 @@ HTTPServer's delegate, on ``UserServerAPIHandler`` being routed by class identit
 ``jupyterhub.handlers.base.auth_header_pat`` (how ``get_auth_token`` reads a token),
 ``hub.cookie_name``, ``User.spawners`` being a dict whose ``get`` does not create spawners, on a
 loaded ``orm.User._orm_spawners`` sitting in the instance dict, on tornado's
-``RequestHandler._log`` (skipped for throttled stops) and on the ``/api/(.*)`` catch-all. A
-stop throttled before a handler exists gets none of JupyterHub's default headers (CSP and the
-like: they are for pages); every other answer keeps them. If the expected routes are missing,
-the hub refuses to start, naming what it could not find.
+``RequestHandler._log`` (skipped for throttled stops), ``RequestHandler._headers`` (read once
+from a handler that never serves, so a stop throttled before a handler exists carries the
+headers JupyterHub puts on every answer: CSP, X-JupyterHub-Version, the configured
+``tornado_settings['headers']``), on the user, token, group and service API handlers (a change
+through them makes the guard forget every caller it accepted) and on the ``/api/(.*)``
+catch-all. If the expected routes are missing, the hub refuses to start, naming what it could
+not find.
 """
 
 from __future__ import annotations
@@ -60,10 +63,12 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Hashable
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from jupyterhub.apihandlers import groups, services, users
 from jupyterhub.apihandlers.users import SpawnProgressAPIHandler, UserServerAPIHandler
 from jupyterhub.handlers.base import auth_header_pat
 from jupyterhub.scopes import needs_scope
@@ -81,7 +86,7 @@ from .memtrim import MemoryTrim
 from .report.handlers import default_handlers as report_handlers
 from .spawner import GuardedKubeSpawner, progress_client_gone
 from .spawner import check_config as check_spawner_config
-from .stopguard import Decision, StopGuard, TargetState
+from .stopguard import Decision, StopGuard, TargetState, caller_name
 
 GUARD_READ_SCOPE = "custom:guard:read"
 GUARD_ADMIN_SCOPE = "custom:guard:admin"
@@ -99,6 +104,17 @@ SETTINGS_KEY = "binderhub_guard"
 GUARD_TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
 UPSTREAMS = ("jupyterhub", "jupyterhub-kubespawner", "kubernetes_asyncio")
 _REPORT_HANDLER_CLASSES = {route[1] for route in report_handlers}
+# besides the token and cookies, what JupyterHub's XSRF and cross-origin checks read
+_AUTH_HEADERS = ("X-Xsrftoken", "X-Csrftoken", "Sec-Fetch-Mode", "Sec-Fetch-Site", "Origin")
+# requests that may take away what a credential was allowed to do: handler -> (methods, the
+# kind of caller named by the route's first argument, or None for anyone's)
+CREDENTIAL_HANDLERS: dict[type, tuple[frozenset[str], str | None]] = {
+    users.UserAPIHandler: (frozenset({"DELETE", "PATCH"}), "user"),
+    users.UserTokenAPIHandler: (frozenset({"DELETE", "PATCH"}), "user"),
+    services.ServiceAPIHandler: (frozenset({"DELETE"}), "service"),
+    groups.GroupAPIHandler: (frozenset({"DELETE"}), None),
+    groups.GroupUsersAPIHandler: (frozenset({"DELETE"}), None),
+}
 
 
 class CapabilityError(RuntimeError):
@@ -296,7 +312,14 @@ class _Installer:
             for i in reversed(routes):
                 del handlers[i]
             handlers[0:0] = guarded
-            gate.answer_repeats_at(route[0] for route in guarded)
+            gate.answer_repeats_at(
+                (route[0] for route in guarded),
+                [
+                    (r[0], *CREDENTIAL_HANDLERS[r[1]])
+                    for r in handlers
+                    if r[1] in CREDENTIAL_HANDLERS
+                ],
+            )
             where = f"in front of {paths}, repeats answered before a handler exists"
         g = self.guard
         status = "active{} {} (window {:g}s, rate {:g}/s, burst {:d}{})".format(
@@ -389,23 +412,26 @@ class StopGate:
         self.guard = guard
         self._app = app
         self._salt = secrets.token_bytes(16)
-        self._ids_by_name: dict[str, int] = {}
-        self._indexed_users = -1
         self._stop_routes: list[PathMatches] = []
+        self._credential_routes: list[tuple[PathMatches, frozenset[str], str | None]] = []
+        self._standard_headers: httputil.HTTPHeaders | None = None
         self._date = (0, "")
-
-    @property
-    def users(self) -> Any:
-        # read when a stop arrives: the hub makes its user cache after the routes
-        return self._app.users
+        # changes whenever credentials may have changed: a stop that stock accepted while
+        # they were changing is not remembered
+        self.generation = 0
 
     @property
     def answers_repeats(self) -> bool:
         return bool(self._stop_routes)
 
-    def answer_repeats_at(self, patterns: Any) -> None:
-        """Decide stops to these route patterns before tornado routes them to a handler."""
-        self._stop_routes = [PathMatches(pattern) for pattern in patterns]
+    def answer_repeats_at(self, stop_patterns: Any, credential_routes: Any) -> None:
+        """Decide stops to `stop_patterns` before tornado routes them to a handler, and forget
+        acceptances around requests to `credential_routes`: (pattern, methods, the kind of
+        caller named by the pattern's first group, or None for every caller)."""
+        self._stop_routes = [PathMatches(pattern) for pattern in stop_patterns]
+        self._credential_routes = [
+            (PathMatches(pattern), methods, kind) for pattern, methods, kind in credential_routes
+        ]
 
     def start_request_in_front_of(self, start_request: Callable) -> Callable:
         """Wrap an application's `start_request` so every request meets the gate first."""
@@ -417,19 +443,22 @@ class StopGate:
 
         return start_request_behind_gate
 
-    def caller_key(self, headers: httputil.HTTPHeaders) -> Hashable | None:
-        """A salted hash of the credentials presented, or None if there are none.
+    def caller_key(self, headers: httputil.HTTPHeaders, query: str) -> Hashable | None:
+        """A salted hash of everything JupyterHub's authentication reads, or None if the
+        request carries no credentials.
 
-        Token (as JupyterHub's ``get_auth_token`` reads it) and cookie both go in: the key
-        matches only the exact same credentials.
+        The token (as ``get_auth_token`` reads it), every cookie, the headers the XSRF and
+        cross-origin checks read, and the query string (``_xsrf`` may be there): a repeat
+        matches only if stock would see the very same request.
         """
         found = auth_header_pat.match(headers.get("Authorization", ""))
         token = found.group(1) if found else ""
-        cookie = httputil.parse_cookie(headers.get("Cookie", "")).get(self._app.hub.cookie_name)
-        if not token and not cookie:
+        cookies = headers.get("Cookie", "")
+        if not token and self._app.hub.cookie_name not in httputil.parse_cookie(cookies):
             return None
         digest = hashlib.blake2b(key=self._salt, digest_size=16)
-        digest.update(f"{token}\0{cookie or ''}".encode("utf-8", "surrogateescape"))
+        for part in (token, cookies, query, *(headers.get(name, "") for name in _AUTH_HEADERS)):
+            digest.update(part.encode("utf-8", "surrogateescape") + b"\0")
         return digest.digest()
 
     def throttled_before_auth(
@@ -441,11 +470,44 @@ class StopGate:
             return None
         user_name, server_name = names
         target = f"{user_name}/{server_name}"
-        state, epoch = self.target_state(user_name, server_name)
-        decision = self.guard.decide(
-            self.caller_key(headers), target, state, time.monotonic(), epoch=epoch
-        )
+
+        def state_of(user_id: Hashable) -> tuple[TargetState, Hashable]:
+            # plain dict.get: UserDict.get queries the database on a miss
+            user = dict.get(self._app.users, user_id)
+            if user is None or user.name != user_name:
+                # deleted or renamed since stock accepted the stop: stock decides
+                return TargetState.UNKNOWN, None
+            return self.target_state(user, server_name)
+
+        key = self.caller_key(headers, path.partition("?")[2])
+        decision = self.guard.decide(key, target, time.monotonic(), state_of)
         return (target, decision) if decision.throttled else None
+
+    def credentials_changed_by(self, method: str, path: str) -> Callable[[], None] | None:
+        """What forgets the acceptances a request to `path` may revoke; None if it revokes
+        nothing."""
+        if method in ("GET", "HEAD", "OPTIONS"):
+            return None
+        path = path.partition("?")[0]
+        for route, methods, kind in self._credential_routes:
+            found = route.regex.match(path) if method in methods else None
+            if found is None:
+                continue
+            if kind is None:
+                return partial(self._credentials_changing, None)
+            try:
+                name = url_unescape(found.group(1), plus=False)
+            except UnicodeDecodeError:
+                return None  # tornado answers 400 to such a path
+            return partial(self._credentials_changing, caller_name(kind, name))
+        return None
+
+    def _credentials_changing(self, caller: str | None) -> None:
+        self.generation += 1
+        if caller is None:
+            self.guard.forget_all()
+        else:
+            self.guard.forget_caller(caller)
 
     def _stop_target(self, path: str) -> tuple[str, str] | None:
         for route in self._stop_routes:
@@ -458,11 +520,10 @@ class StopGate:
                 return user_name, rest[0] if rest else ""
         return None
 
-    def target_state(self, user_name: str, server_name: str) -> tuple[TargetState, Hashable]:
-        """Running, pending or not, from the hub's memory only: no query, no new spawner."""
-        user = self._cached_user(user_name)
-        if user is None:
-            return TargetState.NOT_RUNNING, None
+    @staticmethod
+    def target_state(user: Any, server_name: str) -> tuple[TargetState, Hashable]:
+        """Running, pending or not, and the epoch, from the hub's memory only: no query, no
+        new spawner."""
         # plain dict.get: User.spawners[name] would create a spawner
         spawner = user.spawners.get(server_name)
         if spawner is not None:
@@ -470,7 +531,7 @@ class StopGate:
                 return TargetState.PENDING, None
             if spawner.ready:
                 return TargetState.RUNNING, None
-        return TargetState.NOT_RUNNING, self._last_stop(user, server_name)
+        return TargetState.NOT_RUNNING, _last_stop(user, server_name)
 
     def throttled_answer(self, target: str, decision: Decision) -> tuple[dict[str, str], bytes]:
         """Headers and body of a 429: JSON like JupyterHub's API errors, with Retry-After."""
@@ -483,9 +544,27 @@ class StopGate:
             "Content-Type": "application/json",
             "Retry-After": str(decision.retry_after),
             "Content-Length": str(len(body)),
-            "Date": self._http_date(),
         }
         return headers, body
+
+    def early_answer_headers(self, target: str, decision: Decision) -> tuple[dict[str, str], bytes]:
+        """`throttled_answer` with the headers JupyterHub puts on every API answer."""
+        headers, body = self.throttled_answer(target, decision)
+        return {**self._jupyterhub_headers(), **headers, "Date": self._http_date()}, body
+
+    def _jupyterhub_headers(self) -> dict[str, str]:
+        if self._standard_headers is None:
+            # JupyterHub's own set_default_headers, run once on a handler that never serves
+            request = httputil.HTTPServerRequest(
+                method="DELETE", uri=self._app.hub_prefix, connection=_NoConnection()
+            )
+            handler = GuardedUserServerAPIHandler(self._app.tornado_application, request, gate=self)
+            self._standard_headers = handler._headers
+        return {
+            name: value
+            for name, value in self._standard_headers.get_all()
+            if name not in ("Date", "Content-Length")
+        }
 
     def _http_date(self) -> str:
         now = int(time.time())
@@ -493,31 +572,43 @@ class StopGate:
             self._date = (now, httputil.format_timestamp(now))
         return self._date[1]
 
-    def _cached_user(self, name: str) -> Any:
-        user_id = self._ids_by_name.get(name)
-        if user_id is not None:
-            # plain dict.get: UserDict.get queries the database on a miss
-            user = dict.get(self.users, user_id)
-            if user is not None and user.name == name:
-                return user
-        elif len(self.users) == self._indexed_users:
-            return None
-        self._ids_by_name = {user.name: user_id for user_id, user in dict.items(self.users)}
-        self._indexed_users = len(self.users)
-        user_id = self._ids_by_name.get(name)
-        return None if user_id is None else dict.get(self.users, user_id)
 
-    @staticmethod
-    def _last_stop(user: Any, server_name: str) -> Hashable:
-        """Changes whenever the server has run since: its last activity, stamped at each stop."""
-        # a loaded relationship sits in the instance dict; reading it there never queries
-        orm_spawners = vars(user.orm_user).get("_orm_spawners")
-        if orm_spawners is None:
-            return None
-        for orm_spawner in orm_spawners:
-            if orm_spawner.name == server_name:
-                return orm_spawner.last_activity
+def _last_stop(user: Any, server_name: str) -> Hashable:
+    """Changes whenever the server has run since: its last activity, stamped at each stop."""
+    # a loaded relationship sits in the instance dict; reading it there never queries
+    orm_spawners = vars(user.orm_user).get("_orm_spawners")
+    if orm_spawners is None:
         return None
+    for orm_spawner in orm_spawners:
+        if orm_spawner.name == server_name:
+            return orm_spawner.last_activity
+    return None
+
+
+class _NoConnection:
+    """Enough of a connection for a handler that is made only to read its default headers."""
+
+    def set_close_callback(self, callback: Callable | None) -> None:
+        pass
+
+
+class _FinishNotice:
+    """A request's connection that calls `notify` once the application has answered."""
+
+    def __init__(self, connection: httputil.HTTPConnection, notify: Callable[[], None]) -> None:
+        self._connection = connection
+        self._notify = notify
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+    def finish(self) -> None:
+        self._connection.finish()
+        self._notify()
+
+
+def _has_body(headers: httputil.HTTPHeaders) -> bool:
+    return "Transfer-Encoding" in headers or headers.get("Content-Length", "0") != "0"
 
 
 class _GatedRequest(httputil.HTTPMessageDelegate):
@@ -545,18 +636,24 @@ class _GatedRequest(httputil.HTTPMessageDelegate):
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
-        if start_line.method == "DELETE":
-            self._answer = self._gate.throttled_before_auth(start_line.path, headers)
-        if self._answer is None:
-            self._application = self._start_request(self._server_conn, self._request_conn)
-            return self._application.headers_received(start_line, headers)
-        return None
+        method, path = start_line.method, start_line.path
+        if method == "DELETE" and not _has_body(headers):
+            # a body may ask to remove the server: only stock answers that
+            self._answer = self._gate.throttled_before_auth(path, headers)
+        if self._answer is not None:
+            return None
+        connection = self._request_conn
+        forget = self._gate.credentials_changed_by(method, path)
+        if forget is not None:
+            # before and after: a stop accepted while credentials change is not remembered
+            forget()
+            connection = _FinishNotice(connection, forget)
+        self._application = self._start_request(self._server_conn, connection)
+        return self._application.headers_received(start_line, headers)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         if self._application is not None:
             return self._application.data_received(chunk)
-        # a throttled stop's body changes nothing: it is read (the connection stays usable)
-        # and dropped
         return None
 
     def finish(self) -> None:
@@ -564,7 +661,7 @@ class _GatedRequest(httputil.HTTPMessageDelegate):
             self._application.finish()
             return
         # answered once the request is read whole, so that keep-alive connections stay open
-        headers, body = self._gate.throttled_answer(*self._answer)
+        headers, body = self._gate.early_answer_headers(*self._answer)
         self._request_conn.write_headers(
             httputil.ResponseStartLine("HTTP/1.1", 429, "Too Many Requests"),
             httputil.HTTPHeaders(headers),
@@ -581,50 +678,65 @@ class GuardedUserServerAPIHandler(UserServerAPIHandler):
     """JupyterHub's server handler with the stop guard's per-caller rate after authentication.
 
     Repeats are answered before this handler exists (`_GatedRequest`); what reaches it is a
-    first stop, a stop of a running server, or any other method, all answered by stock."""
+    first stop, a stop of a running server, or any other method, all answered by stock. A
+    stop of a not-running server that stock answers with success is remembered, so that its
+    repeats are answered by the gate."""
 
     gate: StopGate
     _answered_by_guard = False
+    # (target, user id, gate generation) of a stop of a not-running server sent on to stock
+    _stop_of_stopped: tuple[str, int, int] | None = None
 
     def initialize(self, gate: StopGate) -> None:
         self.gate = gate
 
+    @property
+    def _caller(self) -> str:
+        return caller_name(self.current_user.kind, self.current_user.name)
+
     @needs_scope("delete:servers")
     async def delete(self, user_name: str, server_name: str = "") -> None:
         user = self.find_user(user_name)
-        if user is not None:
-            # cached and its servers loaded, so that the gate's next look at this target
-            # finds the same epoch without a query
-            user.orm_spawners  # noqa: B018
-        state, epoch = self.gate.target_state(user_name, server_name)
+        if user is None or not self._has_server(user, server_name) or self._asks_to_remove():
+            # stock's 404, 400 or removal: never throttled, never spends a token
+            await super().delete(user_name, server_name)
+            return
+        state, _epoch = self.gate.target_state(user, server_name)
+        target = f"{user_name}/{server_name}"
+        generation = self.gate.generation
+        decision = self.gate.guard.admit(self._caller, target, state, time.monotonic())
+        if decision.throttled:
+            self._answer_throttled(target, decision)
+            return
         if state is TargetState.NOT_RUNNING:
-            target = f"{user_name}/{server_name}"
-            decision = self.gate.guard.admit(
-                self.gate.caller_key(self.request.headers),
-                self.current_user.name,
-                target,
-                time.monotonic(),
-                epoch=epoch,
-            )
-            if decision.throttled:
-                self._answer_throttled(target, decision)
-                return
-            if self._stopped_without_spawner(user_name, server_name):
+            self._stop_of_stopped = (target, user.id, generation)
+            if self._stopped_without_spawner(user, server_name):
                 return
         await super().delete(user_name, server_name)
 
-    def _stopped_without_spawner(self, user_name: str, server_name: str) -> bool:
-        """Stock's answer to a stop of a server with no spawner in memory and none in the
-        database, without creating the spawner stock's ``user.spawners[name]`` would keep.
-        Every other case (remove, named-server errors) is left to stock."""
-        user = self.find_user(user_name)
-        if user is None:
-            raise web.HTTPError(404)
-        if server_name in user.spawners or (self.get_json_body() or {}).get("remove"):
+    def _has_server(self, user: Any, server_name: str) -> bool:
+        """Is there a server stock would stop (and not answer 400 or 404 for)?"""
+        # also loads the user's servers, so that the gate finds the epoch without a query
+        orm_spawners = user.orm_spawners
+        return not server_name or (self.allow_named_servers and server_name in orm_spawners)
+
+    def _asks_to_remove(self) -> bool:
+        """A body that asks to remove the server, or one stock refuses: stock answers it."""
+        if not self.request.body:
+            return False
+        try:
+            options = self.get_json_body()
+        except web.HTTPError:
+            return True
+        return not isinstance(options, dict) or bool(options.get("remove"))
+
+    def _stopped_without_spawner(self, user: Any, server_name: str) -> bool:
+        """Stock's answer to a stop of a server with no spawner in memory and none running
+        in the database, without creating the spawner stock's ``user.spawners[name]`` would
+        keep."""
+        if server_name in user.spawners:
             return False
         orm_spawner = user.orm_spawners.get(server_name)
-        if server_name and (not self.allow_named_servers or orm_spawner is None):
-            return False
         if orm_spawner is not None and orm_spawner.server is not None:
             return False
         self.set_header("Content-Type", "text/plain")
@@ -640,17 +752,27 @@ class GuardedUserServerAPIHandler(UserServerAPIHandler):
         self.finish(body)
 
     def on_finish(self) -> None:
-        if (
-            self.request.method == "DELETE"
-            and not self._answered_by_guard
-            and self.get_status() >= 300
-            and self.path_args
-        ):
+        if self.request.method == "DELETE" and not self._answered_by_guard:
+            self._after_stock_stop()
+        super().on_finish()
+
+    def _after_stock_stop(self) -> None:
+        key = self.gate.caller_key(self.request.headers, self.request.query)
+        if self._stop_of_stopped is not None and self.get_status() == 204:
+            target, user_id, generation = self._stop_of_stopped
+            user_name, _, server_name = target.partition("/")
+            user = dict.get(self.users, user_id)
+            if generation != self.gate.generation or user is None:
+                return
+            state, epoch = self.gate.target_state(user, server_name)
+            if state is TargetState.NOT_RUNNING:
+                self.gate.guard.remember(
+                    key, self._caller, target, time.monotonic(), subject=user_id, epoch=epoch
+                )
+        elif self.get_status() >= 300 and self.path_args:
             # stock said no (403, 404, 400...): its repeats get stock's answer, not ours
             user_name, *rest = self.path_args
-            target = f"{user_name}/{rest[0] if rest else ''}"
-            self.gate.guard.forget(self.gate.caller_key(self.request.headers), target)
-        super().on_finish()
+            self.gate.guard.forget(key, f"{user_name}/{rest[0] if rest else ''}")
 
     def _log(self) -> None:
         # throttled stops are logged as one summary line per caller per interval, and counted

@@ -352,10 +352,6 @@ class Ledger:
         """
         self._rules[kind] = _KindRules(is_live, release, has_failed, ends_on_its_own)
 
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        return tuple(self._rules)
-
     # -- spawns ------------------------------------------------------------------------------
 
     def begin_spawn(self, user: str, server: str = "", *, adopted: bool = False) -> Spawn:
@@ -457,9 +453,6 @@ class Ledger:
         if spawn is not None and spawn.active:
             holding.holders.add(spawn.spawn_id)
             spawn.held.add(key)
-
-    def forget_shared(self, key: str) -> None:
-        self._shared.pop(key, None)
 
     # -- liveness, orphans, release ----------------------------------------------------------
 

@@ -42,7 +42,6 @@ class MemoryTrim(LoggingConfigurable):
 
     interval = Float(
         10.0,
-        config=True,
         help="""
         Seconds between returns of the C heap's free pages to the operating system (glibc
         malloc_trim); 0 turns it off. Each one blocks the event loop for about a millisecond
@@ -51,7 +50,7 @@ class MemoryTrim(LoggingConfigurable):
         uses, rather than at the high-water mark of what it once freed. Must be a finite
         number >= 0.
         """,
-    )
+    ).tag(config=True)
 
     @validate("interval")
     def _check_interval(self, proposal: dict) -> float:

@@ -331,7 +331,6 @@ class LedgerSettings(Configurable):
 
     ledger_enabled = Bool(
         True,
-        config=True,
         help="""
         Keep a ledger of the reflectors, watches, asyncio tasks, API clients and progress
         iterators each spawn creates or holds, and release them when the server stops.
@@ -339,28 +338,26 @@ class LedgerSettings(Configurable):
         When False, GuardedKubeSpawner behaves as KubeSpawner, except that shared reflectors
         still do not keep the spawner that created them alive.
         """,
-    )
+    ).tag(config=True)
 
     release_orphans = Bool(
         True,
-        config=True,
         help="""
         Release (stop, close, cancel) whatever a spawn created that is still live
         `orphan_grace_seconds` after the server stopped. Orphans are logged and reported
         either way; set to False to only report them.
         """,
-    )
+    ).tag(config=True)
 
     orphan_grace_seconds = Float(
         5.0,
-        config=True,
         help="""
         Seconds a stopped spawn's resources get to finish on their own before the ledger
         declares them orphans. Must be a finite number >= 0. Reflectors the spawn started
         itself get no grace when `release_orphans` is on: a reflector watches until it is
         stopped, so it is reported and released as soon as the server has stopped.
         """,
-    )
+    ).tag(config=True)
 
     @validate("orphan_grace_seconds")
     def _check_grace(self, proposal: dict) -> float:
@@ -372,7 +369,6 @@ class FaultSettings(Configurable):
 
     stop_retry_timeout = Float(
         300.0,
-        config=True,
         help="""
         Seconds stop() keeps retrying a pod delete that errored (500, 429, a response that
         fails validation, a pod that does not disappear) before it gives up.
@@ -382,20 +378,18 @@ class FaultSettings(Configurable):
         error; so stop() only raises once this time is up, and the pod it could not delete
         is logged and listed in the guard report ("stop_failures", outcome "given_up").
         """,
-    )
+    ).tag(config=True)
 
     stop_retry_max_delay = Float(
         5.0,
-        config=True,
         help="""
         Longest wait, in seconds, between two attempts to delete a pod (the wait starts at
         0.5 s and doubles); during the wait the pod reflector is watched for the pod to go.
         """,
-    )
+    ).tag(config=True)
 
     relist_limit_per_minute = Float(
         12.0,
-        config=True,
         help="""
         Relists (full LIST requests) per minute a shared reflector may make; past it, its
         watch restarts resume instead, and the relists it cannot avoid are spaced out (see
@@ -408,11 +402,10 @@ class FaultSettings(Configurable):
         API server rejected its previous watch (410 Expired or another error): then it must
         relist.
         """,
-    )
+    ).tag(config=True)
 
     relist_max_delay = Float(
         10.0,
-        config=True,
         help="""
         Longest delay, in seconds, before a relist a reflector over its rate cannot avoid:
         the first such relist goes out 60 / `relist_limit_per_minute` seconds after the
@@ -424,7 +417,7 @@ class FaultSettings(Configurable):
         While a relist waits the reflector has no watch, so its view (for the pod reflector:
         whether a user's pod is running) is that much older: keep it short.
         """,
-    )
+    ).tag(config=True)
 
     @validate(
         "stop_retry_timeout", "stop_retry_max_delay", "relist_limit_per_minute", "relist_max_delay"

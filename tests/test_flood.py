@@ -14,7 +14,7 @@ pytestmark = pytest.mark.hub
 def test_flood_prints_figures_for_the_floor_and_a_guarded_hub(capsys):
     argv = ["flood", "--users", "20", "--rate", "100", "--seconds", "3", "--idle-seconds", "2"]
     argv += ["--cpu-seconds", "2"]
-    args = build_parser().parse_args([*argv, "--no-stock", "--json"])
+    args = build_parser("flood").parse_args([*argv, "--no-stock", "--json"])
     assert args.run(args) == 0
     bare, bare_as_hub, guarded = json.loads(capsys.readouterr().out)
 

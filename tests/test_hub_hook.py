@@ -34,6 +34,7 @@ c.JupyterHub.services.extend([
 c.JupyterHub.load_roles.extend([
     {{"name": "flooder", "scopes": ["admin:servers", "list:users"], "services": ["flooder"]}},
     {{"name": "reader", "scopes": ["read:users"], "services": ["reader"]}},
+    {{"name": "token-issuer", "scopes": ["tokens"], "services": ["dev-client"]}},
 ])
 """
 
@@ -106,7 +107,7 @@ def test_repeats_get_429_with_retry_after_and_are_not_logged_one_by_one(guarded)
         summaries = [
             line
             for line in guarded.log_path.read_text().splitlines()
-            if "StopGuard: throttled" in line and "from dev-client" in line
+            if "StopGuard: throttled" in line and "from 'service:dev-client'" in line
         ]
         if summaries:
             break
@@ -131,7 +132,7 @@ def test_a_throttled_stop_keeps_its_keep_alive_connection_usable(guarded):
 
     stop_path = guarded.client.server_path("keep-a", "")
     assert send("DELETE", stop_path).status == 204
-    throttled = send("DELETE", stop_path, body='{"remove": false}')
+    throttled = send("DELETE", stop_path)
     assert throttled.status == 429
     assert int(throttled.getheader("Content-Length")) == len(throttled.content)
     assert throttled.getheader("Date") and not throttled.will_close
@@ -263,3 +264,170 @@ def test_bad_stop_guard_config_fails_hub_start_naming_trait(tmp_path):
         hub.start()
     assert hub.hub_proc.returncode not in (None, 0)
     assert Path(hub.log_path).exists()
+
+
+# --- issue 15: each reproduction through a real hub ----------------------------------------
+
+
+def user_token(hub: DevHub, user: str) -> str:
+    reply = hub.client.api("POST", f"/users/{user}/tokens", json={"note": "test"})
+    reply.raise_for_status()
+    return reply.json()["token"]
+
+
+def stop_guard_report(hub: DevHub) -> dict:
+    reply = hub.client.api("GET", "/guard")
+    reply.raise_for_status()
+    return reply.json()["stop_guard"]
+
+
+def test_a_user_created_after_another_was_deleted_is_stoppable_while_running(guarded):
+    """Churn that keeps the user count: the second stop of carol, running, reaches stock."""
+    client = guarded.client
+    client.create_users(["churn-alice", "churn-bob"])
+    assert as_dev_client(guarded, "churn-alice").status_code == 204
+    client.api("DELETE", "/users/churn-bob").raise_for_status()
+    client.create_users(["churn-carol"])
+    for _ in range(2):
+        client.start_server("churn-carol")
+        reply = as_dev_client(guarded, "churn-carol")
+        assert reply.status_code in (202, 204), reply.text
+        client.wait_for("churn-carol", "", ready=False, timeout=60)
+    # and a recreated user of a deleted one's name is a new target
+    assert as_dev_client(guarded, "churn-carol").status_code == 204
+    client.api("DELETE", "/users/churn-carol").raise_for_status()
+    client.create_users(["churn-carol"])
+    client.start_server("churn-carol")
+    assert as_dev_client(guarded, "churn-carol").status_code in (202, 204)
+    client.wait_for("churn-carol", "", ready=False, timeout=60)
+
+
+def test_remove_after_a_stop_removes_the_named_server_and_spends_no_token(guarded):
+    client = guarded.client
+    client.create_users(["remove-a"])
+    client.start_server("remove-a", "x")
+    client.stop_server("remove-a", "x")
+    assert as_dev_client(guarded, "remove-a", "x").status_code == 204
+    assert as_dev_client(guarded, "remove-a", "x").status_code == 429
+    first_stops = _passes(guarded, "first-in-window")
+    removed = stop(guarded, "remove-a", "x", token=guarded.token, json={"remove": True})
+    assert removed.status_code == 204, removed.text
+    assert "x" not in client.api("GET", "/users/remove-a").json()["servers"]
+    assert _passes(guarded, "first-in-window") == first_stops
+    # the removed server is stock's 404 from now on, not the guard's 429
+    assert as_dev_client(guarded, "remove-a", "x").status_code == 404
+
+
+def _passes(hub: DevHub, reason: str) -> int:
+    by_reason = stop_guard_report(hub)["by_reason"]
+    return sum(r["count"] for r in by_reason if (r["outcome"], r["reason"]) == ("pass", reason))
+
+
+def test_a_body_is_never_answered_by_the_gate(guarded):
+    guarded.client.create_users(["body-a"])
+    assert as_dev_client(guarded, "body-a").status_code == 204
+    assert as_dev_client(guarded, "body-a").status_code == 429
+    # remove of a default server: stock's 400, not the guard's 429
+    reply = stop(guarded, "body-a", token=guarded.token, json={"remove": True})
+    assert reply.status_code == 400, reply.text
+    reply = stop(guarded, "body-a", token=guarded.token, data="not json")
+    assert reply.status_code == 400, reply.text
+
+
+def test_stops_of_servers_stock_does_not_know_are_not_remembered(guarded):
+    """Distinct long names of servers that do not exist: stock's 404 every time, and the
+    guard keeps nothing of them (it remembers only stops stock answered with success)."""
+    guarded.client.create_users(["mem-a"])
+    token = user_token(guarded, "mem-a")
+    before = stop_guard_report(guarded)
+    for i in range(50):
+        name = f"{i:03d}" + "n" * 15_000
+        assert stop(guarded, "mem-a", name, token=token).status_code == 404
+    after = stop_guard_report(guarded)
+    assert after["tracked_keys"] <= before["tracked_keys"]
+    assert after["memory_bytes"] <= before["memory_bytes"] + 1024
+
+
+def test_unauthenticated_stops_do_not_move_the_counters(guarded):
+    """The counters must not tell a caller without credentials whether a server runs."""
+    client = guarded.client
+    client.create_users(["quiet-run", "quiet-stopped"])
+    client.start_server("quiet-run")
+    try:
+        before = stop_guard_report(guarded)["totals"]
+        for user in ("quiet-run", "quiet-stopped"):
+            for token in (None, "not-a-token"):
+                assert stop(guarded, user, token=token).status_code == 403
+        assert stop_guard_report(guarded)["totals"] == before
+    finally:
+        client.stop_server("quiet-run")
+
+
+def test_users_and_services_of_the_same_name_are_different_callers(guarded):
+    guarded.client.create_users(["flooder"])
+    token = user_token(guarded, "flooder")
+    assert stop(guarded, "flooder", token=token).status_code == 204
+    guarded.client.create_users(["kind-a"])
+    assert stop(guarded, "kind-a", token=FLOODER_TOKEN).status_code in (204, 429)
+    callers = {c["caller"] for c in stop_guard_report(guarded)["top_callers"]}
+    assert {"user:flooder", "service:flooder"} <= callers
+
+
+def test_creating_users_keeps_what_the_guard_remembers(guarded):
+    """BinderHub creates a user for every launch: that must not undo the guard."""
+    guarded.client.create_users(["keep-remembered"])
+    assert as_dev_client(guarded, "keep-remembered").status_code == 204
+    guarded.client.create_users(["keep-remembered-new"])
+    guarded.client.api("POST", "/users/keep-remembered-other").raise_for_status()
+    assert as_dev_client(guarded, "keep-remembered").status_code == 429
+
+
+def test_a_revoked_token_gets_stock_403_at_once(guarded, stock):
+    for hub in (guarded, stock):
+        hub.client.create_users(["revoke-a"])
+    answers = {}
+    for name, hub in (("guarded", guarded), ("stock", stock)):
+        token = user_token(hub, "revoke-a")
+        assert stop(hub, "revoke-a", token=token).status_code == 204
+        [model] = hub.client.api("GET", "/users/revoke-a/tokens").json()["api_tokens"][-1:]
+        hub.client.api("DELETE", f"/users/revoke-a/tokens/{model['id']}").raise_for_status()
+        answers[name] = answer(stop(hub, "revoke-a", token=token))
+    assert answers["guarded"] == answers["stock"]
+    assert answers["stock"][0] == 403
+
+
+def test_an_early_429_carries_jupyterhubs_standard_headers(guarded):
+    guarded.client.create_users(["headers-a"])
+    first = as_dev_client(guarded, "headers-a")
+    assert first.status_code == 204
+    throttled = as_dev_client(guarded, "headers-a")
+    assert throttled.status_code == 429
+    for name in ("Content-Security-Policy", "X-JupyterHub-Version", "Server"):
+        assert throttled.headers.get(name) == first.headers.get(name), name
+    assert throttled.headers["Content-Type"] == "application/json"
+
+
+def browser_session(hub: DevHub, user: str) -> requests.Session:
+    """A browser's cookies after logging in through the dummy authenticator's form, and the
+    XSRF token JupyterHub expects in its API calls."""
+    session = requests.Session()
+    session.get(hub.url + "/hub/login", timeout=30).raise_for_status()
+    form = {"username": user, "password": "x", "_xsrf": session.cookies["_xsrf"]}
+    # not followed: it leads on to /hub/spawn, which starts the user's server
+    login = session.post(hub.url + "/hub/login", data=form, allow_redirects=False, timeout=30)
+    assert login.status_code == 302, login.text
+    session.get(hub.url + "/hub/home", timeout=30).raise_for_status()
+    session.headers["X-XSRFToken"] = session.cookies["_xsrf"]
+    return session
+
+
+def test_a_cookie_callers_repeat_without_its_xsrf_token_gets_stocks_403(guarded, stock):
+    answers = {}
+    for name, hub in (("guarded", guarded), ("stock", stock)):
+        hub.client.create_users(["cookie-a"])
+        session = browser_session(hub, "cookie-a")
+        url = hub.api_url + hub.client.server_path("cookie-a")
+        replies = [session.delete(url, timeout=30) for _ in range(2)]
+        forged = session.delete(url, headers={"X-XSRFToken": ""}, timeout=30)
+        answers[name] = [r.status_code for r in replies] + [forged.status_code]
+    assert answers == {"stock": [204, 204, 403], "guarded": [204, 429, 403]}

@@ -16,7 +16,7 @@ from binderhub_guard.stopguard import StopGuard, TargetState
 async def guard():
     ledger = Ledger(log=logging.getLogger("test"))
     stop_guard = StopGuard()
-    stop_guard.decide("k", "bob", TargetState.PENDING, now=0.0)
+    stop_guard.admit("user:bob", "bob/", TargetState.PENDING, now=0.0)
     config = Config({"GuardReport": {"sample_interval": 60}})
     report = GuardReport(
         config=config, get_source=shared_source({"ledger": ledger, "stop_guard": stop_guard})

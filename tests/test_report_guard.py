@@ -88,7 +88,7 @@ async def test_ledger_and_stop_guard_sections_and_orphan_signal(report):
         ledger.record_task(task, spawn)
     ledger.end_spawn(spawn, "stopped")
     ledger.sweep(spawn)
-    stop_guard.decide("key", "alice", TargetState.RUNNING, now=0.0)
+    stop_guard.admit("user:alice", "alice/", TargetState.RUNNING, now=0.0)
 
     guard.sampler.tick()
     assert guard.sampler.active_signals == []  # raised once, not yet confirmed

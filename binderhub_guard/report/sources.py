@@ -51,6 +51,8 @@ def stop_guard_section(stop_guard: StopGuardLike | None, top: int) -> dict[str, 
         ],
         "tracked_keys": getattr(stop_guard, "tracked_keys", None),
         "tracked_buckets": getattr(stop_guard, "tracked_buckets", None),
+        "memory_bytes": getattr(stop_guard, "memory_bytes", None),
+        "max_memory": getattr(stop_guard, "max_memory", None),
         "top_callers": [
             {"caller": caller, "requests": counts} for caller, counts in stop_guard.top_callers(top)
         ],

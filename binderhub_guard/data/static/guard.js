@@ -386,7 +386,8 @@
     summary.textContent =
       `${guard.enabled ? (guard.dry_run ? "Dry run" : "On") : "Off"}: ` +
       `${t.pass} passed, ${t.throttle} throttled, ${t["dry-run"]} would have been (dry run);` +
-      ` tracking ${guard.tracked_keys} keys, ${guard.tracked_buckets} callers`;
+      ` remembering ${guard.tracked_keys} stops and ${guard.tracked_buckets} callers` +
+      ` in ${Math.round(guard.memory_bytes / 1024)} of ${Math.round(guard.max_memory / 1024)} KiB`;
     const heldBack = guard.top_callers.filter((c) => (c.requests.throttle || 0) + (c.requests["dry-run"] || 0) > 0);
     fill(
       callers,
