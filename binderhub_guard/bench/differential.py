@@ -699,6 +699,8 @@ def main(args: argparse.Namespace) -> int:
     # (seed of the run, the first counterexample raised in it, what ended the run)
     failures: list[tuple[int, Counterexample | None, BaseException]] = []
     runs = []
+    machine: type[DifferentialMachine] | None = None
+    interrupted = False
     try:
         with HubPair(Path(args.workdir) if args.workdir else None) as pair:
             print(f"stock {pair.hubs['stock'].url}, guarded {pair.hubs['guarded'].url}", flush=True)
@@ -744,7 +746,9 @@ def main(args: argparse.Namespace) -> int:
                     flush=True,
                 )
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        interrupted = True
+        print("interrupted: what ran so far", file=sys.stderr)
+    if machine is None:
         return 130
     print_tally(machine.tally, machine.steps_run, runs, time.monotonic() - started)
     if failures:
@@ -754,7 +758,7 @@ def main(args: argparse.Namespace) -> int:
         )
         return 1
     print("no counterexample")
-    return 0
+    return 130 if interrupted else 0
 
 
 def print_failure(
