@@ -7,9 +7,9 @@ compares the answers: users created, deleted and churned (one deleted, another c
 user count stays), default and named servers started, stopped and removed, stops repeated by
 several callers (a culler-like service token, the owner's token, an admin's token, the owner's
 browser cookie with and without the _xsrf header, another user's token, no credentials), stops
-while a spawn is pending, tokens revoked and re-issued, and both hubs restarted on their
-databases. After every step both hubs settle (nothing pending) and every server of the step's
-users must be in the same state on both: running, pending, stopped or removed.
+while a spawn is pending, tokens revoked, re-issued or left to expire, and both hubs restarted
+on their databases. After every step both hubs settle (nothing pending) and every server of the
+step's users must be in the same state on both: running, pending, stopped or removed.
 
 The guarded hub's answer must equal stock's (status, and the error message for errors), with one
 allowed difference: 429 with Retry-After where stock's answer was a no-op stop (202 or 204) of a
@@ -220,7 +220,6 @@ class HubPair:
     """A stock and a guarded DevHub, started and stopped together."""
 
     def __init__(self, workdir: Path | None = None) -> None:
-        self._workdir = workdir
         self.hubs = {
             side: DevHub(
                 stock=side == "stock",
@@ -314,6 +313,7 @@ class DifferentialMachine(RuleBasedStateMachine):
             {
                 "pair": pair,
                 "tally": Counter(),
+                "steps_run": 0,
                 "found": [],
             },
         )
