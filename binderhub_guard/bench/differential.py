@@ -32,6 +32,7 @@ import secrets
 import signal
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -85,6 +86,8 @@ CONVERGE_SECONDS = 10.0
 # JupyterHub's shortest: expires_in counts whole seconds
 EXPIRES_IN = 2
 REQUEST_TIMEOUT = 60.0
+# steps before a restart may come: one with nothing to carry over is as costly and tells less
+RESTART_AFTER = 5
 
 
 class Counterexample(AssertionError):
@@ -300,6 +303,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.revoked: set[str] = set()
         self.expired: set[str] = set()
         self.restarted = False
+        self.rules_run = 0
         self.caller = CALLERS[0]
         self.steps: list[str] = []
         self.states: dict[str, dict[str, str]] = {}
@@ -470,7 +474,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         finally:
             self.pair.both(lambda s: s.hub.set_faults(pending_delay_seconds=0))
 
-    @precondition(lambda self: not self.restarted)
+    @precondition(lambda self: not self.restarted and self.rules_run >= RESTART_AFTER)
     @rule()
     def restart_hubs(self) -> None:
         """Both hubs stopped cleanly and started again on their databases (once per example:
@@ -486,6 +490,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     def same_servers(self) -> None:
         # invariants run once before the first rule too
         if self.steps:
+            self.rules_run += 1
             type(self).steps_run += 1
         self._settle()
 
@@ -773,6 +778,9 @@ def print_failure(
         print(f"Hypothesis: {type(ended).__name__}: {ended}")
         for note in getattr(ended, "__notes__", []):
             print(note)
+        # a flaky failure's own: what failed the first time
+        for error in getattr(ended, "exceptions", ()):
+            print("".join(traceback.format_exception(error, limit=-4)))
     sys.stdout.flush()
 
 
