@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+from typing import Any
 
 # name -> (module with add_arguments(parser) and main(args), one-line help); a module is
 # imported only when its command runs, so that `check` in a hub image loads none of the lab
@@ -26,6 +28,7 @@ SUBCOMMANDS = {
         "binderhub_guard.bench.differential",
         "stock and guarded hubs in lockstep through random steps: any other answer is a bug",
     ),
+    "latency": ("binderhub_guard.bench.latency", "normal calls: stock vs guarded latency"),
 }
 
 
@@ -46,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((arg for arg in argv if arg in SUBCOMMANDS), None)
     args = build_parser(command).parse_args(argv)
+    # SIGTERM stops a command as Ctrl-C does, through its cleanup: the default action would
+    # end the process on the spot, and leave what it started to the lifelines alone
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     return args.run(args)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from artifacts import keep_logs
+from tools import MISSING_TOOL, in_ci
 
 from binderhub_guard.bench.devhub import DevHub
 
@@ -54,3 +55,16 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
     )
     return out
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    # CI ran the bootstrap: a tool it should have installed and did not is a failure there
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and in_ci() and isinstance(report.longrepr, tuple)):
+        return
+    reason = report.longrepr[2]
+    if MISSING_TOOL in reason:
+        report.outcome = "failed"
+        report.longrepr = f"CI=true and this test would skip: {reason}"

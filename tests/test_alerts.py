@@ -10,13 +10,16 @@ import subprocess
 from importlib.resources import files
 
 import pytest
+from tools import missing_tool_reason
 
 ALERTS = files("binderhub_guard") / "data" / "alerts"
 PROMTOOL = shutil.which("promtool")
 
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
-    reason="promtool not installed: apt-get install -y --no-install-recommends prometheus",
+    reason=missing_tool_reason(
+        "promtool", "scripts/bootstrap-test-tools.sh installs Debian's prometheus package"
+    ),
 )
 
 

@@ -3,7 +3,6 @@ against the simulator), and the fault metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
@@ -12,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from test_spawner import make_spawner, sim  # noqa: F401  (the simulator fixture)
 from traitlets import TraitError
 from traitlets.config import Config
+from waiting import until
 
 from binderhub_guard.faultcounts import FaultCounts, RelistDamper
 from binderhub_guard.ledger import Ledger
@@ -84,7 +84,7 @@ async def test_a_reflector_whose_watch_gave_up_is_replaced_and_counted(sim):  # 
     given_up = KubeSpawner.reflectors[key]
     # what kubespawner's watch loop does after 30 s of errors: return, cache frozen
     given_up.watch_task.cancel()
-    await asyncio.sleep(0.1)
+    await until(given_up.watch_task.done, what="the watch task ended")
     replaced_before = spawner.ledger.faults.reflectors_replaced
 
     await spawner.stop()
@@ -94,11 +94,7 @@ async def test_a_reflector_whose_watch_gave_up_is_replaced_and_counted(sim):  # 
     assert replacement is not given_up and not replacement.watch_task.done()
     assert spawner.ledger.faults.reflectors_replaced == replaced_before + 1
     assert sim.pods() == []
-    for _ in range(20):
-        if sim.watch_counts().get("pods") == 1:
-            break
-        await asyncio.sleep(0.1)
-    assert sim.watch_counts()["pods"] == 1
+    await until(lambda: sim.watch_counts().get("pods") == 1, what="one pod watch open")
 
 
 async def test_faults_are_exported_as_metrics():

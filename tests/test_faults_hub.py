@@ -6,6 +6,7 @@ only on what the hub's API answers.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import threading
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from artifacts import keep_logs
+from waiting import eventually
 
 from binderhub_guard.bench.devhub import DevHub
 
@@ -48,26 +50,21 @@ def hub() -> Iterator[DevHub]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def eventually(check: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.2)
-
-
 def sim_pods(hub: DevHub) -> set[str]:
     return {pod["metadata"]["name"] for pod in hub.sim_state()["pods"]}
 
 
 def faults(hub: DevHub) -> dict:
-    """The guard's fault counters, from its report (sampled every 0.5 s here)."""
-    time.sleep(0.6)
+    """The guard's fault counters, from its report."""
     return hub.api("GET", "/guard").json()["ledger"]["faults"]
 
 
+def faults_when(hub: DevHub, check: Callable[[dict], object], what: str) -> dict:
+    """The fault counters once `check` holds for them (they move after the hub's answers)."""
+    return eventually(lambda: (lambda f: check(f) and f)(faults(hub)), what=what)
+
+
 def ledger_counts(hub: DevHub) -> dict:
-    time.sleep(0.6)
     return hub.api("GET", "/guard").json()["ledger"]["counts"]
 
 
@@ -83,17 +80,23 @@ def test_a_stop_whose_deletes_fail_is_not_done_while_the_pod_exists(hub: DevHub)
     hub.set_faults(error_rate_500=1.0)
     try:
         assert hub.api("DELETE", "/users/halting/server").status_code == 202
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
+
+        def failed_twice() -> bool:
             # the pod is there all along: the hub must show the server as stopping
             assert sim_pods(hub) and not hub_says_stopped(hub, "halting")
-            time.sleep(0.2)
+            attempts = faults(hub)["stop_errors"]["failed_attempts"]
+            return attempts >= before["failed_attempts"] + 2
+
+        eventually(failed_twice, what="two failed deletes")
     finally:
         hub.set_faults(error_rate_500=0.0)
-    eventually(lambda: hub_says_stopped(hub, "halting"))
+    eventually(lambda: hub_says_stopped(hub, "halting"), what="the hub says halting stopped")
     assert sim_pods(hub) == set()
-    after = faults(hub)
-    assert after["stop_errors"]["failed_attempts"] > before["failed_attempts"]
+    after = faults_when(
+        hub,
+        lambda f: f["stop_errors"]["recovered"] > before["recovered"],
+        what="the stop counted as recovered",
+    )
     assert after["stop_errors"]["recovered"] == before["recovered"] + 1
     assert int(after["api_errors"]["500"]) > 0
 
@@ -107,7 +110,9 @@ def test_a_delete_answer_that_fails_validation_still_ends_with_the_pod_gone(hub:
     finally:
         hub.set_faults(delete_response_invalid=False)
     assert sim_pods(hub) == set()
-    recovered = faults(hub)
+    recovered = faults_when(
+        hub, lambda f: f["stop_errors"]["recovered"] > before, what="the stop counted recovered"
+    )
     assert recovered["stop_errors"]["recovered"] == before + 1
     assert "ValueError" in recovered["stop_failures"][-1]["error"]
 
@@ -116,12 +121,12 @@ def _start_and_stop(hub: DevHub, user: str) -> str:
     if hub.api("POST", f"/users/{user}/server").status_code not in (201, 202):
         return "refused"
     try:
-        hub.client.wait_for(user, "", ready=True, timeout=40)
+        hub.client.wait_for(user, "", ready=True, timeout=120)
         outcome = "ready"
     except RuntimeError:
         return "failed"
     hub.api("DELETE", f"/users/{user}/server")
-    hub.client.wait_for(user, "", ready=False, timeout=60)
+    hub.client.wait_for(user, "", ready=False, timeout=120)
     return outcome
 
 
@@ -135,10 +140,15 @@ def test_spawns_and_stops_under_api_errors_and_latency_leave_nothing(hub: DevHub
         hub.set_faults(error_rate_500=0.0, error_rate_429=0.0, latency_seconds=0.0)
     assert set(outcomes) <= {"ready", "failed"}, outcomes
     assert "ready" in outcomes
-    for user in users:
+    log = hub.log_path.read_text()
+    for user, outcome in zip(users, outcomes, strict=True):
+        # a launch failed only for an error the simulator injected, and said so
+        errors = re.findall(rf"Unhandled error starting {user}'s server: \((\d+)\)", log)
+        assert errors == ([] if outcome == "ready" else [errors[0]]), (user, outcome, errors)
+        assert set(errors) <= {"429", "500"}, (user, errors)
         assert hub_says_stopped(hub, user)
-    eventually(lambda: sim_pods(hub) == set())
-    eventually(lambda: ledger_counts(hub)["spawns_active"] == 0)
+    eventually(lambda: sim_pods(hub) == set(), what="no pods left")
+    eventually(lambda: ledger_counts(hub)["spawns_active"] == 0, what="no spawns active")
     counts = ledger_counts(hub)
     assert counts["orphans_live"] == 0
     assert faults(hub)["api_errors"].keys() >= {"429", "500"}
@@ -190,59 +200,71 @@ def since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 
 def test_dropped_watches_resume_instead_of_relisting_and_launches_go_on(hub: DevHub):
-    before, resumes_before = pod_requests(hub), pod_reflector(hub)["resumes"]
+    before, reflector_before = pod_requests(hub), pod_reflector(hub)
+    started = time.monotonic()
     hub.set_faults(watch_drop_after_seconds=0.3)
     try:
         with WatchCounter(hub) as watches:
-            launched = time.monotonic()
-            hub.client.start_server("dropped", timeout=10)
-            launch_seconds = time.monotonic() - launched
-            hub.client.stop_server("dropped", timeout=10)
+            hub.client.start_server("dropped", timeout=120)
+            launched = pod_reflector(hub)
+            hub.client.stop_server("dropped", timeout=120)
             # past the rate, whatever relists the module's earlier tests left in the window
-            eventually(lambda: since(before, pod_requests(hub))["watches"] > RELIST_LIMIT + 1)
+            eventually(
+                lambda: since(before, pod_requests(hub))["watches"] > RELIST_LIMIT + 1,
+                what=f"more than {RELIST_LIMIT + 1} pod watches",
+            )
     finally:
         hub.set_faults(watch_drop_after_seconds=None)
     made = since(before, pod_requests(hub))
+    minutes = (time.monotonic() - started) / 60
     reflector = pod_reflector(hub)
 
     assert watches.most == {"pods": 1, "events": 1}
-    # undamped: a list per watch, one every 0.3-0.5 s
-    assert made["lists"] <= RELIST_LIMIT < made["watches"]
-    assert reflector["resumes"] - resumes_before >= made["watches"] - made["lists"] - 2
+    # undamped: a list per watch; here at most the rate's worth for each minute the test ran,
+    # the other watches resumed
+    assert made["lists"] <= RELIST_LIMIT * (1 + minutes), (made, minutes)
+    assert made["lists"] < made["watches"], made
+    resumed = reflector["resumes"] - reflector_before["resumes"]
+    assert resumed >= made["watches"] - made["lists"] - 2
     assert reflector["per_minute"] <= RELIST_LIMIT
     assert sim_pods(hub) == set()
-    # the pod reflector's view kept up: no relist delay held the launch back
-    assert launch_seconds < 5
+    # the pod reflector's view kept up: no relist was delayed while the launch waited on it
+    assert launched["damped"] == reflector_before["damped"]
     raised = hub.api("GET", "/guard").json()["sampler"]["signals_raised_total"]
     assert raised.get("relist_storm", 0) >= 1
 
 
 def test_a_resumed_watch_that_gets_410_relists_within_the_bound(hub: DevHub):
     before = pod_requests(hub)
+    started = time.monotonic()
+    bumps = 0
+
+    def expired_a_few_times() -> bool:
+        # a change, then compaction: a watch resuming from before it gets 410 Expired
+        nonlocal bumps
+        bumps += 1
+        hub.sim_request(
+            "POST", "/api/v1/namespaces", json={"metadata": {"name": f"bump-{bumps}"}}, timeout=30
+        )
+        hub.sim_request("POST", "/_sim/compact", timeout=30)
+        return since(before, pod_requests(hub))["expired"] >= 4
+
     hub.set_faults(watch_drop_after_seconds=0.3)
     try:
         with WatchCounter(hub) as watches:
-            for i in range(8):
-                # a change, then compaction: a watch resuming from before it gets 410 Expired
-                hub.sim_request(
-                    "POST",
-                    "/api/v1/namespaces",
-                    json={"metadata": {"name": f"bump-{i}"}},
-                    timeout=5,
-                )
-                hub.sim_request("POST", "/_sim/compact", timeout=5)
-                time.sleep(1)
+            eventually(expired_a_few_times, what="four 410 Expired resumes", interval=1)
     finally:
         hub.set_faults(watch_drop_after_seconds=None)
     # a 410 leaves a real list as the only way on, spaced from the previous one
-    eventually(lambda: pod_requests(hub)["lists"] > before["lists"], timeout=60 / RELIST_LIMIT + 5)
+    eventually(lambda: pod_requests(hub)["lists"] > before["lists"], what="a relist after the 410s")
     made = since(before, pod_requests(hub))
+    minutes = (time.monotonic() - started) / 60
     reflector = pod_reflector(hub)
 
     assert watches.most == {"pods": 1, "events": 1}
-    assert made["expired"] > 0
     assert reflector["damped"] > 0
     # in any one minute: a minute's worth undelayed, then one per 60/limit seconds at most
     assert reflector["per_minute"] <= 2 * RELIST_LIMIT
-    # undamped: a list after every drop, about 20 in 8 s
-    assert made["lists"] <= RELIST_LIMIT + 1
+    # undamped: a list after every drop (about 20 in 8 s); damped: the minute's worth, then one
+    # per 60/limit seconds for as long as the test ran
+    assert made["lists"] <= RELIST_LIMIT * (1 + minutes) + 1, (made, minutes)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
-from collections.abc import Callable
 
 import pytest
 from artifacts import keep_logs
+from waiting import eventually
 
 from binderhub_guard.bench.devhub import DevHub
 
@@ -25,16 +24,7 @@ c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}
 """
 
 
-def eventually(check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.2)
-
-
 def ledger(hub: DevHub) -> dict:
-    time.sleep(0.6)
     return hub.api("GET", "/guard").json()["ledger"]
 
 
@@ -56,7 +46,10 @@ def test_a_hub_killed_mid_spawn_restarts_adopting_running_servers_and_cleaning_h
             assert hub.client.server_model("kept")["ready"]
             pods = {p["metadata"]["name"] for p in hub.sim_state()["pods"]}
             assert pods == {"jupyter-kept"}
-            spawns = {s["user"]: s for s in ledger(hub)["spawns"]}
+            spawns = eventually(
+                lambda: {s["user"]: s for s in ledger(hub)["spawns"] if s["user"] == "kept"},
+                what="the kept server's spawn in the new hub's ledger",
+            )
             assert spawns["kept"]["state"] == "active" and spawns["kept"]["adopted"]
             # the killed hub's watches are gone; the new hub has started no spawn, so it
             # watches pods only (kubespawner starts the events reflector in start())
@@ -65,7 +58,7 @@ def test_a_hub_killed_mid_spawn_restarts_adopting_running_servers_and_cleaning_h
             hub.set_faults(pending_delay_seconds=0)
             hub.client.stop_server("kept")
             assert hub.sim_state()["pods"] == []
-            eventually(lambda: ledger(hub)["counts"]["spawns_active"] == 0)
+            eventually(lambda: ledger(hub)["counts"]["spawns_active"] == 0, what="no spawn active")
             assert ledger(hub)["counts"]["orphans_live"] == 0
     finally:
         keep_logs(workdir, "faults-restart")

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from waiting import eventually
 
 from binderhub_guard.bench.devhub import DevHub
 from binderhub_guard.bench.probe import probe_config, read_probe
@@ -21,7 +22,11 @@ pytestmark = pytest.mark.hub
 
 FLOODER_TOKEN = "flooder-token-0123456789abcdef"
 READER_TOKEN = "reader-token-0123456789abcdef"
-BURST = 30
+# the flooder's bucket: BURST stops at once, then one per 100 s, so that no refill can blur
+# the count however slowly this machine sends them; the dev client's own ~40 first stops
+# over the module stay well inside it
+BURST = 100
+RATE = 0.01
 
 # the same extra callers in every hub of this module: a second culler-like service, and a
 # service that may read users but not stop servers
@@ -52,7 +57,7 @@ def guarded(tmp_path_factory) -> Iterator[DevHub]:
     guard = f"""
     c.StopGuard.window_seconds = 600
     c.StopGuard.burst = {BURST}
-    c.StopGuard.rate = 1
+    c.StopGuard.rate = {RATE}
     c.StopGuard.summary_interval = 1
     """
     hub = start_hub(tmp_path_factory, "guarded", guard=guard)
@@ -90,29 +95,50 @@ def access_log_lines(hub: DevHub, status: int) -> list[str]:
     ]
 
 
+def guard_counts(hub: DevHub) -> dict[tuple[str, str], int]:
+    """The stop guard's own counters, by (outcome, reason)."""
+    rows = hub.api("GET", "/guard").json()["stop_guard"]["by_reason"]
+    return {(r["outcome"], r["reason"]): r["count"] for r in rows}
+
+
+def counted_since(before: dict, after: dict) -> dict[tuple[str, str], int]:
+    return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+
+
 def test_repeats_get_429_with_retry_after_and_are_not_logged_one_by_one(guarded):
     guarded.client.create_users(["rep-a"])
+    before = guard_counts(guarded)
+    accepted = time.monotonic()
     first = as_dev_client(guarded, "rep-a")
     assert (first.status_code, first.text) == (204, "")
     repeats = [as_dev_client(guarded, "rep-a") for _ in range(50)]
+    since_first = time.monotonic() - accepted
     assert {r.status_code for r in repeats} == {429}
-    assert 590 <= int(repeats[-1].headers["Retry-After"]) <= 600
+    # what is left of the 600 s window since the first stop was accepted, rounded up
+    assert 600 - since_first <= int(repeats[-1].headers["Retry-After"]) <= 600
+
+    # the first reached JupyterHub, which logged it; the repeats were the guard's
+    def first_logged() -> list[str]:
+        return [line for line in access_log_lines(guarded, 204) if "/users/rep-a/server" in line]
+
+    assert len(eventually(first_logged, what="JupyterHub's log line for the first stop")) == 1
+    assert counted_since(before, guard_counts(guarded)) == {
+        ("pass", "first-in-window"): 1,
+        ("throttle", "repeat-in-window"): 50,
+    }
     assert repeats[-1].headers["Content-Type"] == "application/json"
     body = repeats[-1].json()
     assert body["status"] == 429 and "rep-a/" in body["message"]
 
     assert access_log_lines(guarded, 429) == []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        summaries = [
+    summaries = eventually(
+        lambda: [
             line
             for line in guarded.log_path.read_text().splitlines()
             if "StopGuard: throttled" in line and "from 'service:dev-client'" in line
-        ]
-        if summaries:
-            break
-        time.sleep(0.2)
-    assert summaries, "no summary line for the throttled stops"
+        ],
+        what="a summary line for the throttled stops",
+    )
     assert "rep-a/" in summaries[0]
 
 
@@ -180,11 +206,20 @@ def test_server_that_starts_while_throttled_is_stoppable_at_once(guarded):
     assert as_dev_client(guarded, "restart-a").status_code == 204
     assert as_dev_client(guarded, "restart-a").status_code == 429
     client.start_server("restart-a")
-    started = time.monotonic()
+    before = guard_counts(guarded)
     reply = as_dev_client(guarded, "restart-a")
     assert reply.status_code in (202, 204), reply.text
-    client.wait_for("restart-a", "", ready=False, timeout=30)
-    assert time.monotonic() - started < 10
+    # at once: the guard passed it as a stop of a running server, straight to JupyterHub
+    assert counted_since(before, guard_counts(guarded)) == {("pass", "target-active"): 1}
+    eventually(  # tornado logs a request just after answering it
+        lambda: [
+            line
+            for line in access_log_lines(guarded, reply.status_code)
+            if "/users/restart-a/server (dev-client@" in line
+        ],
+        what="JupyterHub's log line for the stop",
+    )
+    client.wait_for("restart-a", "", ready=False, timeout=60)
     pods = [p["metadata"]["name"] for p in guarded.sim_state()["pods"]]
     assert not [p for p in pods if "restart-a" in p]
     # stopped by the hub since: the next stop is a first one again
@@ -192,11 +227,21 @@ def test_server_that_starts_while_throttled_is_stoppable_at_once(guarded):
 
 
 def test_per_caller_bucket_caps_not_running_stops_across_servers(guarded):
-    users = [f"bucket-{i:02d}" for i in range(2 * BURST)]
+    users = [f"bucket-{i:03d}" for i in range(2 * BURST)]
     guarded.client.create_users(users)
+    before = guard_counts(guarded)
+    started = time.monotonic()
     statuses = [stop(guarded, user, token=FLOODER_TOKEN).status_code for user in users]
+    refilled = RATE * (time.monotonic() - started)
     assert statuses[:BURST] == [204] * BURST
-    assert statuses[BURST:].count(429) >= BURST - 5  # rate 1/s refills a few
+    # past the burst, a stop passes only on a refilled token
+    assert statuses[BURST:].count(204) <= refilled + 1, (statuses, refilled)
+    assert statuses[BURST:].count(429) >= BURST - refilled - 1, (statuses, refilled)
+    counted = counted_since(before, guard_counts(guarded))
+    assert counted == {
+        ("pass", "first-in-window"): statuses.count(204),
+        ("throttle", "caller-rate"): statuses.count(429),
+    }
     # a caller with its own bucket is not affected
     assert as_dev_client(guarded, users[-1]).status_code == 204
 
@@ -244,10 +289,7 @@ def test_dry_run_never_throttles_but_counts(tmp_path_factory):
     try:
         hub.client.create_users(["dry-a"])
         assert {as_dev_client(hub, "dry-a").status_code for _ in range(20)} == {204}
-        deadline = time.monotonic() + 10
-        while would_have_throttled(hub) < 19:
-            assert time.monotonic() < deadline, "no dry-run summary line"
-            time.sleep(0.2)
+        eventually(lambda: would_have_throttled(hub) >= 19, what="dry-run summary lines for 19")
         assert would_have_throttled(hub) == 19
     finally:
         hub.stop()

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tools import missing_tool_reason
 
 pytestmark = pytest.mark.hub
 
@@ -48,14 +49,17 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(not JH5_PYTHON.exists(), reason="no .venv-jh5 (see scripts/bootstrap.sh)")
+@pytest.mark.skipif(
+    not JH5_PYTHON.exists(),
+    reason=missing_tool_reason(".venv-jh5", "scripts/test.sh makes it with scripts/bootstrap.sh"),
+)
 def test_guard_hooks_jupyterhub_5():
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(JH5_PYTHON.parent), os.path.dirname(sys.executable)]) + (
         os.pathsep + env.get("PATH", "")
     )
     done = subprocess.run(
-        [str(JH5_PYTHON), "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=180
+        [str(JH5_PYTHON), "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=280
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

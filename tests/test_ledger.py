@@ -8,6 +8,7 @@ import json
 import weakref
 
 import pytest
+from waiting import until
 
 from binderhub_guard.ledger import SHARED, TASK, Ledger, install_task_tracking
 
@@ -88,9 +89,8 @@ async def test_leftovers_become_orphans_with_origin_and_are_released(ledger: Led
     finished.closed = True
 
     ledger.end_spawn(spawn, "stopped")
-    await asyncio.sleep(0.05)
+    await until(lambda: leftover.closed, what="the leftover released")
 
-    assert leftover.closed
     snapshot = ledger.snapshot()
     json.dumps(snapshot)
     [orphan] = snapshot["orphans"]
@@ -115,9 +115,13 @@ async def test_orphans_are_only_reported_when_release_is_off(ledger: Ledger):
     assert ledger.snapshot()["counts"]["orphans_live"] == 1
 
 
+def orphan_kinds(ledger: Ledger) -> list[str]:
+    return sorted(o["kind"] for o in ledger.snapshot()["orphans"])
+
+
 @pytest.mark.parametrize("release", [True, False])
 async def test_a_kind_that_never_ends_on_its_own_gets_no_grace(release: bool):
-    ledger = Ledger(orphan_grace_seconds=0.3, release_orphans=release)
+    ledger = Ledger(orphan_grace_seconds=5, release_orphans=release)
     ledger.register_kind("thing", lambda t: not t.closed, _close)
     ledger.register_kind("watcher", lambda t: not t.closed, _close, ends_on_its_own=False)
     spawn = ledger.begin_spawn("alice")
@@ -127,13 +131,14 @@ async def test_a_kind_that_never_ends_on_its_own_gets_no_grace(release: bool):
         ledger.record("watcher", watcher)
 
     ledger.end_spawn(spawn, "stopped")
-    await asyncio.sleep(0.05)
+    # the watcher is an orphan at once; the other waits out its grace first
+    await until(lambda: "watcher" in orphan_kinds(ledger), what="the watcher found")
     assert watcher.closed is release
-    assert not finishing.closed  # still within its grace
-    await asyncio.sleep(0.4)
+    kinds, closed = orphan_kinds(ledger), finishing.closed
+    assert kinds == ["thing", "watcher"] or (kinds == ["watcher"] and not closed)
+    await until(lambda: orphan_kinds(ledger) == ["thing", "watcher"], what="the thing found")
     assert finishing.closed is release
-    orphans = ledger.snapshot()["orphans"]
-    assert sorted(o["kind"] for o in orphans) == ["thing", "watcher"]  # each reported once
+    assert orphan_kinds(ledger) == ["thing", "watcher"]  # each reported once
 
 
 async def test_orphan_tasks_are_cancelled_and_awaited(ledger: Ledger):
@@ -142,7 +147,7 @@ async def test_orphan_tasks_are_cancelled_and_awaited(ledger: Ledger):
     with ledger.activate(spawn):
         task = asyncio.create_task(asyncio.sleep(3600))
     ledger.end_spawn(spawn, "start failed")
-    await asyncio.sleep(0.05)
+    await until(task.done, what="the orphan task ended")
     assert task.cancelled()
 
 
@@ -177,5 +182,4 @@ async def test_resources_made_after_the_spawn_ended_are_swept_too(ledger: Ledger
     with ledger.activate(spawn):  # a task the spawn left running keeps its context
         late = Thing()
         ledger.record("thing", late)
-    await asyncio.sleep(0.05)
-    assert late.closed
+    await until(lambda: late.closed, what="the late resource released")

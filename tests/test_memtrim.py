@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from traitlets import TraitError
 from traitlets.config import Config
+from waiting import until
 
 from binderhub_guard.memtrim import MemoryTrim
 
@@ -32,7 +33,7 @@ def test_freed_memory_in_the_heaps_middle_goes_back_to_the_system():
     assert released > 16 * 1024 * 1024
     assert trim.status()["trims"] == 1
     assert trim.status()["released_bytes_total"] == released
-    assert 0 <= trim.status()["last_seconds"] < 1
+    assert isinstance(trim.status()["last_seconds"], float) and trim.status()["last_seconds"] >= 0
     del kept
 
 
@@ -41,10 +42,13 @@ async def test_trims_run_at_the_interval_until_stopped():
     if not trim.available:
         pytest.skip("no malloc_trim in this C library")
     trim.start()
-    await asyncio.sleep(0.3)
-    trim.stop()
+    try:
+        await until(lambda: trim.trims >= 2, what="two trims at a 0.05 s interval")
+    finally:
+        trim.stop()
     trims = trim.trims
-    assert trims >= 2
+    # three intervals with nothing due: a stopped trim never runs again (however long the
+    # wait really is on a busy machine, it can only make this check stricter)
     await asyncio.sleep(0.15)
     assert trim.trims == trims
 

@@ -15,12 +15,12 @@ def login_token(hub, name, scopes=None):
     """A token for `name`, obtained the way a person would: log in, then ask for a token."""
     session = requests.Session()
     login = hub.url.rstrip("/") + "/hub/login"
-    session.get(login, timeout=10)
+    session.get(login, timeout=30)
     xsrf = session.cookies.get("_xsrf")
     reply = session.post(
         login,
         data={"username": name, "password": "any: the dev hub's DummyAuthenticator", "_xsrf": xsrf},
-        timeout=10,
+        timeout=30,
         allow_redirects=False,
     )
     assert reply.status_code == 302, reply.text
@@ -29,7 +29,7 @@ def login_token(hub, name, scopes=None):
         f"{hub.api_url}/users/{name}/tokens",
         json=body,
         headers={"X-XSRFToken": session.cookies.get("_xsrf")},
-        timeout=10,
+        timeout=30,
     )
     assert reply.status_code == 201, reply.text
     session.close()
@@ -76,7 +76,7 @@ def test_admins_and_the_dev_client_get_the_report(dev_hub, tokens, who):
 def test_no_scope_gets_403_and_learns_nothing(dev_hub, tokens, who):
     headers = {"Authorization": f"token {tokens[who]}"} if who else {}
     for method, path in [("GET", "/guard?full=1"), ("GET", "/guard/tracemalloc")]:
-        reply = requests.request(method, f"{dev_hub.api_url}{path}", headers=headers, timeout=10)
+        reply = requests.request(method, f"{dev_hub.api_url}{path}", headers=headers, timeout=30)
         assert reply.status_code == 403
         assert reply.json() == {"status": 403, "message": "Forbidden"}
     reply = requests.post(
@@ -122,8 +122,9 @@ def test_tracemalloc_switch_and_baseline(dev_hub, tokens):
     service = {"Authorization": f"token {tokens['service']}"}
     read_only = {"Authorization": f"token {tokens['admin_read_only']}"}
     try:
-        assert requests.post(url, json={"enabled": True}, headers=read_only).status_code == 403
-        on = requests.post(url, json={"enabled": True, "frames": 3}, headers=service)
+        refused = requests.post(url, json={"enabled": True}, headers=read_only, timeout=30)
+        assert refused.status_code == 403
+        on = requests.post(url, json={"enabled": True, "frames": 3}, headers=service, timeout=30)
         assert on.status_code == 200, on.text
         assert on.json()["enabled"] is True and on.json()["frames"] == 3
         first_baseline = on.json()["baseline_time"]
@@ -135,10 +136,10 @@ def test_tracemalloc_switch_and_baseline(dev_hub, tokens):
         row = report["top_growth"][0]
         assert re.match(r".+:\d+$", row["site"])
         assert {"size_bytes", "size_growth_bytes", "count", "count_growth"} <= set(row)
-        again = requests.post(url, json={"enabled": True}, headers=service).json()
+        again = requests.post(url, json={"enabled": True}, headers=service, timeout=30).json()
         assert again["baseline_time"] > first_baseline
     finally:
-        off = requests.post(url, json={"enabled": False}, headers=service)
+        off = requests.post(url, json={"enabled": False}, headers=service, timeout=30)
     assert off.json()["enabled"] is False
     assert get(dev_hub, "/guard", tokens["service"]).json()["tracemalloc"]["enabled"] is False
 
@@ -158,7 +159,7 @@ def test_bad_tracemalloc_body_gets_400_naming_the_field(dev_hub, tokens, body, f
         f"{dev_hub.api_url}/guard/tracemalloc",
         json=body,
         headers={"Authorization": f"token {tokens['service']}"},
-        timeout=10,
+        timeout=30,
     )
     assert reply.status_code == 400
     assert f"'{field}'" in reply.json()["message"]
@@ -168,7 +169,7 @@ def test_hub_metrics_show_the_guard_gauges(dev_hub, tokens):
     reply = requests.get(
         dev_hub.url.rstrip("/") + "/hub/metrics",
         headers={"Authorization": f"token {tokens['admin_metrics']}"},
-        timeout=10,
+        timeout=30,
     )
     assert reply.status_code == 200
     text = reply.text

@@ -6,12 +6,13 @@ the leaked reflectors as orphans (orphans_found) and releases them.
 """
 
 import re
-import time
 
 import pytest
 import requests
+from waiting import eventually
 
 from binderhub_guard.bench.devhub import DevHub
+from binderhub_guard.report.guard_report import GuardReport
 
 pytestmark = pytest.mark.hub
 
@@ -22,25 +23,27 @@ c.JupyterHub.authenticate_prometheus = False
 """
 
 
-def cycle_until_signal(hub, name, max_cycles):
+def signals_named(hub, name) -> list[dict]:
+    return [s for s in hub.api("GET", "/guard").json()["leak_signals"] if s["name"] == name]
+
+
+def cycle(hub) -> None:
     hub.client.create_users(["leaker"])
-    for cycle in range(1, max_cycles + 1):
-        hub.client.start_server("leaker", timeout=60)
-        hub.client.stop_server("leaker", timeout=60)
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline:
-            signals = hub.api("GET", "/guard").json()["leak_signals"]
-            found = [s for s in signals if s["name"] == name]
-            if found:
-                return cycle, found
-            if name == "count_rising":
-                break  # counts are read each sample: no need to wait longer
-            time.sleep(0.25)
-    pytest.fail(f"no {name} signal within {max_cycles} cycles; last signals: {signals}")
+    hub.client.start_server("leaker", timeout=120)
+    hub.client.stop_server("leaker", timeout=120)
+
+
+def cycle_until_signal(hub, name, max_cycles):
+    for cycles in range(1, max_cycles + 1):
+        cycle(hub)
+        found = signals_named(hub, name)
+        if found:
+            return cycles, found
+    pytest.fail(f"no {name} signal within {max_cycles} cycles")
 
 
 def metric(hub, pattern):
-    text = requests.get(hub.url.rstrip("/") + "/hub/metrics", timeout=10).text
+    text = requests.get(hub.url.rstrip("/") + "/hub/metrics", timeout=30).text
     match = re.search(pattern, text, re.M)
     assert match, f"{pattern!r} not in /hub/metrics"
     return float(match.group(1))
@@ -50,6 +53,9 @@ def test_leak_under_plain_kubespawner_raises_count_rising():
     config = FAST_REPORT + f'c.JupyterHub.spawner_class = "{LEAKY}.LeakyKubeSpawner"\n'
     with DevHub(extra_config=config) as hub:
         cycles, found = cycle_until_signal(hub, "count_rising", max_cycles=20)
+        # each cycle leaks one of each; the rule wants this much growth before it speaks, so
+        # an earlier signal would be the rule mistaking ordinary spawns for a leak
+        assert cycles >= GuardReport.resource_min_increase.default_value, found
         types = {s["evidence"]["type"] for s in found}
         # each leaked reflector holds a Watch, its ApiClient and ClientSession: any may cross
         # the threshold first
@@ -57,7 +63,6 @@ def test_leak_under_plain_kubespawner_raises_count_rising():
         # each leaked reflector's watch task raises the task count too: the general rule may
         # fire in the same sample
         assert "kube_resource" in {s["evidence"]["rule"] for s in found}, found
-        assert cycles <= 20
         assert (
             metric(hub, r'^binderhub_guard_leak_signals_active\{signal="count_rising"\} (\S+)') >= 1
         )
@@ -73,8 +78,9 @@ def test_leak_under_guarded_spawner_raises_orphans_found():
         "c.GuardedKubeSpawner.orphan_grace_seconds = 0.5\n"
     )
     with DevHub(extra_config=config) as hub:
-        cycles, [signal] = cycle_until_signal(hub, "orphans_found", max_cycles=3)
-        assert cycles == 1
+        cycle(hub)
+        # one leaky spawn is enough: its reflector is found as an orphan once it has ended
+        [signal] = eventually(lambda: signals_named(hub, "orphans_found"), what="orphans_found")
         assert signal["evidence"]["found_total"] >= 1
         assert metric(hub, r"^binderhub_guard_orphans_found_total (\S+)") >= 1
         assert (

@@ -10,6 +10,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -33,12 +34,10 @@ def run_demo(hub: DevHub, servers: int) -> dict:
     cpu_before = hub_process.cpu_times()
     wall_started = time.monotonic()
 
-    with ThreadPoolExecutor(max_workers=servers) as pool:
-        ready_seconds = list(pool.map(client.start_server, users))
+    ready_seconds = _in_parallel(client.start_server, users)
     proxied = [requests.get(f"{hub.url}/user/{user}/api", timeout=10).status_code for user in users]
     rss_running = hub_process.memory_info().rss
-    with ThreadPoolExecutor(max_workers=servers) as pool:
-        stop_seconds = list(pool.map(client.stop_server, users))
+    stop_seconds = _in_parallel(client.stop_server, users)
 
     cpu_after = hub_process.cpu_times()
     pods_left = len(hub.sim_state()["pods"]) if hub.sim_url else None
@@ -55,6 +54,15 @@ def run_demo(hub: DevHub, servers: int) -> dict:
         ),
         "wall_s": round(time.monotonic() - wall_started, 2),
     }
+
+
+def _in_parallel(call: Callable[[str], float], users: list[str]) -> list[float]:
+    pool = ThreadPoolExecutor(max_workers=len(users))
+    try:
+        return list(pool.map(call, users))
+    finally:
+        # on Ctrl-C, not waiting for the calls in flight: they fail once the hub is stopped
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _spread(values: list[float]) -> dict:

@@ -11,9 +11,13 @@ The hub is configured the way Zero to JupyterHub configures it: every snippet in
 authenticator, a service token). `stock=True` loads none of the guard's snippets and uses plain
 `KubeSpawner`, everything else equal, so stock and guarded hubs can be compared in one run.
 
-Each child runs in its own process group. JupyterHub starts the proxy in a session of its own
-and stops it when it shuts down; a hub that failed to start or had to be killed leaves it
-running, so stopping a DevHub then stops the proxy by the PID in the hub's proxy PID file.
+Each child runs in its own process group, under a lifeline (`lifeline`): the kernel kills it
+when the process that started it ends, however that ends. JupyterHub starts the proxy and its
+managed services (the idle culler) in sessions of their own and stops them when it shuts down;
+a hub that failed to start, or had to be killed, would leave them running, so the hub's config
+puts their commands under a lifeline to the hub too. Stopping a DevHub stops whatever the hub
+started and left running (by PID, from a list taken before the hub was asked to stop); a DevHub
+whose owner is SIGKILLed takes the hub, and with it the proxy and services, along.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,7 @@ import psutil
 import requests
 import yaml
 
+from . import lifeline
 from .hubclient import HubClient
 
 SNIPPETS_DIR = Path(__file__).resolve().parent.parent / "data" / "jupyterhub_config.d"
@@ -59,6 +65,11 @@ class DevHubError(RuntimeError):
 
 # where the hub writes its proxy's PID, in the DevHub's workdir
 PROXY_PID_FILE = "jupyterhub-proxy.pid"
+# a clean shutdown: the hub stops its services, its proxy and, on a cluster, its servers
+STOP_GRACE_SECONDS = 30
+# after Ctrl-C or SIGTERM, on the simulator: nothing of the hub outlives the simulator, so
+# there is nothing to wait for (a hub stuck behind a flood would take the full 30 s)
+INTERRUPTED_GRACE_SECONDS = 3
 
 
 def free_ports(count: int) -> list[int]:
@@ -79,7 +90,10 @@ def free_port() -> int:
 
 
 def ensure_port_free(port: int, what: str) -> None:
+    """Fail unless `port` can be listened on. Binds as the proxy and the hub bind (with
+    SO_REUSEADDR), so that a port left a moment ago by a hub (in TIME_WAIT) is accepted."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError as e:
@@ -99,22 +113,47 @@ def find_proxy_command() -> str:
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM the child's process group, SIGKILL it if it has not exited within `timeout`."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    # the leader may be gone while its children (the proxy) are not
-    try:
+    """SIGTERM the child's process group, SIGKILL what is left of it after `timeout`.
+
+    The leader is reaped last: until then its PID, and so the group's ID, cannot be taken by
+    another process, so the SIGKILL cannot reach a stranger's group."""
+    if proc.returncode is not None:
+        return  # reaped already: its group ID may be someone else's now
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while not _exited(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # the leader may be gone while other members of its group are not
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     proc.wait()
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _exited(pid: int) -> bool:
+    """Whether a child has exited, without reaping it."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def stop_all(hubs: list[DevHub], *, interrupted: bool = False) -> None:
+    """Stop hubs side by side: their shutdowns wait on their own processes, not on each other."""
+    threads = [
+        threading.Thread(target=hub.stop, kwargs={"interrupted": interrupted}) for hub in hubs
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def kubeconfig_ca(kubeconfig: str | Path) -> bytes:
@@ -187,7 +226,28 @@ def hub_config(
         c.KubeSpawner.http_timeout = 30
         c.KubeSpawner.delete_grace_period = 1
         """
-    ) + textwrap.dedent(extra_config)
+    ) + textwrap.dedent(extra_config) + LIFELINES_CONFIG
+
+
+# Last in the config, so that it covers the proxy and every managed service however they were
+# configured: jupyterhub starts them in sessions of their own and leaves them running if it is
+# killed or dies; under a lifeline to the hub process, they end with it.
+LIFELINES_CONFIG = """
+def _under_lifelines():
+    import os
+    from binderhub_guard.bench.lifeline import wrap
+
+    def under_lifeline(command):
+        return wrap([command] if isinstance(command, str) else command, os.getpid())
+
+    c.ConfigurableHTTPProxy.command = under_lifeline(c.ConfigurableHTTPProxy.command)
+    for service in c.JupyterHub.services:
+        if service.get("command"):
+            service["command"] = under_lifeline(service["command"])
+
+
+_under_lifelines()
+"""
 
 
 class DevHub:
@@ -228,6 +288,10 @@ class DevHub:
         self.url = ""
         self.hub_url = ""  # the hub's own port, as in-cluster services (the culler) reach it
         self.client: HubClient | None = None
+        # stop() may come from another thread while start() runs (the replay starts its hubs
+        # from threads): once stopped, a DevHub starts no more processes
+        self._lock = threading.Lock()
+        self._stopped = False
 
     @property
     def api_url(self) -> str:
@@ -246,8 +310,8 @@ class DevHub:
         self.start()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stop()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: Any) -> None:
+        self.stop(interrupted=exc_type is KeyboardInterrupt)
 
     def start(self) -> None:
         try:
@@ -293,8 +357,10 @@ class DevHub:
         self._launch_hub()
 
     def _launch_hub(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.hub_proc = subprocess.Popen(
+        with open(self.log_path, "ab") as log, self._lock:
+            if self._stopped:
+                raise DevHubError("stopped while starting")
+            self.hub_proc = lifeline.popen(
                 [
                     sys.executable,
                     "-m",
@@ -328,18 +394,21 @@ class DevHub:
         self._launch_hub()
 
     def _start_simulator(self, kubeconfig: str, env: dict[str, str]) -> None:
-        self.sim_proc = subprocess.Popen(
-            [sys.executable, "-m", "binderhub_guard.kubesim", "--port", "0", "--tls"]
-            + ["--kubeconfig", kubeconfig, "--namespace", self.namespace]
-            + self.sim_args,
-            cwd=self.workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=open(self.workdir / "kubesim.log", "ab"),  # noqa: SIM115
-            text=True,
-            start_new_session=True,
-        )
+        with open(self.workdir / "kubesim.log", "ab") as log, self._lock:
+            if self._stopped:
+                raise DevHubError("stopped while starting")
+            self.sim_proc = lifeline.popen(
+                [sys.executable, "-m", "binderhub_guard.kubesim", "--port", "0", "--tls"]
+                + ["--kubeconfig", kubeconfig, "--namespace", self.namespace]
+                + self.sim_args,
+                cwd=self.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                start_new_session=True,
+            )
         line = self.sim_proc.stdout.readline()
         if not line.startswith("ready "):
             log = (self.workdir / "kubesim.log").read_text()[-2000:]
@@ -351,6 +420,8 @@ class DevHub:
     def _wait_for_hub(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
+            if self._stopped:
+                raise DevHubError("stopped while starting")
             if self.hub_proc.poll() is not None:
                 raise DevHubError(
                     f"jupyterhub exited with status {self.hub_proc.returncode}:\n{self.log_tail()}"
@@ -371,31 +442,43 @@ class DevHub:
         except FileNotFoundError:
             return ""
 
-    def stop(self) -> None:
-        """Stop the hub (it stops its servers and the proxy), then the simulator."""
+    def stop(self, *, interrupted: bool = False) -> None:
+        """Stop the hub (it stops its services and the proxy, and on a cluster its servers),
+        whatever it started and left running, then the simulator. A DevHub stopped while
+        another thread starts it starts nothing more.
+
+        interrupted (Ctrl-C, SIGTERM): on the simulator, the hub gets a few seconds to shut
+        down instead of 30; on a cluster it still gets the time to stop its servers."""
+        with self._lock:
+            self._stopped = True
+        quick = interrupted and self.kubeconfig is None
         if self.hub_proc is not None:
-            stop_process_group(self.hub_proc, timeout=30)
-            self._stop_proxy_left_running()
+            self._stop_hub(INTERRUPTED_GRACE_SECONDS if quick else STOP_GRACE_SECONDS)
         if self.sim_proc is not None:
-            stop_process_group(self.sim_proc, timeout=5)
+            # interrupted, nothing the simulator holds is worth waiting for
+            stop_process_group(self.sim_proc, timeout=0 if quick else 5)
             self.sim_proc.stdout.close()
         if self.client is not None:
             self.client.close()
         if self._own_workdir and not os.environ.get("DEVHUB_KEEP_WORKDIR"):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _stop_proxy_left_running(self) -> None:
-        try:
-            proxy = psutil.Process(int((self.workdir / PROXY_PID_FILE).read_text()))
-            # the PID may have been reused since the proxy wrote it
-            if not any("configurable-http-proxy" in part for part in proxy.cmdline()):
-                return
-            proxy.terminate()
-            proxy.wait(5)
-        except psutil.TimeoutExpired:
-            proxy.kill()
-        except (OSError, ValueError, psutil.Error):
-            pass  # no PID file (a clean shutdown removes it), or the proxy is gone
+    def _stop_hub(self, grace: float) -> None:
+        # taken before the hub is asked to stop: once it has exited, what it started has
+        # another parent. Its lifeline should end each of them with the hub; this catches
+        # anything started otherwise.
+        started = []
+        if self.hub_proc.returncode is None:  # not reaped: its PID is still the hub's
+            with contextlib.suppress(psutil.Error):
+                started = psutil.Process(self.hub_proc.pid).children(recursive=True)
+        stop_process_group(self.hub_proc, timeout=grace)
+        for process in started:
+            with contextlib.suppress(psutil.Error):
+                process.kill()  # psutil checks that the PID is still the same process
+        # not until reaped: init reaps them, and may take its time (seconds, in a container)
+        deadline = time.monotonic() + 5
+        while any(map(_running, started)) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def api(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """Call the hub's REST API as the dev-client service."""
@@ -428,7 +511,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run a dev hub until Ctrl-C or SIGTERM, then stop everything it started."""
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     hub = DevHub(
         stock=args.stock,
         leaky=args.leaky,
@@ -438,11 +520,11 @@ def main(args: argparse.Namespace) -> int:
         token=args.api_token,
     )
     try:
-        hub.start()
-        print(f"ready {hub.api_url} hub-pid={hub.hub_pid}", flush=True)
-        if not args.api_token:
-            print(f"token {hub.token}", flush=True)
-        hub.hub_proc.wait()
+        with hub:
+            print(f"ready {hub.api_url} hub-pid={hub.hub_pid}", flush=True)
+            if not args.api_token:
+                print(f"token {hub.token}", flush=True)
+            hub.hub_proc.wait()
         print(f"jupyterhub exited with status {hub.hub_proc.returncode}", file=sys.stderr)
         return 1
     except DevHubError as e:
@@ -450,9 +532,3 @@ def main(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
-    finally:
-        hub.stop()
-
-
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt

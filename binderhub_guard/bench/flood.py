@@ -45,6 +45,8 @@ from typing import Any
 
 import psutil
 
+from . import lifeline
+
 FLOOD_SERVICE = "flood-culler"
 FLOOD_USER_PREFIX = "flood-"
 LAUNCH_USER_PREFIX = "launch-"
@@ -410,18 +412,18 @@ def run_flood(target: Target, args: argparse.Namespace, mode: str) -> tuple[Resu
         ctx = multiprocessing.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe(duplex=False)
         stop_observing = ctx.Event()
-        observer = ctx.Process(
-            target=_observe,
-            args=(
-                target.url,
-                target.observer_token or target.token,
-                launch_users,
-                t_idle,
-                stop_observing,
-                child_conn,
-            ),
+        # a daemon: an interrupted flood terminates it on its way out instead of waiting for it
+        run, run_args = lifeline.target(
+            _observe,
+            target.url,
+            target.observer_token or target.token,
+            launch_users,
+            t_idle,
+            stop_observing,
+            child_conn,
         )
-        observer.start()
+        observer = ctx.Process(target=run, args=run_args, daemon=True)
+        lifeline.start(observer)
 
     marks: dict[str, Any] = {}
 
@@ -528,10 +530,9 @@ class _BareServer:
     def __enter__(self) -> Target:
         ctx = multiprocessing.get_context("spawn")
         parent_conn, child_conn = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(
-            target=_serve_bare_429, args=(child_conn, self.xheaders), daemon=True
-        )
-        self.process.start()
+        run, run_args = lifeline.target(_serve_bare_429, child_conn, self.xheaders)
+        self.process = ctx.Process(target=run, args=run_args, daemon=True)
+        lifeline.start(self.process)
         if not parent_conn.poll(30):
             raise RuntimeError("the bare 429 server did not start")
         port = parent_conn.recv()
@@ -588,8 +589,8 @@ def _flood_dev_hub(stock: bool, args: argparse.Namespace, mode: str) -> Result:
     token = secrets.token_hex(16)
     name = "stock" if stock else "guarded"
     hub = DevHub(stock=stock, workdir=str(workdir), extra_config=_flood_config(token, workdir))
-    try:
-        hub.start()
+    # the guard logs its last summary at shutdown; an interrupted run does not wait for it
+    with hub:
         target = Target(
             name,
             hub.hub_url,
@@ -600,8 +601,6 @@ def _flood_dev_hub(stock: bool, args: argparse.Namespace, mode: str) -> Result:
         )
         target.observer_token = _generated_token(target)
         result, finish = run_flood(target, args, mode)
-    finally:
-        hub.stop()  # the guard logs its last summary at shutdown
     try:
         return finish()
     finally:

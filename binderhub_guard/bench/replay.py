@@ -42,7 +42,7 @@ from typing import Any
 import psutil
 import requests
 
-from .devhub import DevHub, DevHubError
+from .devhub import DevHub, DevHubError, stop_all
 from .hubclient import HubClient
 from .replay_load import Flood, Launch, Prober, Users, flood_targets
 
@@ -598,7 +598,6 @@ def main(args: argparse.Namespace) -> int:
     if args.minutes <= 0 or args.users < 1 or args.flood_rate <= 0:
         print("replay: --minutes, --users and --flood-rate must be positive", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     plot = _plotter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -617,6 +616,7 @@ def main(args: argparse.Namespace) -> int:
             workdir=str(workdir),
         )
     runs: dict[str, dict[str, Any]] = {}
+    interrupted = False
     try:
         print(f"replay: starting the {' and '.join(HUBS)} hubs", file=sys.stderr, flush=True)
         warmed = start_hubs(hubs, args.users)
@@ -634,6 +634,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"replay: [{name}] done, stopping its hub", file=sys.stderr, flush=True)
             _stop_and_keep_log(name, hubs[name], out)
     except KeyboardInterrupt:
+        interrupted = True
         print("replay: interrupted, stopping every hub", file=sys.stderr, flush=True)
         return 130
     except DevHubError as e:
@@ -641,8 +642,9 @@ def main(args: argparse.Namespace) -> int:
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
+        stop_all(list(hubs.values()), interrupted=interrupted)
         for name, hub in hubs.items():
-            _stop_and_keep_log(name, hub, out)
+            _keep_log(name, hub, out)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     summary = summarize(runs, timeline)
@@ -707,11 +709,12 @@ def start_hubs(hubs: dict[str, DevHub], users: int) -> dict[str, int]:
             while thread.is_alive():
                 thread.join(0.2)
     except KeyboardInterrupt:
-        # stop what has started so far, let the starters notice, stop what they started since
-        for hub in hubs.values():
-            hub.stop()
+        # stop what has started so far; a stopped hub starts nothing more, so the starters
+        # end at their next step (and their threads, daemons, with the process anyway)
+        stop_all(list(hubs.values()), interrupted=True)
+        deadline = time.monotonic() + 10
         for thread in threads:
-            thread.join(60)
+            thread.join(max(0.0, deadline - time.monotonic()))
         raise
     if errors:
         raise errors[0]
@@ -720,10 +723,11 @@ def start_hubs(hubs: dict[str, DevHub], users: int) -> dict[str, int]:
 
 def _stop_and_keep_log(name: str, hub: DevHub, out: Path) -> None:
     hub.stop()
+    _keep_log(name, hub, out)
+
+
+def _keep_log(name: str, hub: DevHub, out: Path) -> None:
     if hub.log_path.exists():
         (out / f"replay-{name}-hub.log").write_bytes(hub.log_path.read_bytes())
     shutil.rmtree(hub.workdir, ignore_errors=True)
 
-
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt

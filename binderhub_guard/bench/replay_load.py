@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from . import lifeline
 from .hubclient import HubClient
 
 FLOOD_USER_PREFIX = "gone-"
@@ -200,16 +201,15 @@ class Flood:
         self.answers, sender_end = context.Pipe(duplex=False)
         # the sender keeps wall-clock time, the same in every process
         start = time.time() + t0 + window[0] - time.monotonic()
-        self.process = context.Process(
-            target=_send_flood,
-            args=(url, token, rate, start, window[1] - window[0], sender_end),
-            daemon=True,
+        target, args = lifeline.target(
+            _send_flood, url, token, rate, start, window[1] - window[0], sender_end
         )
+        self.process = context.Process(target=target, args=args, daemon=True)
         self.rate = rate
         self.window = window
 
     def start(self) -> None:
-        self.process.start()
+        lifeline.start(self.process)
 
     def stop(self) -> None:
         if self.process.is_alive():

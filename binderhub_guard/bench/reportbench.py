@@ -87,10 +87,14 @@ def running_hub(**kwargs: Any) -> Iterator[DevHub]:
         except requests.Timeout:
             if attempt == 2:
                 raise
+    interrupted = False
     try:
         yield hub
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        hub.stop()
+        hub.stop(interrupted=interrupted)
 
 
 def ballast(count: int) -> list:

@@ -46,6 +46,7 @@ from typing import Any
 import psutil
 import requests
 
+from . import lifeline
 from .devhub import DevHub
 from .every import Every
 from .hubclient import HubClient
@@ -349,7 +350,8 @@ def run_cycles(
             ran += 1
         return failed, ran
 
-    with ThreadPoolExecutor(max_workers=users) as pool:
+    pool = ThreadPoolExecutor(max_workers=users)
+    try:
         while done < cycles and time.monotonic() < deadline:
             batch = min(sample_every, cycles - done)
             shares = [batch // users + (i < batch % users) for i in range(users)]
@@ -360,6 +362,9 @@ def run_cycles(
             time.sleep(settle_seconds)
             samples.append(gauges.sample(done, time.monotonic() - started, failures))
             on_sample(samples[-1])
+    finally:
+        # on Ctrl-C, not waiting for the cycles in flight: they fail once the hub is stopped
+        pool.shutdown(wait=False, cancel_futures=True)
     return samples
 
 
@@ -865,7 +870,7 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
     # the simulator in its own process: its CPU (and the noise of it) is not the spawner's.
     # Over TLS under its own CA, as a cluster: each API client the spawners and their watches
     # make loads that one certificate, not the system's trust store (~50 ms of CPU apiece)
-    sim = subprocess.Popen(
+    sim = lifeline.popen(
         [sys.executable, "-m", "binderhub_guard.kubesim", "--port", "0", "--tls"]
         + ["--kubeconfig", kubeconfig],
         stdin=subprocess.DEVNULL,

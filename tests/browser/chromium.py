@@ -42,7 +42,7 @@ class Chromium:
     The driver records the JSON bodies of GET `report_path` and any dialog a page opens.
     """
 
-    def __init__(self, report_path: str, timeout: float = 30) -> None:
+    def __init__(self, report_path: str, timeout: float = 60) -> None:
         self.timeout = timeout
         env = {
             **os.environ,
@@ -71,12 +71,14 @@ class Chromium:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def __call__(self, cmd: str, context: str = "admin", timeout: float | None = None, **args):
+    def __call__(self, cmd: str, context: str = "admin", **args):
+        """Run `cmd` in the driver; a `timeout` argument (ms) goes to the driver (wait_for), and
+        the answer is awaited that long plus the browser's own timeout."""
         self.ids += 1
         self.proc.stdin.write(json.dumps({"id": self.ids, "cmd": cmd, "context": context, **args}))
         self.proc.stdin.write("\n")
         self.proc.stdin.flush()
-        answer = self._read(cmd, timeout)
+        answer = self._read(cmd, args.get("timeout", 0) / 1000 + self.timeout)
         if not answer["ok"]:
             raise BrowserError(answer["error"])
         return answer.get("value")

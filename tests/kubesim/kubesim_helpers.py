@@ -26,7 +26,7 @@ def pod_manifest(name: str, port: int = 8888, **labels: str) -> dict:
     }
 
 
-async def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
+async def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "") -> None:
     """Poll condition() until truthy; fail the test with `what` after timeout seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
