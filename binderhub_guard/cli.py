@@ -24,6 +24,10 @@ SUBCOMMANDS = {
     "check": ("binderhub_guard.check", "the hub start-up self-check, without a hub"),
     "report-bench": ("binderhub_guard.bench.reportbench", "guard report latency and stalls"),
     "replay": ("binderhub_guard.bench.replay", "the 2018 outage re-enacted, stock vs guarded"),
+    "differential": (
+        "binderhub_guard.bench.differential",
+        "stock and guarded hubs in lockstep through random steps: any other answer is a bug",
+    ),
     "latency": ("binderhub_guard.bench.latency", "normal calls: stock vs guarded latency"),
 }
 
