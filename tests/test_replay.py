@@ -186,7 +186,8 @@ def test_ctrl_c_mid_run_leaves_no_process_or_port_behind(tmp_path):
         ports = _listening_ports(children)
         assert len(children) >= 5 and ports  # simulators, hubs, proxies, culler, flood
         os.kill(replay.pid, signal.SIGINT)
-        assert replay.wait(timeout=90) == 130
+        status = replay.wait(timeout=90)
+        assert status == 130, replay.stderr.read().decode(errors="replace")[-3000:]
     finally:
         if replay.poll() is None:
             replay.kill()
