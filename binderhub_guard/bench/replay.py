@@ -730,4 +730,3 @@ def _keep_log(name: str, hub: DevHub, out: Path) -> None:
     if hub.log_path.exists():
         (out / f"replay-{name}-hub.log").write_bytes(hub.log_path.read_bytes())
     shutil.rmtree(hub.workdir, ignore_errors=True)
-
