@@ -140,8 +140,9 @@ def test_leak_verdicts():
     assert _verdicts(_stock(), _guarded(left=3))["leak"]["verdict"] == NOT_HELD
     # stock left nothing behind either: the run did not show the leak
     assert _verdicts(_stock(left=0), _guarded())["leak"]["verdict"] == INCONCLUSIVE
-    # the guarded hub made no count after its users left (a stalled hub)
+    # a hub made no count after its users left (stalled)
     assert _verdicts(_stock(), _guarded(left=None))["leak"]["verdict"] == INCONCLUSIVE
+    assert _verdicts(_stock(left=None), _guarded())["leak"]["verdict"] == INCONCLUSIVE
     # a few reflectors short of the servers still running is none left behind
     assert _verdicts(_stock(), _guarded(left=-1))["leak"]["verdict"] == HELD
     # reflectors of servers a slow hub still lists (stopping, or a start not yet cancelled)

@@ -693,9 +693,12 @@ def leak_verdict(
         hub = summary[name]
         launches = len(runs[name]["launches"]) + runs[name]["warm_up"]["launches"]
         rss = hub["end"]["rss_mib"] - hub["start"]["rss_mib"]
-        count = "no count in time" if left[name] is None else f"{max(0, left[name])} reflectors"
+        if left[name] is None:
+            count = "no reflector count in time (hub stalled),"
+        else:
+            count = f"{max(0, left[name])} reflectors left behind by"
         return (
-            f"{count} left behind by {launches} launches"
+            f"{count} {launches} launches"
             f" (watches {hub['start']['watch_connections']}->{hub['end']['watch_connections']}),"
             f" RSS {rss:+.0f} MiB"
         )
@@ -705,7 +708,9 @@ def leak_verdict(
         verdict, why = INCONCLUSIVE, "the guarded hub made no count of its reflectors in time"
     elif guarded > 0:
         verdict, why = NOT_HELD, f"the guarded hub left {guarded} reflectors behind"
-    elif stock is None or stock <= 0:
+    elif stock is None:
+        verdict, why = INCONCLUSIVE, "stock made no reflector count in time: no leak shown"
+    elif stock <= 0:
         verdict, why = INCONCLUSIVE, "stock left none behind either: no leak shown in this run"
     else:
         verdict, why = HELD, f"the guarded hub left none behind, stock {stock}"
@@ -887,7 +892,11 @@ def main(args: argparse.Namespace) -> int:
         runs = run_hubs(hubs, replay)
         for name in HUBS:
             runs[name]["warm_up"] = {"launches": args.users, "ready": warmed[name]}
-        print("replay: timeline done, stopping the hubs", file=sys.stderr, flush=True)
+        print(
+            f"replay: timeline done after {time.monotonic() - started:.0f} s, stopping the hubs",
+            file=sys.stderr,
+            flush=True,
+        )
     except KeyboardInterrupt:
         print("replay: interrupted, stopping every hub", file=sys.stderr, flush=True)
         return 130
