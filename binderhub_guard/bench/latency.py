@@ -29,15 +29,17 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 import requests
 
-from . import lifeline
+from . import lifeline, stats
 from .devhub import DevHub, DevHubError, stop_all
 from .hubclient import HubClient
+from .stats import quantile
 
 ARMS = ("stock", "guarded")
 PROBE_USER = "admin"
@@ -133,42 +135,25 @@ def _probe(targets: list[Target], seconds: float, pairs_per_second: float, resul
 # --- statistics ---------------------------------------------------------------------------------
 
 
-def quantile(ordered: list[float], q: float) -> float:
-    """The q-th percentile of sorted values, interpolated between closest ranks."""
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def bootstrap(
     stock: list[float], guarded: list[float], resamples: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """Per quantile: each arm's value and 95 % interval, and the guarded/stock ratio's, from
     `resamples` resamplings of each arm."""
-    rng = random.Random(seed)
-    draws: dict[str, dict[float, list[float]]] = {
-        name: {q: [] for q in QUANTILES} for name in ("stock", "guarded", "ratio")
-    }
-    for _ in range(resamples):
-        a = sorted(rng.choices(stock, k=len(stock)))
-        b = sorted(rng.choices(guarded, k=len(guarded)))
+
+    def quantiles(arms: Mapping[str, list[float]]) -> dict[tuple[str, float], float]:
+        values = {}
         for q in QUANTILES:
-            qa, qb = quantile(a, q), quantile(b, q)
-            draws["stock"][q].append(qa)
-            draws["guarded"][q].append(qb)
-            draws["ratio"][q].append(qb / qa)
-    ordered = {"stock": sorted(stock), "guarded": sorted(guarded)}
-    figures: dict[str, Any] = {}
-    for name, by_q in draws.items():
-        figures[name] = {}
-        for q, values in by_q.items():
-            values.sort()
-            if name == "ratio":
-                point = quantile(ordered["guarded"], q) / quantile(ordered["stock"], q)
-            else:
-                point = quantile(ordered[name], q)
-            figures[name][q] = (point, quantile(values, 2.5), quantile(values, 97.5))
+            qa, qb = quantile(arms["stock"], q), quantile(arms["guarded"], q)
+            values["stock", q], values["guarded", q], values["ratio", q] = qa, qb, qb / qa
+        return values
+
+    intervals = stats.bootstrap(
+        {"stock": stock, "guarded": guarded}, quantiles, resamples=resamples, seed=seed
+    )
+    figures: dict[str, Any] = {name: {} for name in ("stock", "guarded", "ratio")}
+    for (name, q), interval in intervals.items():
+        figures[name][q] = interval
     return figures
 
 

@@ -22,7 +22,11 @@ FLOOD_USER_PREFIX = "gone-"
 # the 2018 culler stopped the same few servers again and again
 FLOOD_TARGETS = 20
 PROBE_USER = "admin"
-PROBES_PER_SECOND = 5
+# per hub: a window of the timeline (11 s by default) gets about 280 calls, so that its p99
+# rests on a few calls rather than on the single slowest one; the probe adds to the load of
+# hubs that run side by side on the same machine, so not more
+PROBES_PER_SECOND = 25
+PROBE_TIMEOUT_SECONDS = 10
 # a user gives up on a launch not ready after this long (the browser's spinner, in 2018)
 GIVE_UP_SECONDS = 15.0
 HOLD_SECONDS = 1.0
@@ -138,55 +142,106 @@ def _stopped(model: dict[str, Any] | None) -> bool:
 
 class Prober:
     """A normal API call (GET /users/NAME, what the admin page and the culler do), sent
-    open-loop PROBES_PER_SECOND times a second, each in its own thread, so a stalled hub
-    cannot hide its stall by slowing the probe down."""
+    open-loop PROBES_PER_SECOND times a second to each hub, from a process of its own (in this
+    one it would compete with the users for the GIL, and its threads with the hubs' own
+    timeline), with an asyncio client: a stalled hub cannot hide its stall by slowing the
+    probe down, and both hubs are probed at the same moments, so that what the machine does
+    to one, it does to the other. Calls are recorded by the second they were due in.
 
-    def __init__(self, client: HubClient, t0: float, end: float) -> None:
-        self.client = client
-        self.t0 = t0
-        self.end = end
-        self.calls: list[tuple[float, float, bool]] = []  # (sent at, seconds, answered ok)
-        self.outstanding: dict[int, float] = {}  # call number -> sent at
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+    `targets`: hub name -> (URL, token); a token the hub generated (one hash round to check,
+    where a token from config takes 16,384: most of what would be measured)."""
 
-    def start(self) -> None:
-        self.thread.start()
+    def __init__(self, targets: dict[str, tuple[str, str]], seconds: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipe, child_end = context.Pipe()
+        target, args = lifeline.target(_send_probes, targets, seconds, child_end)
+        self.process = context.Process(target=target, args=args, daemon=True)
+
+    def start(self, timeout: float = 60) -> None:
+        """Start the probe process and wait until it is ready to send (spawning a process
+        takes seconds on a loaded machine); `begin` then sets its clock going."""
+        lifeline.start(self.process)
+        if not self.pipe.poll(timeout):
+            raise TimeoutError(f"the probe process was not ready within {timeout} s")
+        self.pipe.recv()
+
+    def begin(self, t0: float) -> None:
+        """The first calls are due at `t0` (this process's monotonic clock)."""
+        self.pipe.send(time.time() + t0 - time.monotonic())
+
+    def calls(self, wait: float) -> dict[str, list[tuple[float, float, bool]]]:
+        """(due at, seconds, answered ok) of every call, by hub; {} if the probe process
+        died (its traceback is on stderr) or did not answer within `wait` seconds."""
+        try:
+            if self.pipe.poll(wait):
+                return self.pipe.recv()
+        except EOFError:
+            pass
+        return {}
 
     def stop(self) -> None:
-        """No more calls; those sent go on until answered or timed out."""
-        self.stopping.set()
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(5)
 
-    def close(self) -> None:
-        """Stop, and count calls still unanswered as failed."""
-        self.stopping.set()
-        waited = time.monotonic() - self.t0
-        with self.lock:
-            # still unanswered: failed, after at least the time waited so far
-            self.calls.extend((sent, waited - sent, False) for sent in self.outstanding.values())
-            self.outstanding.clear()
 
-    def _run(self) -> None:
+def _send_probes(targets: dict[str, tuple[str, str]], seconds: float, pipe: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the replay stops this process itself
+    import aiohttp  # noqa: F401  (imported before saying ready)
+
+    pipe.send("ready")
+    start = pipe.recv()  # wall-clock time, the same in every process
+    pipe.send(asyncio.run(_probe(targets, start, start + seconds)))
+
+
+async def _probe(
+    targets: dict[str, tuple[str, str]], start: float, end: float
+) -> dict[str, list[tuple[float, float, bool]]]:
+    import aiohttp
+
+    calls: dict[str, list[tuple[float, float, bool]]] = {name: [] for name in targets}
+    outstanding: dict[asyncio.Task, tuple[str, float, float]] = {}
+    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_SECONDS)
+    sessions = {
+        name: aiohttp.ClientSession(
+            headers={"Authorization": f"token {token}"},
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=timeout,
+        )
+        for name, (_, token) in targets.items()
+    }
+
+    async def call(name: str, due: float) -> None:
+        sent = time.monotonic()
+        try:
+            async with sessions[name].get(urls[name]) as reply:
+                await reply.read()
+                ok = reply.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            ok = False
+        calls[name].append((due, time.monotonic() - sent, ok))
+
+    urls = {name: f"{url}/hub/api/users/{PROBE_USER}" for name, (url, _) in targets.items()}
+    try:
         for n in itertools.count():
             due = n / PROBES_PER_SECOND
-            if due >= self.end:
-                return
-            if self.stopping.wait(max(0.0, due - (time.monotonic() - self.t0))):
-                return
-            with self.lock:
-                self.outstanding[n] = due
-            threading.Thread(target=self._call, args=(n, due), daemon=True).start()
-
-    def _call(self, n: int, sent: float) -> None:
-        started = time.monotonic()
-        try:
-            ok = self.client.api("GET", f"/users/{PROBE_USER}", timeout=10).ok
-        except requests.RequestException:
-            ok = False
-        with self.lock:
-            if self.outstanding.pop(n, None) is not None:
-                self.calls.append((sent, time.monotonic() - started, ok))
+            if start + due >= end:
+                break
+            await asyncio.sleep(max(0.0, start + due - time.time()))
+            for name in targets:
+                task = asyncio.ensure_future(call(name, due))
+                outstanding[task] = (name, due, time.monotonic())
+                task.add_done_callback(outstanding.pop)
+        # the last calls get their time to answer (or to time out)
+        if outstanding:
+            await asyncio.wait(list(outstanding), timeout=PROBE_TIMEOUT_SECONDS + 1)
+        for task, (name, due, sent) in list(outstanding.items()):
+            task.cancel()
+            calls[name].append((due, time.monotonic() - sent, False))
+    finally:
+        for session in sessions.values():
+            await session.close()
+    return {name: sorted(values) for name, values in calls.items()}
 
 
 class Flood:
