@@ -80,15 +80,13 @@ def test_replay_prints_a_table_and_a_verdict_per_failure_mode(replay):
     # each verdict tells the run's own figures
     for name in ("stock", "guarded"):
         flood = result["hubs"][name]["flood"]
-        said = (
-            f"{flood['answered']} of {flood['sent']} stops answered, {flood['throttled']} throttled"
-        )
+        said = f"{flood['answered']}/{flood['sent']} stops answered, {flood['throttled']} throttled"
         assert result["verdicts"][1][name].startswith(said), (name, result["verdicts"][1])
     assert result["verdicts"][2]["stock"] == "no view (GET /hub/api/guard: 404)"
     assert format_verdicts(result["verdicts"]) in stdout
-    # the exit status says whether every guard held (the flood's verdict compares latencies,
-    # which a loaded machine may tip either way: that is the benchmark's call, not this test's)
-    assert done.returncode == (0 if all(v["held"] for v in result["verdicts"]) else 1), stdout
+    # the exit status says whether a guard did not hold (inconclusive is not a failure)
+    failed = any(v["verdict"] == "did not hold" for v in result["verdicts"])
+    assert done.returncode == (1 if failed else 0), stdout
     timeline = Timeline(**{k: tuple(v) if isinstance(v, list) else v
                            for k, v in result["timeline"].items()})  # fmt: skip
     assert format_table(result["summary"], timeline) in stdout
