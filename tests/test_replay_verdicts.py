@@ -162,10 +162,17 @@ def test_blindness_verdicts():
 def test_verdict_lines_fit_a_terminal_and_survive_json():
     import json
 
-    runs = {"stock": _stock(middle_ms=400), "guarded": _guarded(middle_ms=60)}
-    found = verdicts(runs, _summary(runs))
-    assert json.loads(json.dumps(found)) == found  # what the end-to-end test compares
-    text = format_verdicts(found)
-    assert max(len(line) for line in text.splitlines()) <= 100, text
-    for verdict in found:
-        assert f"{verdict['mode']}: {verdict['verdict']}" in text
+    cases = [
+        (_stock(middle_ms=400), _guarded(middle_ms=60)),  # held
+        (_stock(middle_ms=100), _guarded(middle_ms=100)),  # held on the counts, noise
+        (_stock(left=None), _guarded(middle_ms=100, throttled=3, left=None)),  # inconclusive
+        (_stock(), _guarded(answered=1000, throttled=100, left=3, report=False)),  # failed
+    ]
+    for stock, guarded in cases:
+        runs = {"stock": stock, "guarded": guarded}
+        found = verdicts(runs, _summary(runs))
+        assert json.loads(json.dumps(found)) == found  # what the end-to-end test compares
+        text = format_verdicts(found)
+        assert max(len(line) for line in text.splitlines()) <= 100, text
+        for verdict in found:
+            assert f"{verdict['mode']}: {verdict['verdict']}" in text

@@ -774,7 +774,7 @@ def flood_verdict(
     took_it = answers >= MIN_FLOOD_ANSWERS and throttled
     stock_answered = stock["answered"] > 0 and stock["throttled"] == 0
     ratio = "no calls to compare" if rise is None else f"{_interval(rise['ratio'])}"
-    rises = f"guarded p99 rise / stock's {ratio}"
+    rises = f"p99 rise guarded/stock {ratio}"
     if answers >= MIN_FLOOD_ANSWERS and not throttled:
         verdict = NOT_HELD
         why = f"the guard passed {guarded['answered']} of {answers} flood stops to JupyterHub"
@@ -783,9 +783,9 @@ def flood_verdict(
     elif rise is not None and rise["ratio"][2] < 1:
         verdict, why = HELD, f"{rises}: significantly smaller"
     elif took_it and stock_answered:
-        verdict, why = HELD, f"guard throttled the flood, stock answered it; {rises}: noise"
+        verdict, why = HELD, f"guard throttled, stock answered; {rises} (noise)"
     else:
-        verdict, why = INCONCLUSIVE, f"too few flood stops answered to tell; {rises}"
+        verdict, why = INCONCLUSIVE, f"too few stops answered; {rises}"
     return _verdict("flood", verdict, why, describe("stock"), describe("guarded"), p99_rise=rise)
 
 
