@@ -68,9 +68,14 @@ def _reflector_is_live(reflector: ResourceReflector) -> bool:
 
 
 def _reflector_has_failed(reflector: ResourceReflector) -> bool:
-    # kubespawner leaves a reflector whose watch gave up in its dict, cache frozen (PR #938)
-    task = reflector.watch_task
-    return not reflector._stopping and task is not None and task.done()
+    # kubespawner leaves a reflector whose watch gave up in its dict, cache frozen (PR #938),
+    # and one whose first list failed, handing its error on to every later spawn
+    if reflector._stopping:
+        return False
+    if reflector.watch_task is None:
+        load = reflector.first_load_future
+        return load.done() and (load.cancelled() or load.exception() is not None)
+    return reflector.watch_task.done()
 
 
 async def _stop_reflector(reflector: ResourceReflector) -> None:
@@ -618,6 +623,14 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
         if self._spawn is not None:
             self.ledger.end_spawn(self._spawn, reason)
 
+    async def _start_shared_reflector(self, kind, reflector_class, replace, **kwargs):
+        reflector = await super()._start_reflector(kind, reflector_class, replace=replace, **kwargs)
+        if reflector.parent is self:
+            reflector.parent = _long_lived_parent(self)
+            if reflector.on_failure is not None:
+                reflector.on_failure = _halt_hub(self._get_reflector_key(kind), self.log)
+        return reflector
+
     async def _start_reflector(self, kind, reflector_class, replace=False, **kwargs):
         owner = current_owner.get()
         failed = self.__class__.reflectors.get(self._get_reflector_key(kind))
@@ -628,13 +641,13 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
             replace = True
         # shared reflectors (and their watch tasks, for ever) belong to no spawn
         with self.ledger.activate(SHARED):
-            reflector = await super()._start_reflector(
-                kind, reflector_class, replace=replace, **kwargs
+            starting = asyncio.ensure_future(
+                self._start_shared_reflector(kind, reflector_class, replace, **kwargs)
             )
-        if reflector.parent is self:
-            reflector.parent = _long_lived_parent(self)
-            if reflector.on_failure is not None:
-                reflector.on_failure = _halt_hub(self._get_reflector_key(kind), self.log)
+        # kubespawner registers a shared reflector before its first list: a spawn cancelled
+        # meanwhile (a stop while pending) would leave it registered, never watching, and
+        # every later spawn waiting for its first load until start_timeout
+        reflector = await asyncio.shield(starting)
         self.ledger.hold(
             owner if isinstance(owner, Spawn) else None,
             REFLECTOR,

@@ -8,6 +8,7 @@ closed watch within about a second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import weakref
 
@@ -255,3 +256,22 @@ async def test_a_profile_namespace_adds_shared_reflectors_held_only_while_its_sp
     await maybe_future(spawner.run_post_stop_hook())  # as jupyterhub calls it
     # kubespawner keeps it for the hub's lifetime; the ledger shows nobody needs it
     assert holding()["holders"] == 0 and holding()["live"]
+
+
+async def test_a_spawn_cancelled_while_starting_the_shared_reflectors_leaves_them_watching(sim):
+    """kubespawner registers a shared reflector before its first list; a spawn cancelled during
+    that list (a stop while pending, right after a hub restart) leaves plain KubeSpawner's
+    reflectors registered, never watching, and every later spawn waiting on their first load
+    until start_timeout. Found by the stock-vs-guarded differential run."""
+    sim.faults.latency_seconds = 0.5  # the first list takes long enough to be cancelled in
+    first = make_spawner(GuardedKubeSpawner, sim)
+    starting = asyncio.ensure_future(first.start())
+    await until(lambda: KubeSpawner.reflectors, what="the shared reflectors registered")
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    sim.faults.latency_seconds = 0
+    second = make_spawner(GuardedKubeSpawner, sim)
+    await within(second.start(), "a start after the cancelled one")
+    assert all(r.watch_task is not None for r in KubeSpawner.reflectors.values())
+    await second.stop()
