@@ -376,7 +376,7 @@ class StopGuard(LoggingConfigurable):
 
     # --- summary logging ---------------------------------------------------------------------
 
-    def summary_lines(self, now: float) -> list[str]:
+    def summary_lines(self) -> list[str]:
         """One line per caller held back since the last summary; starts a new interval."""
         lines = []
         for caller, summary in sorted(self._summaries.items()):
@@ -401,7 +401,7 @@ class StopGuard(LoggingConfigurable):
 
     def log_summary(self, now: float) -> None:
         self.sweep(now)
-        for line in self.summary_lines(now):
+        for line in self.summary_lines():
             self.log.warning(line)
 
     # --- internals ---------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def test_dry_run_never_throttles_but_counts():
     assert g.decide("k1", "alice/", 1, state()).verdict is Verdict.DRY_RUN
     assert g.admit("service:culler", "bob/", NOT_RUNNING, 1).verdict is Verdict.DRY_RUN
     assert g.totals() == {"pass": 1, "throttle": 0, "dry-run": 2}
-    [line] = g.summary_lines(2)
+    [line] = g.summary_lines()
     assert "would have throttled 2 (dry run)" in line
 
 
@@ -223,11 +223,11 @@ def test_one_summary_line_per_caller_per_interval():
     for i in range(1000):
         g.decide("k1", "a/", 1 + i * 0.01, state())
         g.decide("k2", "b/", 1 + i * 0.01, state())
-    lines = g.summary_lines(30)
+    lines = g.summary_lines()
     assert len(lines) == 2
     assert "throttled 1000 stops of not-running servers from 'service:culler'" in lines[0]
     assert "1 servers ('a/')" in lines[0]
-    assert g.summary_lines(60) == []
+    assert g.summary_lines() == []
 
 
 def test_names_in_summary_lines_cannot_forge_log_lines():
@@ -235,7 +235,7 @@ def test_names_in_summary_lines_cannot_forge_log_lines():
     target = "mallory/x\nStopGuard: all is well"
     first_stop(g, target=target)
     g.decide("k1", target, 1, state())
-    [line] = g.summary_lines(2)
+    [line] = g.summary_lines()
     assert "\n" not in line
     assert loggable(target) in line and "x\\nStopGuard" in line
 
