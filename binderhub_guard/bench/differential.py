@@ -18,6 +18,13 @@ waited (201/202 for a start, 202/204 for a stop) count as the same: the settled 
 instead. A token revoked through the API must get stock's 403 at once (as the README says); one
 that expired on its own may get 429 where stock says 403, counted apart (the README documents it).
 
+Only the stop guard differs by default: the stock hub loads none of the guard's snippets but
+spawns through the same GuardedKubeSpawner, so that a spawner difference is not taken for the
+stop guard's. (Plain KubeSpawner 7.1 leaves a shared reflector registered but never watching
+when the spawn that started it is cancelled, as a stop while pending after a restart does; every
+later spawn of that stock hub then fails, which says nothing about stops.) `--stock-spawner
+kubespawner` compares with plain KubeSpawner instead.
+
 The short run in the test suite and this command use the same machine.
 """
 
@@ -219,14 +226,23 @@ class Side:
         return found
 
 
+# what the stock hub spawns with: the same spawner as the guarded one (only the stop guard
+# differs), or plain KubeSpawner
+STOCK_SPAWNERS = {
+    "guarded": 'c.JupyterHub.spawner_class = "guarded-kubespawner"\n',
+    "kubespawner": "",
+}
+
+
 class HubPair:
     """A stock and a guarded DevHub, started and stopped together."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, stock_spawner: str = "guarded") -> None:
         self.hubs = {
             side: DevHub(
                 stock=side == "stock",
-                extra_config=PAIR_CONFIG,
+                extra_config=PAIR_CONFIG
+                + (STOCK_SPAWNERS[stock_spawner] if side == "stock" else ""),
                 workdir=str(workdir / side) if workdir else None,
             )
             for side in SIDES
@@ -688,6 +704,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="after a counterexample, go on with the next seed until --steps have run",
     )
+    parser.add_argument(
+        "--stock-spawner",
+        choices=sorted(STOCK_SPAWNERS),
+        default="guarded",
+        help="the stock hub's spawner: guarded (the same as the guarded hub's, so that only the"
+        " stop guard differs) or kubespawner (plain KubeSpawner: spawner differences show too)",
+    )
     parser.add_argument("--workdir", help="keep the hubs' files here (default: a temporary dir)")
 
 
@@ -707,8 +730,13 @@ def main(args: argparse.Namespace) -> int:
     machine: type[DifferentialMachine] | None = None
     interrupted = False
     try:
-        with HubPair(Path(args.workdir) if args.workdir else None) as pair:
-            print(f"stock {pair.hubs['stock'].url}, guarded {pair.hubs['guarded'].url}", flush=True)
+        workdir = Path(args.workdir) if args.workdir else None
+        with HubPair(workdir, stock_spawner=args.stock_spawner) as pair:
+            print(
+                f"stock {pair.hubs['stock'].url} ({args.stock_spawner} spawner),"
+                f" guarded {pair.hubs['guarded'].url}",
+                flush=True,
+            )
             machine = DifferentialMachine.bind(pair)
             # runs of a fixed size, seeds counting up from the first: replayable from it
             examples = max(1, math.ceil(min(args.steps, 300) / args.steps_per_example))
