@@ -50,8 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     command = next((arg for arg in argv if arg in SUBCOMMANDS), None)
     args = build_parser(command).parse_args(argv)
     # SIGTERM stops a command as Ctrl-C does, through its cleanup: the default action would
-    # end the process on the spot, and leave what it started to the lifelines alone
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # end the process on the spot, and leave what it started to the lifelines alone. SIGINT is
+    # set too: a command started in the background by a non-interactive shell (`cmd &` in a
+    # script, as CI does) inherits SIGINT ignored, and Python keeps it ignored
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_keyboard_interrupt)
     return args.run(args)
 
 

@@ -175,7 +175,11 @@ def test_the_plot_is_a_png_of_the_expected_size(replay):
 
 def test_ctrl_c_mid_run_leaves_no_process_or_port_behind(tmp_path):
     replay = subprocess.Popen(
-        replay_command(tmp_path / "out", users=2), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        replay_command(tmp_path / "out", users=2),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        # as a background job of a script (CI's) starts it: Ctrl-C must stop it all the same
+        preexec_fn=_ignore_sigint,
     )
     try:
         running = _wait_for_line(replay, "[stock] steady load", timeout=180)
@@ -197,6 +201,10 @@ def test_ctrl_c_mid_run_leaves_no_process_or_port_behind(tmp_path):
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)  # nothing listens there any more
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _wait_for_line(process: subprocess.Popen, text: str, timeout: float) -> bool:
