@@ -42,6 +42,27 @@ def test_a_child_in_a_session_of_its_own_ends_when_its_parent_is_killed():
         parent.stdout.close()
 
 
+def test_a_child_of_a_background_job_can_be_interrupted():
+    # a script's background job (CI's) ignores SIGINT and SIGQUIT; its lab children must not,
+    # or jupyterhub's SIGINT to its managed services waits out its interrupt_timeout
+    dispositions = subprocess.run(
+        lifeline.wrap(
+            [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT).__name__,"
+             " signal.getsignal(signal.SIGQUIT) == signal.SIG_DFL)"]
+        ),
+        preexec_fn=_ignore_sigint_and_sigquit,
+        capture_output=True,
+        text=True,
+        check=True,
+    )  # fmt: skip
+    assert dispositions.stdout.split() == ["default_int_handler", "True"]
+
+
+def _ignore_sigint_and_sigquit() -> None:
+    for signum in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def test_a_child_started_from_a_thread_outlives_the_thread():
     # the kernel ties the parent-death signal to the thread that forked
     started: list[subprocess.Popen] = []
