@@ -12,7 +12,7 @@ read -r -a pins <<< "${PINS:-}"
 stamp="$venv/.bootstrap-$(cat pyproject.toml | sha1sum | cut -c1-12)-$(echo "${pins[*]:-}" | sha1sum | cut -c1-8)"
 if [ ! -e "$stamp" ]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e ".[test,bench]" "${pins[@]}"
+  "$venv/bin/python" -m pip install --quiet -e ".[test,lab]" "${pins[@]}"
   touch "$stamp"
 fi
 

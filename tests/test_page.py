@@ -21,7 +21,7 @@ from browser.chromium import Chromium, missing
 from tools import skip_missing_tool
 from waiting import eventually
 
-from binderhub_guard.bench.devhub import DevHub
+from binderhub_guard.lab.bench.devhub import DevHub
 
 pytestmark = pytest.mark.hub
 

@@ -3,7 +3,7 @@
 Each variant runs on its own dev hub on the simulator (or on a given hub by URL and token),
 with the guard's snippets loaded and only the spawner class changed: ``stock`` (KubeSpawner),
 ``guarded`` (GuardedKubeSpawner), ``leaky-stock`` and ``leaky-guarded`` (the 2018 per-spawn
-events reflector, replayed by ``binderhub_guard.testing.leaky``).  Cycles run in batches with
+events reflector, replayed by ``binderhub_guard.lab.leaky``).  Cycles run in batches with
 `--users` servers in parallel; after each batch every server is stopped and the hub is
 measured: RSS (the batch's peak, read every half second: the hub's MemoryTrim makes it a
 sawtooth that a single reading would sample anywhere), live reflectors and spawners,
@@ -151,8 +151,8 @@ def read_heap_gauge(hub_pid: int, workdir: str, timeout: float = 60) -> dict[str
 VARIANTS = {
     "stock": "kubespawner.KubeSpawner",
     "guarded": "binderhub_guard.spawner.GuardedKubeSpawner",
-    "leaky-stock": "binderhub_guard.testing.leaky.LeakyKubeSpawner",
-    "leaky-guarded": "binderhub_guard.testing.leaky.LeakyGuardedKubeSpawner",
+    "leaky-stock": "binderhub_guard.lab.leaky.LeakyKubeSpawner",
+    "leaky-guarded": "binderhub_guard.lab.leaky.LeakyGuardedKubeSpawner",
 }
 
 
@@ -794,7 +794,7 @@ async def _bookkeeping_micro(spawns: int = 2000, records: int = 10) -> dict[str,
     resources recorded with their origin, end and sweep; and the task factory per task."""
     import asyncio
 
-    from ..ledger import Ledger, install_task_tracking
+    from ...ledger import Ledger, install_task_tracking
 
     class Resource:
         pass
@@ -863,7 +863,7 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
     from kubespawner import KubeSpawner
     from traitlets.config import Config
 
-    from ..spawner import GuardedKubeSpawner
+    from ...spawner import GuardedKubeSpawner
 
     workdir = tempfile.mkdtemp(prefix="soak-overhead-")
     kubeconfig = str(Path(workdir) / "kubeconfig")
@@ -871,7 +871,7 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
     # Over TLS under its own CA, as a cluster: each API client the spawners and their watches
     # make loads that one certificate, not the system's trust store (~50 ms of CPU apiece)
     sim = lifeline.popen(
-        [sys.executable, "-m", "binderhub_guard.kubesim", "--port", "0", "--tls"]
+        [sys.executable, "-m", "binderhub_guard.lab.kubesim", "--port", "0", "--tls"]
         + ["--kubeconfig", kubeconfig],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
