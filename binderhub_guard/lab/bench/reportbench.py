@@ -33,13 +33,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import psutil
 import requests
 
 from ...report.guard_report import GuardReport
 from ...report.signals import rising_evidence
 from .devhub import ADMIN_USER, DevHub
 from .every import Every
+from .figures import cpu_seconds
 
 PARTS = ("stall", "latency", "concurrent", "leak")
 
@@ -674,8 +674,7 @@ def run_cycles(
 
 
 def hub_cpu_seconds(hub: DevHub) -> float:
-    times = psutil.Process(hub.hub_pid).cpu_times()
-    return times.user + times.system
+    return cpu_seconds(hub.hub_pid)
 
 
 def logged_signals(hub: DevHub) -> list[str]:

@@ -49,6 +49,7 @@ import requests
 from . import lifeline
 from .devhub import DevHub
 from .every import Every
+from .figures import cpu_seconds, dash, mib
 from .hubclient import HubClient
 from .probe import probe_config, read_probe
 
@@ -267,10 +268,7 @@ class HubGauges:
         )
 
     def _cpu_seconds(self) -> float | None:
-        if self.process is None:
-            return None
-        times = self.process.cpu_times()
-        return times.user + times.system
+        return None if self.process is None else cpu_seconds(self.process)
 
     def _api_connections(self) -> int | None:
         if self.process is None or self.api_port is None:
@@ -456,32 +454,24 @@ ROW = "{:>7} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>8} {:>10} 
 PYMALLOC_ARENA_BYTES = 2**20  # CPython 3.10+ on 64-bit Linux
 
 
-def _mib(value: int | None) -> str | None:
-    return None if value is None else f"{value / 2**20:.1f}"
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
 def print_sample(sample: Sample) -> None:
     print(
         ROW.format(
             sample.cycles,
             sample.seconds,
             sample.failures,
-            _fmt(_mib(sample.rss_bytes)),
-            _fmt(sample.reflectors),
-            _fmt(sample.spawners),
-            _fmt(sample.tasks),
-            _fmt(sample.api_connections),
-            _fmt(sample.client_sessions),
-            _fmt(sample.ledger_size),
-            _fmt(sample.orphans_live),
-            _fmt(sample.py_blocks),
-            _fmt(sample.pymalloc_arenas),
-            _fmt(_mib(sample.malloc_used_bytes)),
-            _fmt(_mib(sample.malloc_free_bytes)),
+            dash(mib(sample.rss_bytes)),
+            dash(sample.reflectors),
+            dash(sample.spawners),
+            dash(sample.tasks),
+            dash(sample.api_connections),
+            dash(sample.client_sessions),
+            dash(sample.ledger_size),
+            dash(sample.orphans_live),
+            dash(sample.py_blocks),
+            dash(sample.pymalloc_arenas),
+            dash(mib(sample.malloc_used_bytes)),
+            dash(mib(sample.malloc_free_bytes)),
         ),
         flush=True,
     )
@@ -489,12 +479,12 @@ def print_sample(sample: Sample) -> None:
 
 def _kib(result: dict[str, Any], key: str) -> str:
     per_cycle = result.get(f"{key}_bytes_per_cycle")
-    return _fmt(None if per_cycle is None else round(per_cycle / 1024, 2))
+    return dash(None if per_cycle is None else round(per_cycle / 1024, 2))
 
 
 def print_comparison(results: list[dict[str, Any]]) -> None:
     def span(result: dict, name: str) -> str:
-        return f"{_fmt(result[name + '_start'])}->{_fmt(result[name + '_end'])}"
+        return f"{dash(result[name + '_start'])}->{dash(result[name + '_end'])}"
 
     def span_k(result: dict, name: str) -> str:
         start, end = result[name + "_start"], result[name + "_end"]
@@ -504,7 +494,7 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
 
     rows = [
         ("cycles", lambda r: r["cycles"]),
-        ("cut by time budget", lambda r: _fmt(r["cut_short"])),
+        ("cut by time budget", lambda r: dash(r["cut_short"])),
         ("wall time, s", lambda r: r["wall_seconds"]),
         ("failed starts/stops", lambda r: r["failures"]),
         (
@@ -518,9 +508,9 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
         ("  of which malloc free (kept), KiB/cycle", lambda r: _kib(r, "malloc_free_slope")),
         (
             "Python heap blocks after warm-up, /cycle",
-            lambda r: _fmt(r["py_blocks_slope_per_cycle"]),
+            lambda r: dash(r["py_blocks_slope_per_cycle"]),
         ),
-        ("hub CPU, ms/cycle", lambda r: _fmt(r["hub_cpu_ms_per_cycle"])),
+        ("hub CPU, ms/cycle", lambda r: dash(r["hub_cpu_ms_per_cycle"])),
         ("watching ResourceReflectors", lambda r: span(r, "reflectors")),
         ("Spawner instances", lambda r: span(r, "spawners")),
         ("asyncio tasks", lambda r: span(r, "tasks")),
