@@ -20,6 +20,7 @@ from .._version import __version__
 from ..ledger import registry as ledger_registry
 from ..memtrim import MemoryTrim
 from ..report.handlers import default_handlers as report_handlers
+from ..scopes import ADMIN_SCOPE, READ_SCOPE
 from ..spawner import GuardedKubeSpawner
 from ..spawner import check_config as check_spawner_config
 from ..stopguard import StopGuard
@@ -27,8 +28,8 @@ from . import routes
 from .gate import StopGate
 from .routes import CapabilityError
 
-GUARD_READ_SCOPE = "custom:guard:read"
-GUARD_ADMIN_SCOPE = "custom:guard:admin"
+GUARD_READ_SCOPE = READ_SCOPE
+GUARD_ADMIN_SCOPE = ADMIN_SCOPE
 GUARD_SCOPES = {
     GUARD_READ_SCOPE: {
         "description": "Read the guard's report: leaks, stop-guard counters, heap views.",

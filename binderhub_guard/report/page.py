@@ -19,14 +19,13 @@ from jupyterhub.handlers import BaseHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
 
+from ..scopes import ADMIN_SCOPE, READ_SCOPE
 from . import signals
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 TEMPLATES_DIR = DATA_DIR / "templates"
 STATIC_DIR = DATA_DIR / "static"
 
-READ_SCOPE = "custom:guard:read"
-ADMIN_SCOPE = "custom:guard:admin"
 
 DEFAULT_REFRESH_SECONDS = 5
 MIN_REFRESH_SECONDS = 1

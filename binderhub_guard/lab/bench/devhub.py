@@ -44,6 +44,7 @@ import requests
 import yaml
 
 import binderhub_guard
+from binderhub_guard.scopes import ADMIN_SCOPE, READ_SCOPE
 
 from . import lifeline
 from .hubclient import HubClient
@@ -54,7 +55,7 @@ SNIPPETS_DIR = Path(binderhub_guard.__file__).resolve().parent / "data" / "jupyt
 
 CLIENT_SERVICE = "dev-client"
 CLIENT_SCOPES = ["admin:users", "admin:servers", "list:users", "read:users:activity"]
-GUARD_SCOPES = ["custom:guard:read", "custom:guard:admin"]
+GUARD_SCOPES = [READ_SCOPE, ADMIN_SCOPE]
 ADMIN_USER = "admin"
 
 LEAKY_SPAWNERS = {

@@ -38,11 +38,11 @@ from typing import Any
 import psutil
 import requests
 
+from .cycles import CYCLE_ERRORS, VARIANTS, cycle_server
 from .devhub import DevHub
 from .every import Every
 from .figures import cpu_seconds, dash
 from .hubclient import HubClient
-from .soak import CYCLE_ERRORS, VARIANTS, cycle_server
 
 Z2JH_CONCURRENT_SPAWN_LIMIT = 64
 BURST_PENDING_SECONDS = 25.0

@@ -44,33 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import requests
 
 from . import lifeline
+from .cycles import CYCLE_ERRORS, VARIANTS, cycle_server
 from .devhub import DevHub
 from .every import Every
 from .figures import cpu_seconds, dash, mib
 from .hubclient import HubClient
 from .probe import probe_config, read_probe
-
-# a hub that stops answering (the leak's end state) fails cycles; it does not end the run
-CYCLE_ERRORS = (RuntimeError, TimeoutError, requests.RequestException)
-
-
-def cycle_server(client: HubClient, name: str, count: int, timeout: float) -> tuple[int, int]:
-    """(failed starts, failed stops) of `count` start/stop cycles of one user's server."""
-    failed_starts = failed_stops = 0
-    for _ in range(count):
-        try:
-            client.start_server(name, timeout=timeout)
-        except CYCLE_ERRORS:
-            failed_starts += 1
-        try:
-            client.stop_server(name, timeout=timeout)
-        except CYCLE_ERRORS:
-            failed_stops += 1
-    return failed_starts, failed_stops
-
 
 HEAP_FILE = "heap.json"
 
@@ -145,16 +126,6 @@ def read_heap_gauge(hub_pid: int, workdir: str, timeout: float = 60) -> dict[str
             raise TimeoutError(f"hub {hub_pid} wrote no heap figures within {timeout}s")
         time.sleep(0.02)
     return json.loads(path.read_text())
-
-
-# spawner class of each variant; the rest of the hub (the guard's snippets, the report) is the
-# same in all four, so the figures differ by the spawner alone
-VARIANTS = {
-    "stock": "kubespawner.KubeSpawner",
-    "guarded": "binderhub_guard.spawner.GuardedKubeSpawner",
-    "leaky-stock": "binderhub_guard.lab.leaky.LeakyKubeSpawner",
-    "leaky-guarded": "binderhub_guard.lab.leaky.LeakyGuardedKubeSpawner",
-}
 
 
 @dataclass
