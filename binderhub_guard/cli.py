@@ -11,24 +11,24 @@ from typing import Any
 # name -> (module with add_arguments(parser) and main(args), one-line help); a module is
 # imported only when its command runs, so that `check` in a hub image loads none of the lab
 SUBCOMMANDS = {
-    "kubesim": ("binderhub_guard.kubesim.cli", "run the embedded Kubernetes API simulator"),
-    "dev-hub": ("binderhub_guard.bench.devhub", "run a real hub on the simulator"),
-    "demo": ("binderhub_guard.bench.demo", "spawn and stop servers through a dev hub"),
-    "soak": ("binderhub_guard.bench.soak", "spawn/stop cycles: leak figures, stock vs guarded"),
-    "flood": ("binderhub_guard.bench.flood", "stop flood: hub cost, stock vs guarded"),
+    "kubesim": ("binderhub_guard.lab.kubesim.cli", "run the embedded Kubernetes API simulator"),
+    "dev-hub": ("binderhub_guard.lab.bench.devhub", "run a real hub on the simulator"),
+    "demo": ("binderhub_guard.lab.bench.demo", "spawn and stop servers through a dev hub"),
+    "soak": ("binderhub_guard.lab.bench.soak", "spawn/stop cycles: leak figures, stock vs guarded"),
+    "flood": ("binderhub_guard.lab.bench.flood", "stop flood: hub cost, stock vs guarded"),
     "stop-memory": (
-        "binderhub_guard.bench.stopmemory",
+        "binderhub_guard.lab.bench.stopmemory",
         "stop guard memory under distinct long names, stock vs guarded",
     ),
     "report": ("binderhub_guard.report.cli", "print a hub's guard report"),
     "check": ("binderhub_guard.check", "the hub start-up self-check, without a hub"),
-    "report-bench": ("binderhub_guard.bench.reportbench", "guard report latency and stalls"),
-    "replay": ("binderhub_guard.bench.replay", "the 2018 outage re-enacted, stock vs guarded"),
+    "report-bench": ("binderhub_guard.lab.bench.reportbench", "guard report latency and stalls"),
+    "replay": ("binderhub_guard.lab.bench.replay", "the 2018 outage re-enacted, stock vs guarded"),
     "differential": (
-        "binderhub_guard.bench.differential",
+        "binderhub_guard.lab.bench.differential",
         "stock and guarded hubs in lockstep through random steps: any other answer is a bug",
     ),
-    "latency": ("binderhub_guard.bench.latency", "normal calls: stock vs guarded latency"),
+    "latency": ("binderhub_guard.lab.bench.latency", "normal calls: stock vs guarded latency"),
 }
 
 

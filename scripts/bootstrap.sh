@@ -15,7 +15,7 @@ if [ ! -e "$stamp" ]; then
   # per venv (the test command makes two); same resolution, same versions
   "$venv/bin/python" -m pip install --quiet uv
   UV_FIND_LINKS=${UV_FIND_LINKS:-${PIP_FIND_LINKS:-}} "$venv/bin/uv" pip install --quiet \
-    --native-tls --python "$venv/bin/python" -e ".[test,bench]" "${pins[@]}"
+    --native-tls --python "$venv/bin/python" -e ".[test,lab]" "${pins[@]}"
   touch "$stamp"
 fi
 

@@ -16,7 +16,7 @@ import pytest
 from artifacts import keep_logs
 from tools import MISSING_TOOL, in_ci
 
-from binderhub_guard.bench.devhub import DevHub
+from binderhub_guard.lab.bench.devhub import DevHub
 
 ROOT = Path(__file__).resolve().parent.parent
 

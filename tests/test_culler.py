@@ -15,7 +15,7 @@ import pytest
 import requests
 from waiting import eventually
 
-from binderhub_guard.bench.devhub import DevHub
+from binderhub_guard.lab.bench.devhub import DevHub
 
 pytestmark = pytest.mark.hub
 

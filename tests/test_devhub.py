@@ -16,8 +16,8 @@ import pytest
 import requests
 from waiting import read_line
 
-from binderhub_guard.bench import lifeline
-from binderhub_guard.bench.devhub import DevHub, DevHubError, ensure_port_free
+from binderhub_guard.lab.bench import lifeline
+from binderhub_guard.lab.bench.devhub import DevHub, DevHubError, ensure_port_free
 
 pytestmark = pytest.mark.hub
 
@@ -149,7 +149,7 @@ def test_a_stopped_dev_hub_leaves_no_process_its_managed_services_included() -> 
 def test_every_process_ends_when_the_owner_of_a_dev_hub_is_killed() -> None:
     owner = lifeline.popen(
         [sys.executable, "-c", "import sys, time;"
-         "from binderhub_guard.bench.devhub import DevHub;"
+         "from binderhub_guard.lab.bench.devhub import DevHub;"
          "DevHub(extra_config=sys.stdin.read()).start(); print('ready', flush=True);"
          "time.sleep(600)"],
         stdin=subprocess.PIPE,

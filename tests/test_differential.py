@@ -1,4 +1,4 @@
-"""Stock and guarded hubs in lockstep through random steps (binderhub_guard.bench.differential):
+"""Stock and guarded hubs in lockstep through random steps (binderhub_guard.lab.bench.differential):
 the guarded hub answers as stock does, except 429 for a repeated no-op stop."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from artifacts import keep_logs
 
-from binderhub_guard.bench.differential import DifferentialMachine, HubPair, run
+from binderhub_guard.lab.bench.differential import DifferentialMachine, HubPair, run
 
 pytestmark = pytest.mark.hub
 

@@ -18,7 +18,7 @@ import pytest
 from artifacts import keep_logs
 from waiting import eventually
 
-from binderhub_guard.bench.devhub import DevHub
+from binderhub_guard.lab.bench.devhub import DevHub
 
 pytestmark = pytest.mark.hub
 

@@ -15,8 +15,8 @@ import pytest
 import requests
 from waiting import eventually
 
-from binderhub_guard.bench.devhub import DevHub
-from binderhub_guard.bench.probe import probe_config, read_probe
+from binderhub_guard.lab.bench.devhub import DevHub
+from binderhub_guard.lab.bench.probe import probe_config, read_probe
 
 pytestmark = pytest.mark.hub
 

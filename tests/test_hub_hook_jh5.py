@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, time
     import jupyterhub
-    from binderhub_guard.bench.devhub import DevHub
+    from binderhub_guard.lab.bench.devhub import DevHub
 
     with DevHub(extra_config="c.JupyterHub.allow_named_servers = True\\n") as hub:
         client = hub.client

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from binderhub_guard.bench.latency import bootstrap, format_table, quantile, verdict
+from binderhub_guard.lab.bench.latency import bootstrap, format_table, quantile, verdict
 
 
 def test_quantile_interpolates_between_ranks():

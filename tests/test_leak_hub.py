@@ -18,8 +18,8 @@ import requests
 from artifacts import keep_logs
 from waiting import eventually
 
-from binderhub_guard.bench.devhub import DevHub
-from binderhub_guard.bench.probe import probe_config, read_probe
+from binderhub_guard.lab.bench.devhub import DevHub
+from binderhub_guard.lab.bench.probe import probe_config, read_probe
 
 pytestmark = pytest.mark.hub
 
@@ -212,9 +212,7 @@ def test_hub_shutdown_with_a_running_server_is_clean(workdir):
 
 def test_stock_base_leaks_one_watch_and_spawner_per_spawn(workdir):
     # the same hub as above but for the spawner: the leaky code on plain KubeSpawner
-    stock_spawner = (
-        "\nc.JupyterHub.spawner_class = 'binderhub_guard.testing.leaky.LeakyKubeSpawner'\n"
-    )
+    stock_spawner = "\nc.JupyterHub.spawner_class = 'binderhub_guard.lab.leaky.LeakyKubeSpawner'\n"
     with DevHub(workdir=workdir, extra_config=probe_config(workdir) + stock_spawner) as hub:
         hub.client.create_users(["leaker"])
         cycles = 3

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from binderhub_guard.bench import lifeline
+from binderhub_guard.lab.bench import lifeline
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_LEFTOVERS = ROOT / ".ci" / "no_leftovers.py"
@@ -25,7 +25,7 @@ def _gone(processes: list[psutil.Process]) -> bool:
 
 def test_a_child_in_a_session_of_its_own_ends_when_its_parent_is_killed():
     parent = subprocess.Popen(
-        [sys.executable, "-c", "from binderhub_guard.bench import lifeline; import time;"
+        [sys.executable, "-c", "from binderhub_guard.lab.bench import lifeline; import time;"
          " p = lifeline.popen(['sleep', '600'], start_new_session=True);"
          " print(p.pid, flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE,
@@ -81,7 +81,7 @@ def test_a_child_started_from_a_thread_outlives_the_thread():
 def test_a_multiprocessing_target_ends_when_its_parent_is_killed():
     parent = subprocess.Popen(
         [sys.executable, "-c", "import multiprocessing, os, time;"
-         "from binderhub_guard.bench import lifeline;"
+         "from binderhub_guard.lab.bench import lifeline;"
          "ctx = multiprocessing.get_context('spawn');"
          "run, args = lifeline.target(time.sleep, 600);"
          "p = ctx.Process(target=run, args=args, daemon=True); lifeline.start(p);"

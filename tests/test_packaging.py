@@ -22,7 +22,7 @@ def test_wheel_holds_code_package_data_and_entry_points(dist: Path) -> None:
     for snippet in SNIPPETS.glob("*.py"):
         assert f"binderhub_guard/data/jupyterhub_config.d/{snippet.name}" in names
     assert any(n.startswith("binderhub_guard/data/alerts/") for n in names)
-    assert "binderhub_guard/kubesim/server.py" in names
+    assert "binderhub_guard/lab/kubesim/server.py" in names
     assert not any(n.startswith("tests/") for n in names)
     assert "guarded-kubespawner = binderhub_guard.spawner:GuardedKubeSpawner" in entry_points_text
     assert "binderhub-guard = binderhub_guard.cli:main" in entry_points_text

@@ -21,7 +21,8 @@ from browser.chromium import Chromium, missing
 from tools import skip_missing_tool
 from waiting import eventually
 
-from binderhub_guard.bench.devhub import DevHub
+from binderhub_guard.lab.bench.devhub import DevHub
+from binderhub_guard.report import signals
 
 pytestmark = pytest.mark.hub
 
@@ -80,6 +81,9 @@ def test_page_extends_the_hubs_page_and_serves_its_assets_from_package_data(hub)
         html = session.get(page_url(hub), timeout=30).text
         assert 'id="jupyterhub-logo"' in html and 'id="login_widget"' in html
         assert f'data-api-url="{BASE_URL}hub/api/guard"' in html
+        # what each leak signal means, from the rules' registry
+        for name in signals.signal_names():
+            assert f'data-signal-kind="{name}"' in html, name
         assert re.search(rf'<a [^>]*href="{BASE_URL}hub/guard"[^>]*>Guard</a>', html)
         assets = re.findall(r'(?:src|href)="([^"]+)"', html)
         external = [a for a in assets if re.match(r"(https?:)?//", a)]

@@ -16,14 +16,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from binderhub_guard.bench.replay import (
+from binderhub_guard.lab.bench.replay import (
     SHARED_REFLECTORS,
     Timeline,
     format_table,
     format_verdicts,
 )
-from binderhub_guard.bench.replay_load import PROBES_PER_SECOND
-from binderhub_guard.bench.replay_plot import DPI, SIZE_INCHES
+from binderhub_guard.lab.bench.replay_load import PROBES_PER_SECOND
+from binderhub_guard.lab.bench.replay_plot import DPI, SIZE_INCHES
 
 # the module's replay runs up to 400 s before its first test
 pytestmark = [pytest.mark.hub, pytest.mark.timeout(900)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from binderhub_guard.bench.replay import (
+from binderhub_guard.lab.bench.replay import (
     HELD,
     INCONCLUSIVE,
     NOT_HELD,

@@ -11,12 +11,12 @@ import pytest
 import requests
 from waiting import eventually
 
-from binderhub_guard.bench.devhub import DevHub
+from binderhub_guard.lab.bench.devhub import DevHub
 from binderhub_guard.report.guard_report import GuardReport
 
 pytestmark = pytest.mark.hub
 
-LEAKY = "binderhub_guard.testing.leaky"
+LEAKY = "binderhub_guard.lab.leaky"
 FAST_REPORT = """
 c.GuardReport.sample_interval = 0.25
 c.JupyterHub.authenticate_prometheus = False

@@ -11,8 +11,8 @@ import pytest
 from jupyterhub.app import JupyterHub
 from traitlets import TraitError
 
-from binderhub_guard.bench.devhub import DevHub, DevHubError
 from binderhub_guard.hub import CapabilityError, check_config
+from binderhub_guard.lab.bench.devhub import DevHub, DevHubError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """The soak benchmark's slope: what issue 3's "RSS slope after warm-up" target is read from."""
 
-from binderhub_guard.bench.soak import Sample, slope_fit
+from binderhub_guard.lab.bench.soak import Sample, slope_fit
 
 
 def samples(rss_by_cycle: dict[int, int]) -> list[Sample]:

@@ -21,9 +21,9 @@ from traitlets import TraitError
 from traitlets.config import Config
 from waiting import until, within
 
-from binderhub_guard.kubesim.server import KubeSim
+from binderhub_guard.lab.kubesim.server import KubeSim
+from binderhub_guard.lab.leaky import LeakyGuardedKubeSpawner, LeakyKubeSpawner
 from binderhub_guard.spawner import GuardedKubeSpawner, check_config, progress_client_gone
-from binderhub_guard.testing.leaky import LeakyGuardedKubeSpawner, LeakyKubeSpawner
 
 NAMESPACE = "default"
 

@@ -1,7 +1,7 @@
 """Bounded waits: poll a condition until it holds, fail only if it never does.
 
 The deadlines are generous on purpose: on a loaded machine things take longer, and how long
-they take is the benchmarks' business (bench/), not the tests'. A test asserts that something
+they take is the benchmarks' business (lab/bench/), not the tests'. A test asserts that something
 happens (or has happened), never how fast.
 """
 

@@ -14,7 +14,7 @@ from traitlets import Dict, Float, Int, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from ..traitchecks import in_range
-from . import sources
+from . import signals, sources
 from .cached import CachedView, Served
 from .census import InstanceCensus, import_class
 from .heap import HeapScan, TracemallocView, scan_heap
@@ -101,14 +101,6 @@ class GuardReport(LoggingConfigurable):
         only while looking for a leak.""",
     ).tag(config=True)
 
-    growth_min_increase = Int(
-        5,
-        help="""Growth of a count outside resource_types (asyncio tasks, and any watched type
-        added), compared at equal load (same number of active servers), that raises
-        "count_rising". These counts move with requests in flight and kept-open
-        connections, so the bar is higher than for resource_types.""",
-    ).tag(config=True)
-
     leak_false_alarm_rate = Float(
         0.001,
         help="""Chance that "count_rising" (and "rss_per_spawn") finds a trend in a count
@@ -117,14 +109,6 @@ class GuardReport(LoggingConfigurable):
         Lower takes longer to flag a leak. Each sample evaluates the ring again and a signal
         must hold for signal_confirm_samples samples, so the rate of alarms per hour is not
         this: `binderhub-guard report-bench leak` measures it over clean cycles.""",
-    ).tag(config=True)
-
-    growth_noise_factor = Float(
-        2.0,
-        help="""A step of a resource_types count (see resource_min_increase) raises
-        "count_rising" only if it is also this many times the largest fall of the same count
-        between two visits to one load in the ring: a count that falls as well as rises is
-        noisy. A leaked object never goes away, so a leaking count does not fall.""",
     ).tag(config=True)
 
     resource_types = List(
@@ -150,35 +134,16 @@ class GuardReport(LoggingConfigurable):
         reflectors and API clients, which resource_types catch.""",
     ).tag(config=True)
 
-    resource_min_increase = Int(
-        4,
-        help="""Growth of a resource_types count, compared at equal load, that raises
-        "count_rising" (in one increase or several). Clean hubs moved these counts by 2 at
-        most between two moments of equal load (kubespawner's two shared reflectors each
-        holding a second Watch, and its client, while relisting), so 4 leaves a margin of 2.""",
-    ).tag(config=True)
-
-    recent_window = Int(
-        30,
-        help="""Samples during which newly found orphans keep "orphans_found" raised.""",
-    ).tag(config=True)
+    # each leak rule's own thresholds (growth_min_increase, resource_min_increase,
+    # growth_noise_factor, recent_window, rss_per_spawn_bytes, rss_min_spawns, and any rule
+    # added later), declared once with their rule in signals.RULES: a trait each, put in this
+    # class body's namespace so that traitlets sets them up as GuardReport's own
+    locals().update(signals.threshold_traits())
 
     signal_confirm_samples = Int(
         3,
         help="""Consecutive samples a leak signal must be raised at before it is reported
         (and logged, and counted in the metrics).""",
-    ).tag(config=True)
-
-    rss_per_spawn_bytes = Int(
-        512 * 1024,
-        help="""Resident-memory growth per successful spawn, across the ring, above which
-        "rss_per_spawn" is raised.""",
-    ).tag(config=True)
-
-    rss_min_spawns = Int(
-        50,
-        help="""Spawns the ring must span before "rss_per_spawn" is judged (start-up growth
-        divided by a few spawns would look like a leak).""",
     ).tag(config=True)
 
     @validate("sample_interval")
@@ -215,20 +180,13 @@ class GuardReport(LoggingConfigurable):
     def _valid_frames(self, proposal: dict) -> int:
         return in_range(proposal, 1, unit="frames", maximum=MAX_FRAMES)
 
-    @validate(
-        "growth_min_increase",
-        "resource_min_increase",
-        "recent_window",
-        "signal_confirm_samples",
-        "rss_min_spawns",
-        "rss_per_spawn_bytes",
-    )
+    @validate("signal_confirm_samples")
     def _valid_threshold(self, proposal: dict) -> int:
         return in_range(proposal, 1)
 
-    @validate("growth_noise_factor")
-    def _valid_noise_factor(self, proposal: dict) -> float:
-        return in_range(proposal, 0)
+    @validate(*signals.thresholds())
+    def _valid_rule_threshold(self, proposal: dict) -> float:
+        return in_range(proposal, signals.thresholds()[proposal["trait"].name].minimum)
 
     @validate("leak_false_alarm_rate")
     def _valid_false_alarm_rate(self, proposal: dict) -> float:
@@ -282,15 +240,10 @@ class GuardReport(LoggingConfigurable):
 
     def signal_rules(self) -> SignalRules:
         return SignalRules(
-            growth_min_increase=self.growth_min_increase,
             trend_z=NormalDist().inv_cdf(1 - self.leak_false_alarm_rate),
-            growth_noise_factor=self.growth_noise_factor,
             resource_types=frozenset(self.resource_types),
             exempt_types=frozenset(self.growth_exempt_types),
-            resource_min_increase=self.resource_min_increase,
-            recent_window=self.recent_window,
-            rss_per_spawn_bytes=self.rss_per_spawn_bytes,
-            rss_min_spawns=self.rss_min_spawns,
+            **{name: getattr(self, name) for name in signals.thresholds()},
         )
 
     # -- life cycle ----------------------------------------------------------------------------

@@ -16,12 +16,10 @@ from jupyterhub.apihandlers import APIHandler
 from jupyterhub.scopes import needs_scope
 from tornado import web
 
+from ..scopes import ADMIN_SCOPE, READ_SCOPE
 from . import current
 from .guard_report import MAX_FRAMES, MAX_TOP, GuardReport
 from .page import page_handlers
-
-READ_SCOPE = "custom:guard:read"
-ADMIN_SCOPE = "custom:guard:admin"
 
 # Query parameters the hub itself may see on any API request.
 _HUB_PARAMETERS = {"token", "_xsrf"}

@@ -14,20 +14,12 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import signals
+
 if TYPE_CHECKING:
     from .guard_report import GuardReport
 
 PREFIX = "binderhub_guard"
-
-# Listed even while inactive, so alerts and dashboards see 0 rather than no series.
-SIGNAL_NAMES = (
-    "orphans_live",
-    "orphans_found",
-    "count_rising",
-    "rss_per_spawn",
-    "watches_exceed_reflectors",
-    "relist_storm",
-)
 
 
 class GuardCollector(Collector):
@@ -66,7 +58,9 @@ class GuardCollector(Collector):
             "Leak signals active at the latest sample, by signal name.",
             labels=["signal"],
         )
-        counts = dict.fromkeys(SIGNAL_NAMES, 0)
+        # every signal of signals.RULES, listed even while inactive, so alerts and dashboards
+        # see 0 rather than no series
+        counts = dict.fromkeys(signals.signal_names(), 0)
         for signal in self.report.sampler.active_signals:
             counts[signal["name"]] = counts.get(signal["name"], 0) + 1
         for name, count in counts.items():

@@ -19,12 +19,13 @@ from jupyterhub.handlers import BaseHandler
 from jupyterhub.utils import url_path_join
 from tornado import web
 
+from ..scopes import ADMIN_SCOPE, READ_SCOPE
+from . import signals
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 TEMPLATES_DIR = DATA_DIR / "templates"
 STATIC_DIR = DATA_DIR / "static"
 
-READ_SCOPE = "custom:guard:read"
-ADMIN_SCOPE = "custom:guard:admin"
 
 DEFAULT_REFRESH_SECONDS = 5
 MIN_REFRESH_SECONDS = 1
@@ -56,6 +57,8 @@ class GuardPageHandler(BaseHandler):
             guard_css_url=self._asset_url("guard.css"),
             guard_can_admin=self.has_scope(ADMIN_SCOPE),
             guard_refresh_seconds=self._refresh_seconds(),
+            # what each leak signal means, from the rules' registry
+            guard_signal_kinds=signals.signal_kinds(),
         )
         self.finish(html)
 

@@ -3,6 +3,13 @@
 Each rule looks at the ring of samples the sampler keeps and returns zero or more
 signals ``{"name", "severity", "evidence"}``. Evidence carries the numbers that made the
 rule fire, so an operator can judge it without reading code.
+
+`RULES` is the one registry: each entry names its rule function, the signals it raises (name,
+severity, description) and its own thresholds (name, default, help, minimum). The metrics
+(`signal_names`), the ``GuardReport`` settings and their checks (`threshold_traits`) and the
+report and the page (each signal's severity; the page's list of what each means) all derive
+from it, so a new signal
+is one function and one entry here.
 """
 
 from __future__ import annotations
@@ -45,43 +52,123 @@ class Sample:
     relist_limit_per_minute: float | None = None
 
 
-@dataclass(frozen=True)
-class SignalRules:
-    """Thresholds of the rules; built from ``GuardReport`` traits."""
-
-    growth_min_increase: int = 5
+# What the rules share, or hold fixed; each rule's own thresholds are in its RULES entry.
+SHARED_RULES: dict[str, Any] = {
     # one-sided critical value of the seasonal Kendall trend test: 3.09 is a false-alarm rate
     # of 0.001 per evaluation (GuardReport.leak_false_alarm_rate)
-    trend_z: float = 3.09
-    growth_noise_factor: float = 2.0
-    resource_types: frozenset[str] = frozenset(
-        {"ResourceReflector", "Watch", "ApiClient", "ClientSession"}
-    )
-    resource_min_increase: int = 4
-    recent_window: int = 30
+    "trend_z": 3.09,
+    "resource_types": frozenset({"ResourceReflector", "Watch", "ApiClient", "ClientSession"}),
     # watched types shown in the report but not judged by count_rising
-    exempt_types: frozenset[str] = frozenset({"Spawner"})
-    rss_per_spawn_bytes: int = 512 * 1024
-    rss_min_spawns: int = 50
-    reflector_type: str = "ResourceReflector"
-    watch_type: str = "Watch"
+    "exempt_types": frozenset({"Spawner"}),
+    "reflector_type": "ResourceReflector",
+    "watch_type": "Watch",
     # A reflector briefly holds two Watch objects: the finished stream's stays referenced
     # while the next list call runs (and through a relist storm).
-    watches_per_reflector: int = 2
-    watch_excess_seconds: float = 60.0
+    "watches_per_reflector": 2,
+    "watch_excess_seconds": 60.0,
+}
+
+
+class SignalRules:
+    """Thresholds of the rules, read as attributes: the shared ones (`SHARED_RULES`) and each
+    rule's own (`RULES`), at their defaults unless given; built from ``GuardReport`` traits."""
+
+    def __init__(self, **values: Any) -> None:
+        defaults = {**SHARED_RULES, **threshold_defaults()}
+        unknown = sorted(set(values) - set(defaults))
+        if unknown:
+            raise TypeError(f"SignalRules: no threshold named {', '.join(unknown)}")
+        object.__setattr__(self, "_values", {**defaults, **values})
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["_values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("SignalRules is read-only")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SignalRules) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, repr(v)) for k, v in self._values.items())))
+
+    def __repr__(self) -> str:
+        return f"SignalRules({', '.join(f'{k}={v!r}' for k, v in self._values.items())})"
+
+
+@dataclass(frozen=True)
+class SignalKind:
+    """A signal a rule raises: its name (the metrics' ``signal`` label), severity, and what it
+    means, for the report and the page."""
+
+    name: str
+    severity: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A rule's own setting: ``GuardReport.<name>`` (configurable, checked against `minimum`)
+    and ``SignalRules.<name>`` for the rule."""
+
+    name: str
+    default: int | float
+    help: str
+    minimum: int | float = 1
+
+
+@dataclass(frozen=True)
+class LeakRule:
+    """One registry entry: the rule function, the signals it raises, its thresholds."""
+
+    check: Callable[[Sequence[Sample], SignalRules], list[Signal]]
+    signals: tuple[SignalKind, ...]
+    thresholds: tuple[Threshold, ...] = ()
 
 
 def evaluate(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
-    """All signals active over ``samples`` (oldest first)."""
+    """All signals active over ``samples`` (oldest first), in `RULES` order."""
     if not samples:
         return []
-    return [
-        *orphans_present(samples, rules),
-        *counts_rising(samples, rules),
-        *rss_per_spawn(samples, rules),
-        *watches_exceed_reflectors(samples, rules),
-        *relist_storm(samples, rules),
-    ]
+    return [signal for rule in RULES for signal in rule.check(samples, rules)]
+
+
+def signal_names() -> tuple[str, ...]:
+    """Every signal's name, in `RULES` order: the metrics list each, active or not."""
+    return tuple(kind.name for kind in signal_kinds())
+
+
+def signal_kinds() -> list[SignalKind]:
+    """Every signal a rule raises, in `RULES` order: what the page explains."""
+    return [kind for rule in RULES for kind in rule.signals]
+
+
+def signal_kind(name: str) -> SignalKind:
+    return next(kind for kind in signal_kinds() if kind.name == name)
+
+
+def threshold_defaults() -> dict[str, int | float]:
+    return {t.name: t.default for rule in RULES for t in rule.thresholds}
+
+
+def thresholds() -> dict[str, Threshold]:
+    return {t.name: t for rule in RULES for t in rule.thresholds}
+
+
+def threshold_traits() -> dict[str, Any]:
+    """A configurable trait for each rule's threshold (``GuardReport`` puts them in its class
+    body): Int for a whole-number default, Float otherwise."""
+    from traitlets import Float, Int
+
+    return {
+        t.name: (Int if isinstance(t.default, int) else Float)(t.default, help=t.help).tag(
+            config=True
+        )
+        for t in thresholds().values()
+    }
 
 
 def orphans_present(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
@@ -90,7 +177,7 @@ def orphans_present(samples: Sequence[Sample], rules: SignalRules) -> list[Signa
     last = samples[-1]
     live = {kind: n for kind, n in (last.orphans_live or {}).items() if n > 0}
     if live:
-        return [_signal("orphans_live", CRITICAL, {"orphans_by_kind": live})]
+        return [raised("orphans_live", {"orphans_by_kind": live})]
     window = samples[-rules.recent_window :]
     found = [s.orphans_found for s in window if s.orphans_found is not None]
     if not found:
@@ -99,7 +186,7 @@ def orphans_present(samples: Sequence[Sample], rules: SignalRules) -> list[Signa
     new = found[-1] - (found[0] if len(found) > 1 else 0)
     if new <= 0:
         return []
-    return [_signal("orphans_found", WARNING, {"found_in_window": new, "found_total": found[-1]})]
+    return [raised("orphans_found", {"found_in_window": new, "found_total": found[-1]})]
 
 
 def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
@@ -134,12 +221,12 @@ def counts_rising(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
             continue
         grown = evidence["to"] - evidence["from"] >= evidence["threshold"]
         if grown and evidence["z"] >= rules.trend_z:
-            signals.append(_signal("count_rising", WARNING, {**evidence, "test": "trend"}))
+            signals.append(raised("count_rising", {**evidence, "test": "trend"}))
         elif (
             evidence.get("step_threshold") is not None
             and evidence["step"] >= evidence["step_threshold"]
         ):
-            signals.append(_signal("count_rising", WARNING, {**evidence, "test": "step"}))
+            signals.append(raised("count_rising", {**evidence, "test": "step"}))
     return signals
 
 
@@ -281,9 +368,8 @@ def rss_per_spawn(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]
     if trend.z < rules.trend_z:
         return []
     return [
-        _signal(
+        raised(
             "rss_per_spawn",
-            WARNING,
             {
                 "bytes_per_spawn": int(slope),
                 "threshold": rules.rss_per_spawn_bytes,
@@ -306,9 +392,8 @@ def watches_exceed_reflectors(samples: Sequence[Sample], rules: SignalRules) -> 
     if any(w is None or r is None or w <= r * rules.watches_per_reflector for w, r in pairs):
         return []
     return [
-        _signal(
+        raised(
             "watches_exceed_reflectors",
-            WARNING,
             {
                 "watches": latest.watched[rules.watch_type],
                 "reflectors": latest.watched[rules.reflector_type],
@@ -330,13 +415,123 @@ def relist_storm(samples: Sequence[Sample], rules: SignalRules) -> list[Signal]:
     if not storming:
         return []
     return [
-        _signal(
+        raised(
             "relist_storm",
-            WARNING,
             {"relists_asked_per_minute": storming, "limit_per_minute": limit},
         )
     ]
 
 
-def _signal(name: str, severity: str, evidence: dict[str, Any]) -> Signal:
-    return {"name": name, "severity": severity, "evidence": evidence}
+def raised(name: str, evidence: dict[str, Any]) -> Signal:
+    """Signal `name` (a `RULES` entry's), with its severity from there, and `evidence`."""
+    return {"name": name, "severity": signal_kind(name).severity, "evidence": evidence}
+
+
+RULES: list[LeakRule] = [
+    LeakRule(
+        orphans_present,
+        (
+            SignalKind(
+                "orphans_live",
+                CRITICAL,
+                "Resources a spawn created are still live after it ended: nothing released them.",
+            ),
+            SignalKind(
+                "orphans_found",
+                WARNING,
+                "Resources outlived their spawn within the window and were released: the code"
+                " that leaks them still runs.",
+            ),
+        ),
+        (
+            Threshold(
+                "recent_window",
+                30,
+                """Samples during which newly found orphans keep "orphans_found" raised.""",
+            ),
+        ),
+    ),
+    LeakRule(
+        counts_rising,
+        (
+            SignalKind(
+                "count_rising",
+                WARNING,
+                "A watched object count (or the task count) rises at an equal number of"
+                " active servers.",
+            ),
+        ),
+        (
+            Threshold(
+                "growth_min_increase",
+                5,
+                """Growth of a count outside resource_types (asyncio tasks, and any watched type
+        added), compared at equal load (same number of active servers), that raises
+        "count_rising". These counts move with requests in flight and kept-open
+        connections, so the bar is higher than for resource_types.""",
+            ),
+            Threshold(
+                "growth_noise_factor",
+                2.0,
+                """A step of a resource_types count (see resource_min_increase) raises
+        "count_rising" only if it is also this many times the largest fall of the same count
+        between two visits to one load in the ring: a count that falls as well as rises is
+        noisy. A leaked object never goes away, so a leaking count does not fall.""",
+                minimum=0,
+            ),
+            Threshold(
+                "resource_min_increase",
+                4,
+                """Growth of a resource_types count, compared at equal load, that raises
+        "count_rising" (in one increase or several). Clean hubs moved these counts by 2 at
+        most between two moments of equal load (kubespawner's two shared reflectors each
+        holding a second Watch, and its client, while relisting), so 4 leaves a margin of 2.""",
+            ),
+        ),
+    ),
+    LeakRule(
+        rss_per_spawn,
+        (
+            SignalKind(
+                "rss_per_spawn",
+                WARNING,
+                "Resident memory grows with every spawn, beyond chance.",
+            ),
+        ),
+        (
+            Threshold(
+                "rss_per_spawn_bytes",
+                512 * 1024,
+                """Resident-memory growth per successful spawn, across the ring, above which
+        "rss_per_spawn" is raised.""",
+            ),
+            Threshold(
+                "rss_min_spawns",
+                50,
+                """Spawns the ring must span before "rss_per_spawn" is judged (start-up growth
+        divided by a few spawns would look like a leak).""",
+            ),
+        ),
+    ),
+    LeakRule(
+        watches_exceed_reflectors,
+        (
+            SignalKind(
+                "watches_exceed_reflectors",
+                WARNING,
+                "More Kubernetes watches than the reflectors hold: watches started outside a"
+                " reflector are left open.",
+            ),
+        ),
+    ),
+    LeakRule(
+        relist_storm,
+        (
+            SignalKind(
+                "relist_storm",
+                WARNING,
+                "Reflectors ask to relist at or above the rate the guard holds them to.",
+            ),
+        ),
+    ),
+]

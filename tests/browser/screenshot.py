@@ -22,7 +22,7 @@ from urllib.parse import quote
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chromium import Chromium, missing  # noqa: E402
 
-from binderhub_guard.bench.devhub import DevHub  # noqa: E402
+from binderhub_guard.lab.bench.devhub import DevHub  # noqa: E402
 
 BASE_URL = "/binder/jupyter/"
 HUB_CONFIG = """

@@ -9,7 +9,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client import Configuration
 from kubesim_helpers import NAMESPACE
 
-from binderhub_guard.kubesim import Faults, KubeSim
+from binderhub_guard.lab.kubesim import Faults, KubeSim
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from kubernetes_asyncio.client import Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubesim_helpers import NAMESPACE, pod_manifest, wait_for
 
-from binderhub_guard.kubesim import KubeSim, api
+from binderhub_guard.lab.kubesim import KubeSim, api
 
 
 def status_of(error: ApiException) -> dict:

@@ -16,8 +16,8 @@ from kubernetes_asyncio.client import Configuration
 from kubernetes_asyncio.config import kube_config
 from kubespawner.clients import load_config
 
-from binderhub_guard.kubesim import KubeSim
-from binderhub_guard.kubesim.cli import add_arguments
+from binderhub_guard.lab.kubesim import KubeSim
+from binderhub_guard.lab.kubesim.cli import add_arguments
 
 
 async def test_process_serves_until_sigterm(tmp_path):
@@ -25,7 +25,7 @@ async def test_process_serves_until_sigterm(tmp_path):
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "binderhub_guard.kubesim",
+        "binderhub_guard.lab.kubesim",
         "--port",
         "0",
         "--kubeconfig",
@@ -93,7 +93,7 @@ async def test_process_with_tls_names_its_ca_in_the_kubeconfig(tmp_path):
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "binderhub_guard.kubesim",
+        "binderhub_guard.lab.kubesim",
         "--kubeconfig",
         str(kubeconfig),
         "--tls",

@@ -13,7 +13,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubesim_helpers import NAMESPACE, pod_manifest, wait_for
 
-from binderhub_guard.kubesim import Faults, KubeSim
+from binderhub_guard.lab.kubesim import Faults, KubeSim
 
 
 def phase(sim: KubeSim, name: str) -> str | None:

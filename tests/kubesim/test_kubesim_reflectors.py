@@ -14,7 +14,7 @@ from kubernetes_asyncio import client
 from kubesim_helpers import NAMESPACE, pod_manifest, wait_for
 from kubespawner.spawner import EventReflector, PodReflector
 
-from binderhub_guard.kubesim import KubeSim
+from binderhub_guard.lab.kubesim import KubeSim
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from binderhub_guard.kubesim.selectors import (
+from binderhub_guard.lab.kubesim.selectors import (
     SelectorError,
     parse_field_selector,
     parse_label_selector,

@@ -33,11 +33,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
 import requests
 
 from . import lifeline, stats
 from .devhub import DevHub, DevHubError, stop_all
+from .figures import cpu_seconds
 from .hubclient import HubClient
 from .stats import quantile
 
@@ -215,11 +215,6 @@ def _generated_token(hub: DevHub, scopes: list[str]) -> str:
     return reply.json()["token"]
 
 
-def _cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
-
-
 def main(args: argparse.Namespace) -> int:
     if args.seconds <= 0 or args.rate <= 0 or args.users < 0 or args.warm_up < 0:
         print("latency: --seconds and --rate must be positive", file=sys.stderr)
@@ -263,13 +258,13 @@ def main(args: argparse.Namespace) -> int:
         results, sender = context.Pipe(duplex=False)
         run, run_args = lifeline.target(_probe, targets, args.seconds, args.rate, sender)
         prober = context.Process(target=run, args=run_args, daemon=True)
-        cpu = {arm: _cpu_seconds(hub.hub_pid) for arm, hub in hubs.items()}
+        cpu = {arm: cpu_seconds(hub.hub_pid) for arm, hub in hubs.items()}
         lifeline.start(prober)
         while not results.poll(0.5):
             if not prober.is_alive():
                 raise DevHubError("the probe process died; its traceback is above")
         probed = results.recv()
-        cpu = {arm: _cpu_seconds(hub.hub_pid) - cpu[arm] for arm, hub in hubs.items()}
+        cpu = {arm: cpu_seconds(hub.hub_pid) - cpu[arm] for arm, hub in hubs.items()}
         prober.join(10)
     except KeyboardInterrupt:
         interrupted = True

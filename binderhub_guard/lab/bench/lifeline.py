@@ -20,7 +20,7 @@ Two details of the kernel's rule shape this module:
 - the setting is made in the child, after the fork: a parent that died in between would be
   missed, so the child checks that its parent is still the one it expects.
 
-As a command, ``python -m binderhub_guard.bench.lifeline PARENT_PID COMMAND...`` sets the
+As a command, ``python -m binderhub_guard.lab.bench.lifeline PARENT_PID COMMAND...`` sets the
 lifeline and execs COMMAND (same PID, same file descriptors): the hub's config wraps the proxy's
 and the managed services' commands in it (see `wrap`), as jupyterhub starts those itself.
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
 PR_SET_PDEATHSIG = 1
-MODULE = "binderhub_guard.bench.lifeline"
+MODULE = "binderhub_guard.lab.bench.lifeline"
 
 T = TypeVar("T")
 

@@ -3,7 +3,7 @@
 Each variant runs on its own dev hub on the simulator (or on a given hub by URL and token),
 with the guard's snippets loaded and only the spawner class changed: ``stock`` (KubeSpawner),
 ``guarded`` (GuardedKubeSpawner), ``leaky-stock`` and ``leaky-guarded`` (the 2018 per-spawn
-events reflector, replayed by ``binderhub_guard.testing.leaky``).  Cycles run in batches with
+events reflector, replayed by ``binderhub_guard.lab.leaky``).  Cycles run in batches with
 `--users` servers in parallel; after each batch every server is stopped and the hub is
 measured: RSS (the batch's peak, read every half second: the hub's MemoryTrim makes it a
 sawtooth that a single reading would sample anywhere), live reflectors and spawners,
@@ -44,32 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import requests
 
 from . import lifeline
+from .cycles import CYCLE_ERRORS, VARIANTS, cycle_server
 from .devhub import DevHub
 from .every import Every
+from .figures import cpu_seconds, dash, mib
 from .hubclient import HubClient
 from .probe import probe_config, read_probe
-
-# a hub that stops answering (the leak's end state) fails cycles; it does not end the run
-CYCLE_ERRORS = (RuntimeError, TimeoutError, requests.RequestException)
-
-
-def cycle_server(client: HubClient, name: str, count: int, timeout: float) -> tuple[int, int]:
-    """(failed starts, failed stops) of `count` start/stop cycles of one user's server."""
-    failed_starts = failed_stops = 0
-    for _ in range(count):
-        try:
-            client.start_server(name, timeout=timeout)
-        except CYCLE_ERRORS:
-            failed_starts += 1
-        try:
-            client.stop_server(name, timeout=timeout)
-        except CYCLE_ERRORS:
-            failed_stops += 1
-    return failed_starts, failed_stops
-
 
 HEAP_FILE = "heap.json"
 
@@ -144,16 +126,6 @@ def read_heap_gauge(hub_pid: int, workdir: str, timeout: float = 60) -> dict[str
             raise TimeoutError(f"hub {hub_pid} wrote no heap figures within {timeout}s")
         time.sleep(0.02)
     return json.loads(path.read_text())
-
-
-# spawner class of each variant; the rest of the hub (the guard's snippets, the report) is the
-# same in all four, so the figures differ by the spawner alone
-VARIANTS = {
-    "stock": "kubespawner.KubeSpawner",
-    "guarded": "binderhub_guard.spawner.GuardedKubeSpawner",
-    "leaky-stock": "binderhub_guard.testing.leaky.LeakyKubeSpawner",
-    "leaky-guarded": "binderhub_guard.testing.leaky.LeakyGuardedKubeSpawner",
-}
 
 
 @dataclass
@@ -267,10 +239,7 @@ class HubGauges:
         )
 
     def _cpu_seconds(self) -> float | None:
-        if self.process is None:
-            return None
-        times = self.process.cpu_times()
-        return times.user + times.system
+        return None if self.process is None else cpu_seconds(self.process)
 
     def _api_connections(self) -> int | None:
         if self.process is None or self.api_port is None:
@@ -456,32 +425,24 @@ ROW = "{:>7} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>8} {:>10} 
 PYMALLOC_ARENA_BYTES = 2**20  # CPython 3.10+ on 64-bit Linux
 
 
-def _mib(value: int | None) -> str | None:
-    return None if value is None else f"{value / 2**20:.1f}"
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
 def print_sample(sample: Sample) -> None:
     print(
         ROW.format(
             sample.cycles,
             sample.seconds,
             sample.failures,
-            _fmt(_mib(sample.rss_bytes)),
-            _fmt(sample.reflectors),
-            _fmt(sample.spawners),
-            _fmt(sample.tasks),
-            _fmt(sample.api_connections),
-            _fmt(sample.client_sessions),
-            _fmt(sample.ledger_size),
-            _fmt(sample.orphans_live),
-            _fmt(sample.py_blocks),
-            _fmt(sample.pymalloc_arenas),
-            _fmt(_mib(sample.malloc_used_bytes)),
-            _fmt(_mib(sample.malloc_free_bytes)),
+            dash(mib(sample.rss_bytes)),
+            dash(sample.reflectors),
+            dash(sample.spawners),
+            dash(sample.tasks),
+            dash(sample.api_connections),
+            dash(sample.client_sessions),
+            dash(sample.ledger_size),
+            dash(sample.orphans_live),
+            dash(sample.py_blocks),
+            dash(sample.pymalloc_arenas),
+            dash(mib(sample.malloc_used_bytes)),
+            dash(mib(sample.malloc_free_bytes)),
         ),
         flush=True,
     )
@@ -489,12 +450,12 @@ def print_sample(sample: Sample) -> None:
 
 def _kib(result: dict[str, Any], key: str) -> str:
     per_cycle = result.get(f"{key}_bytes_per_cycle")
-    return _fmt(None if per_cycle is None else round(per_cycle / 1024, 2))
+    return dash(None if per_cycle is None else round(per_cycle / 1024, 2))
 
 
 def print_comparison(results: list[dict[str, Any]]) -> None:
     def span(result: dict, name: str) -> str:
-        return f"{_fmt(result[name + '_start'])}->{_fmt(result[name + '_end'])}"
+        return f"{dash(result[name + '_start'])}->{dash(result[name + '_end'])}"
 
     def span_k(result: dict, name: str) -> str:
         start, end = result[name + "_start"], result[name + "_end"]
@@ -504,7 +465,7 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
 
     rows = [
         ("cycles", lambda r: r["cycles"]),
-        ("cut by time budget", lambda r: _fmt(r["cut_short"])),
+        ("cut by time budget", lambda r: dash(r["cut_short"])),
         ("wall time, s", lambda r: r["wall_seconds"]),
         ("failed starts/stops", lambda r: r["failures"]),
         (
@@ -518,9 +479,9 @@ def print_comparison(results: list[dict[str, Any]]) -> None:
         ("  of which malloc free (kept), KiB/cycle", lambda r: _kib(r, "malloc_free_slope")),
         (
             "Python heap blocks after warm-up, /cycle",
-            lambda r: _fmt(r["py_blocks_slope_per_cycle"]),
+            lambda r: dash(r["py_blocks_slope_per_cycle"]),
         ),
-        ("hub CPU, ms/cycle", lambda r: _fmt(r["hub_cpu_ms_per_cycle"])),
+        ("hub CPU, ms/cycle", lambda r: dash(r["hub_cpu_ms_per_cycle"])),
         ("watching ResourceReflectors", lambda r: span(r, "reflectors")),
         ("Spawner instances", lambda r: span(r, "spawners")),
         ("asyncio tasks", lambda r: span(r, "tasks")),
@@ -794,7 +755,7 @@ async def _bookkeeping_micro(spawns: int = 2000, records: int = 10) -> dict[str,
     resources recorded with their origin, end and sweep; and the task factory per task."""
     import asyncio
 
-    from ..ledger import Ledger, install_task_tracking
+    from ...ledger import Ledger, install_task_tracking
 
     class Resource:
         pass
@@ -863,7 +824,7 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
     from kubespawner import KubeSpawner
     from traitlets.config import Config
 
-    from ..spawner import GuardedKubeSpawner
+    from ...spawner import GuardedKubeSpawner
 
     workdir = tempfile.mkdtemp(prefix="soak-overhead-")
     kubeconfig = str(Path(workdir) / "kubeconfig")
@@ -871,7 +832,7 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
     # Over TLS under its own CA, as a cluster: each API client the spawners and their watches
     # make loads that one certificate, not the system's trust store (~50 ms of CPU apiece)
     sim = lifeline.popen(
-        [sys.executable, "-m", "binderhub_guard.kubesim", "--port", "0", "--tls"]
+        [sys.executable, "-m", "binderhub_guard.lab.kubesim", "--port", "0", "--tls"]
         + ["--kubeconfig", kubeconfig],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

@@ -38,10 +38,11 @@ from typing import Any
 import psutil
 import requests
 
+from .cycles import CYCLE_ERRORS, VARIANTS, cycle_server
 from .devhub import DevHub
 from .every import Every
+from .figures import cpu_seconds, dash
 from .hubclient import HubClient
-from .soak import CYCLE_ERRORS, VARIANTS, cycle_server
 
 Z2JH_CONCURRENT_SPAWN_LIMIT = 64
 BURST_PENDING_SECONDS = 25.0
@@ -210,11 +211,6 @@ def _guard_report(client: HubClient) -> dict[str, Any]:
     return reply.json().get("ledger", {}) if reply.status_code == 200 else {}
 
 
-def _cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
-
-
 def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix=f"faultsoak-{variant}-")
     try:
@@ -239,13 +235,13 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
                             shares,
                         )
                     )
-                    cpu_before = _cpu_seconds(process)
+                    cpu_before = cpu_seconds(process)
                     burst = (
                         _burst(hub, args.burst, args.burst_seconds, args.start_timeout)
                         if args.burst
                         else None
                     )
-                    burst_cpu = _cpu_seconds(process) - cpu_before
+                    burst_cpu = cpu_seconds(process) - cpu_before
             finally:
                 hub.set_faults(**NO_FAULTS)
             minutes = (time.monotonic() - started) / 60
@@ -295,10 +291,6 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any) -> str:
-    return "-" if value is None else str(value)
-
-
 def print_table(results: list[dict[str, Any]]) -> None:
     rows = [
         ("spawn/stop cycles under faults", lambda r: r["cycles"]),
@@ -324,7 +316,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print()
     print(" " * width + "  " + "".join(f"{r['variant']:>22}" for r in results))
     for name, value in rows:
-        print(f"{name:<{width}}  " + "".join(f"{_fmt(value(r)):>22}" for r in results))
+        print(f"{name:<{width}}  " + "".join(f"{dash(value(r)):>22}" for r in results))
 
 
 def _relist_peak(result: dict[str, Any]) -> str | None:

@@ -1,4 +1,4 @@
-"""``python -m binderhub_guard.kubesim``: the same as ``binderhub-guard kubesim``."""
+"""``python -m binderhub_guard.lab.kubesim``: the same as ``binderhub-guard kubesim``."""
 
 import argparse
 import sys
@@ -6,7 +6,7 @@ import sys
 from .cli import add_arguments, main
 
 parser = argparse.ArgumentParser(
-    prog="python -m binderhub_guard.kubesim",
+    prog="python -m binderhub_guard.lab.kubesim",
     description="Run the Kubernetes API simulator until SIGINT/SIGTERM.",
 )
 add_arguments(parser)

@@ -2,7 +2,7 @@
 
 `DevHub` starts, as child processes it owns:
 
-1. the Kubernetes API simulator (`python -m binderhub_guard.kubesim`), serving HTTPS under a CA
+1. the Kubernetes API simulator (`python -m binderhub_guard.lab.kubesim`), serving HTTPS under a CA
    its kubeconfig names as a cluster's does, unless a kubeconfig for a real cluster is given;
 2. a real `jupyterhub` process, which starts the real configurable-http-proxy.
 
@@ -43,19 +43,24 @@ import psutil
 import requests
 import yaml
 
+import binderhub_guard
+from binderhub_guard.scopes import ADMIN_SCOPE, READ_SCOPE
+
 from . import lifeline
 from .hubclient import HubClient
 
-SNIPPETS_DIR = Path(__file__).resolve().parent.parent / "data" / "jupyterhub_config.d"
+# the extension's own snippets, named through its package so that where the lab sits does not
+# matter (a missing folder would load no snippet at all, and the hub would run unguarded)
+SNIPPETS_DIR = Path(binderhub_guard.__file__).resolve().parent / "data" / "jupyterhub_config.d"
 
 CLIENT_SERVICE = "dev-client"
 CLIENT_SCOPES = ["admin:users", "admin:servers", "list:users", "read:users:activity"]
-GUARD_SCOPES = ["custom:guard:read", "custom:guard:admin"]
+GUARD_SCOPES = [READ_SCOPE, ADMIN_SCOPE]
 ADMIN_USER = "admin"
 
 LEAKY_SPAWNERS = {
-    True: "binderhub_guard.testing.leaky.LeakyKubeSpawner",
-    False: "binderhub_guard.testing.leaky.LeakyGuardedKubeSpawner",
+    True: "binderhub_guard.lab.leaky.LeakyKubeSpawner",
+    False: "binderhub_guard.lab.leaky.LeakyGuardedKubeSpawner",
 }
 
 
@@ -239,7 +244,7 @@ def hub_config(
 LIFELINES_CONFIG = """
 def _under_lifelines():
     import os
-    from binderhub_guard.bench.lifeline import wrap
+    from binderhub_guard.lab.bench.lifeline import wrap
 
     def under_lifeline(command):
         return wrap([command] if isinstance(command, str) else command, os.getpid())
@@ -402,7 +407,7 @@ class DevHub:
             if self._stopped:
                 raise DevHubError("stopped while starting")
             self.sim_proc = lifeline.popen(
-                [sys.executable, "-m", "binderhub_guard.kubesim", "--port", "0", "--tls"]
+                [sys.executable, "-m", "binderhub_guard.lab.kubesim", "--port", "0", "--tls"]
                 + ["--kubeconfig", kubeconfig, "--namespace", self.namespace]
                 + self.sim_args,
                 cwd=self.workdir,

@@ -1,4 +1,4 @@
-"""``binderhub-guard kubesim`` / ``python -m binderhub_guard.kubesim``: a simulator process.
+"""``binderhub-guard kubesim`` / ``python -m binderhub_guard.lab.kubesim``: a simulator process.
 
 Benchmarks run the hub and the simulator as separate processes (one kubespawner client config
 per process), so the simulator announces itself with a single ``ready <url>`` line once its

@@ -43,9 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from . import lifeline
+from .figures import cpu_seconds
 
 FLOOD_SERVICE = "flood-culler"
 FLOOD_USER_PREFIX = "flood-"
@@ -351,10 +350,7 @@ def _percentile(values: list[float], q: int) -> float | None:
 
 
 def _cpu_seconds(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
+    return None if pid is None else cpu_seconds(pid)
 
 
 def _log_size(path: Path | None) -> int | None:

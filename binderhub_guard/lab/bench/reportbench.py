@@ -33,13 +33,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import psutil
 import requests
 
-from ..report.guard_report import GuardReport
-from ..report.signals import rising_evidence
+from ...report.guard_report import GuardReport
+from ...report.signals import rising_evidence
 from .devhub import ADMIN_USER, DevHub
 from .every import Every
+from .figures import cpu_seconds
 
 PARTS = ("stall", "latency", "concurrent", "leak")
 
@@ -193,9 +193,9 @@ class LagMonitor:
 async def measure_stall(objects: int, seconds: float) -> dict[str, Any]:
     from traitlets.config import Config
 
-    from ..ledger import Ledger
-    from ..report.guard_report import shared_source
-    from ..stopguard import StopGuard
+    from ...ledger import Ledger
+    from ...report.guard_report import shared_source
+    from ...stopguard import StopGuard
 
     kept = ballast(objects)
     shared = {"ledger": Ledger(), "stop_guard": StopGuard()}
@@ -489,7 +489,7 @@ def _ms(estimate: tuple[float, float, float]) -> dict[str, float]:
 
 # -- leak detection: real hubs ------------------------------------------------------------------
 
-LEAKY = "binderhub_guard.testing.leaky"
+LEAKY = "binderhub_guard.lab.leaky"
 SPAWNERS = {
     "LeakyKubeSpawner": f"{LEAKY}.LeakyKubeSpawner",
     "LeakyGuardedKubeSpawner": f"{LEAKY}.LeakyGuardedKubeSpawner",
@@ -556,7 +556,7 @@ class SampleRecorder(Every):
         self.samples: dict[float, Any] = {}
 
     def tick(self) -> None:
-        from ..report.signals import Sample
+        from ...report.signals import Sample
 
         body = self.hub.api("GET", "/guard").json()
         process, watched = body["process"], body["objects"]["watched"]
@@ -674,8 +674,7 @@ def run_cycles(
 
 
 def hub_cpu_seconds(hub: DevHub) -> float:
-    times = psutil.Process(hub.hub_pid).cpu_times()
-    return times.user + times.system
+    return cpu_seconds(hub.hub_pid)
 
 
 def logged_signals(hub: DevHub) -> list[str]:
@@ -713,6 +712,6 @@ def print_table(part: str, figures: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m binderhub_guard.bench.reportbench")
+    parser = argparse.ArgumentParser(prog="python -m binderhub_guard.lab.bench.reportbench")
     add_arguments(parser)
     sys.exit(main(parser.parse_args()))

@@ -53,6 +53,7 @@ import requests
 
 from . import stats
 from .devhub import CLIENT_SERVICE, DevHub, DevHubError, stop_all
+from .figures import cpu_seconds
 from .hubclient import HubClient
 from .replay_load import (
     PROBE_TIMEOUT_SECONDS,
@@ -438,11 +439,11 @@ class HubSampler:
         self.hub = hub
         self.report_available = report_available
         self.process = psutil.Process(hub.hub_pid)
-        self.cpu, self.wall = _cpu_seconds(self.process), time.monotonic()
+        self.cpu, self.wall = cpu_seconds(self.process), time.monotonic()
 
     def sample(self, t: float, phase: str) -> dict[str, Any]:
         try:
-            cpu, wall = _cpu_seconds(self.process), time.monotonic()
+            cpu, wall = cpu_seconds(self.process), time.monotonic()
             rss = self.process.memory_info().rss
         except psutil.NoSuchProcess:
             raise DevHubError(
@@ -487,11 +488,6 @@ def prepare_hub(name: str, hub: DevHub, users: int) -> int:
 
     with ThreadPoolExecutor(max_workers=users) as pool:
         return sum(pool.map(cycle, names))
-
-
-def _cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
 
 
 def _read_reflectors(hub: DevHub) -> dict[str, Any]:
