@@ -13,10 +13,15 @@ step's users must be in the same state on both: running, pending, stopped or rem
 
 The guarded hub's answer must equal stock's (status, and the error message for errors), with one
 allowed difference: 429 with Retry-After where stock's answer was a no-op stop (202 or 204) of a
-server that was not running, without ``remove``. Success codes that only say how long the hub
-waited (201/202 for a start, 202/204 for a stop) count as the same: the settled state is compared
-instead. A token revoked through the API must get stock's 403 at once (as the README says); one
-that expired on its own may get 429 where stock says 403, counted apart (the README documents it).
+server that was not running, without ``remove``. JupyterHub's own race is told apart, not
+allowed blindly: a stop while a spawn is pending cancels the spawn, sleeps one second and answers
+500 if the spawn has not ended by then; a 500 on one hub whose log shows that RuntimeError for
+that server, against 202/204 on the other, is counted as the race (the guard passes stops of
+pending servers to JupyterHub's code untouched, so either hub may lose it on a loaded machine).
+Success codes that only say how long the hub waited (201/202 for a start, 202/204 for a stop)
+count as the same: the settled state is compared instead. A token revoked through the API must
+get stock's 403 at once (as the README says); one that expired on its own may get 429 where
+stock says 403, counted apart (the README documents it).
 
 Only the stop guard differs by default: the stock hub loads none of the guard's snippets but
 spawns through the same GuardedKubeSpawner, so that a spawner difference is not taken for the
@@ -93,6 +98,8 @@ CONVERGE_SECONDS = 10.0
 # JupyterHub's shortest: expires_in counts whole seconds
 EXPIRES_IN = 2
 REQUEST_TIMEOUT = 60.0
+# how far back in a hub's log to look for JupyterHub's pending-stop RuntimeError
+PENDING_RACE_LOG_CHARS = 200_000
 # steps before a restart may come: one with nothing to carry over is as costly and tells less
 RESTART_AFTER = 5
 
@@ -572,8 +579,22 @@ class DifferentialMachine(RuleBasedStateMachine):
             # the README's documented exception: the guard does not check tokens again
             self.tally["documented: 429 for an expired token (stock: 403)"] += 1
             return
+        if before.startswith("pending") and self._lost_pending_race(answers, user, server):
+            self.tally["JupyterHub's race: 500 for a stop while pending (on either hub)"] += 1
+            return
         kind = (what, str(stock.status), str(guarded.status))
         raise self._counterexample(kind, self._report(f"{what} {target!r} while {before}", answers))
+
+    def _lost_pending_race(self, answers: dict[str, Answer], user: str, server: str) -> bool:
+        """One hub answered 500 because the spawn it cancelled outlived JupyterHub's one-second
+        wait (its log says so for this server), the other 202 or 204."""
+        failed = [side for side, answer in answers.items() if answer.status == 500]
+        others = {answer.status for side, answer in answers.items() if side not in failed}
+        if len(failed) != 1 or not others <= {202, 204}:
+            return False
+        log_name = f"{user}:{server}" if server else user
+        log = self.pair.sides[failed[0]].hub.log_tail(PENDING_RACE_LOG_CHARS)
+        return f"RuntimeError: {log_name} pending spawn" in log
 
     def _as_caller(
         self, side: Side, caller: str, user: str, method: str, path: str, **kwargs: Any
@@ -763,6 +784,10 @@ def main(args: argparse.Namespace) -> int:
                     )
                     failures.append((run_seed, first, e))
                     # not every failure is a counterexample: a hub may time out, or fail
+                    if first is None and machine.steps_run == before:
+                        # not one step: a hub is down, and every later run would end the same
+                        print_failure(run_seed, None, e, "(no step ran: a hub is down)")
+                        break
                     outcome = "COUNTEREXAMPLE" if first is not None else "ERROR"
                     outcome += f" {type(first or e).__name__}"
                     print_failure(
