@@ -17,6 +17,7 @@ status, if that failed). Standard library only: it runs before any venv exists.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -85,7 +86,7 @@ def main(command: list[str]) -> int:
     child = os.posix_spawnp(command[0], command, os.environ)
     # CI's SIGTERM reaches this process only: pass it on, and let the command clean up.
     # (A Ctrl-C reaches the whole foreground process group, the command included.)
-    signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(child, signum))
+    signal.signal(signal.SIGTERM, lambda signum, frame: _pass_on(child, signum))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         # reaps orphans as they end, until the command itself has
@@ -119,6 +120,12 @@ def main(command: list[str]) -> int:
     time.sleep(0.5)
     reap()
     return status or 1
+
+
+def _pass_on(child: int, signum: int) -> None:
+    # the command may have ended (and been reaped) just before the signal came
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child, signum)
 
 
 if __name__ == "__main__":
