@@ -581,6 +581,7 @@ class DifferentialMachine(RuleBasedStateMachine):
             return
         if before.startswith("pending") and self._lost_pending_race(answers, user, server):
             self.tally["JupyterHub's race: 500 for a stop while pending (on either hub)"] += 1
+            self._retry_stop_after_race(user, server)
             return
         kind = (what, str(stock.status), str(guarded.status))
         raise self._counterexample(kind, self._report(f"{what} {target!r} while {before}", answers))
@@ -595,6 +596,44 @@ class DifferentialMachine(RuleBasedStateMachine):
         log_name = f"{user}:{server}" if server else user
         log = self.pair.sides[failed[0]].hub.log_tail(PENDING_RACE_LOG_CHARS)
         return f"RuntimeError: {log_name} pending spawn" in log
+
+    def _retry_stop_after_race(self, user: str, server: str) -> None:
+        """The caller's retry after that 500, on both hubs once nothing pends. The hub that
+        lost the race may have gone on to finish the spawn it answered 500 for, so the hubs'
+        states may differ here: each hub must stop its server if it runs (202/204), and may
+        throttle the repeat only if its server is not running."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            observed = self._observe()
+            pending = any(
+                state.startswith("pending")
+                for users in observed.values()
+                for state in users.get(user, {}).values()
+            )
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        what, target = f"stop by {self.caller} again after JupyterHub's race", f"{user}/{server}"
+        self.tally[what] += 1
+        path = server_path(user, server)
+        answers = self.pair.both(
+            lambda s: Answer.of(self._as_caller(s, self.caller, user, "DELETE", path))
+        )
+        states = {side: observed[side].get(user, {}).get(server, "stopped") for side in SIDES}
+        self.steps.append(
+            f"{what} {target!r} [stock {states['stock']}, guarded {states['guarded']}]"
+            f" -> stock {answers['stock']}, guarded {answers['guarded']}"
+        )
+        for side, answer in answers.items():
+            throttled_no_op = (
+                side == "guarded"
+                and states[side] == "stopped"
+                and answer.status == 429
+                and answer.retry_after
+            )
+            if answer.status not in (202, 204) and not throttled_no_op:
+                kind = (what, side, str(answer.status))
+                raise self._counterexample(kind, self._report(f"{what} {target!r}", answers))
 
     def _as_caller(
         self, side: Side, caller: str, user: str, method: str, path: str, **kwargs: Any
