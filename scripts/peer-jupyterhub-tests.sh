@@ -7,9 +7,7 @@
 #   bash scripts/peer-jupyterhub-tests.sh                         # guard-reuse (CI)
 #   PEER_RUNS="plain plain-reuse guard guard-reuse" bash scripts/peer-jupyterhub-tests.sh
 # plain and plain-reuse are the same runs without the guard: the baselines the differences are
-# measured against. Each run is one process (PEER_WORKERS=2: its two files on two workers):
-# JupyterHub's tests time their stops and proxy calls, and with two workers on a loaded 2-core
-# machine 17 of them failed (202 for 204, proxy timeouts) where one process passes them all;
+# measured against. Each run takes its two files on two workers (PEER_WORKERS=0: one process);
 # other arguments go to pytest (e.g. -k test_user_options).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +32,7 @@ for run in ${PEER_RUNS:-guard-reuse}; do
   echo "== jupyterhub's own tests, run $run"
   start=$SECONDS
   "$venv/bin/python" -m pytest -c tests/peer/pytest.ini --rootdir "$site" -p jupyterhub_peer \
-    "${flags[@]}" -n "${PEER_WORKERS:-0}" --dist loadfile -q -rfExX \
+    "${flags[@]}" -n "${PEER_WORKERS:-2}" --dist loadfile -q -rfExX \
     --pyargs jupyterhub.tests.test_api jupyterhub.tests.test_named_servers "$@" || status=1
   echo "== run $run: $((SECONDS - start)) s"
 done

@@ -16,9 +16,15 @@ import pytest
 from artifacts import keep_logs
 from tools import MISSING_TOOL, in_ci
 
+from binderhub_guard.lab.bench import lifeline
 from binderhub_guard.lab.bench.devhub import DevHub
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # run as a script's background job (CI), the suite would pass SIGINT on ignored
+    lifeline.restore_interrupts()
 
 
 @pytest.fixture(scope="module")

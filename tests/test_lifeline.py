@@ -58,6 +58,25 @@ def test_a_child_of_a_background_job_can_be_interrupted():
     assert dispositions.stdout.split() == ["default_int_handler", "True"]
 
 
+def test_a_background_test_run_passes_the_default_sigint_to_what_it_starts():
+    # what conftest.py and the peer plugin do first: JupyterHub's local spawners stop their
+    # servers with SIGINT, and an inherited ignore made each stop wait out its timeout
+    grandchild = "import signal; print(signal.getsignal(signal.SIGINT).__name__)"
+    child = (
+        "import subprocess, sys; from binderhub_guard.lab.bench import lifeline;"
+        " lifeline.restore_interrupts();"
+        f" subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)"
+    )
+    seen = subprocess.run(
+        [sys.executable, "-c", child],
+        preexec_fn=_ignore_sigint_and_sigquit,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert seen.stdout.split() == ["default_int_handler"]
+
+
 def _ignore_sigint_and_sigquit() -> None:
     for signum in (signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_IGN)

@@ -32,6 +32,7 @@ import pytest
 from expected import DIFFERENCES
 
 import binderhub_guard
+from binderhub_guard.lab.bench import lifeline
 
 GUARD_SNIPPET = Path(binderhub_guard.__file__).parent / "data/jupyterhub_config.d/20-guard.py"
 
@@ -44,6 +45,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="the suite's auth_header reuses one token per user",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # JupyterHub's tests stop their servers with SIGINT and want 204 before slow_stop_timeout:
+    # run as a script's background job (CI), their servers would inherit SIGINT ignored
+    lifeline.restore_interrupts()
 
 
 def run_name(config: pytest.Config) -> str:

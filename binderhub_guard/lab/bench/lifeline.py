@@ -109,6 +109,15 @@ def _on_a_lasting_thread(call: Callable[..., T], *args: Any, **kwargs: Any) -> T
     return _forker.submit(call, *args, **kwargs).result()
 
 
+def restore_interrupts() -> None:
+    """Undo what a script's background job inherits (``cmd &`` in a non-interactive shell, as
+    CI runs things): SIGINT and SIGQUIT ignored. An ignored signal stays ignored across exec,
+    so without this every process started from here ignores the SIGINT its parent stops it
+    with (jupyterhub interrupts its services and its local spawners' servers, then waits)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) < 3 or argv[1] != "--":
         sys.exit(f"usage: python -m {MODULE} PARENT_PID -- COMMAND [ARGS...]")
