@@ -122,12 +122,8 @@ def main(argv: list[str]) -> None:
     if len(argv) < 3 or argv[1] != "--":
         sys.exit(f"usage: python -m {MODULE} PARENT_PID -- COMMAND [ARGS...]")
     die_with_parent(int(argv[0]))
-    # A script's background job inherits SIGINT and SIGQUIT ignored (so that the terminal's
-    # Ctrl-C spares it), and an ignored signal stays ignored across exec. These children are
-    # stopped by their parent with SIGINT (jupyterhub interrupts its managed services first,
-    # then waits its interrupt_timeout): they get the default dispositions back.
-    for signum in (signal.SIGINT, signal.SIGQUIT):
-        signal.signal(signum, signal.SIG_DFL)
+    # a handled signal is reset to its default by exec, an ignored one stays ignored
+    restore_interrupts()
     command = argv[2:]
     try:
         os.execvp(command[0], command)
