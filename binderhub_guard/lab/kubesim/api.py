@@ -377,6 +377,10 @@ class KubeApi:
         grace = _parse_float(request.query.get("gracePeriodSeconds"), "gracePeriodSeconds")
         if grace is None and options.get("gracePeriodSeconds") is not None:
             grace = _parse_float(str(options["gracePeriodSeconds"]), "gracePeriodSeconds")
+        if _propagation_policy(request, options) == "Orphan":
+            self.store.orphan_dependents(
+                self.store.get(resource, namespace, name)["metadata"]["uid"]
+            )
         if resource == "namespaces":
             await self._delete_contents(name)
         if resource != "pods":
@@ -419,6 +423,20 @@ class KubeApi:
             "metadata": {"resourceVersion": version},
             "items": items,
         }
+
+
+def _propagation_policy(request: web.Request, options: dict[str, Any]) -> str:
+    policy = (
+        request.query.get("propagationPolicy") or options.get("propagationPolicy") or "Background"
+    )
+    if policy not in ("Background", "Foreground", "Orphan"):
+        # kube-apiserver validates DeleteOptions into a 422 Invalid
+        raise ApiError(
+            422,
+            'DeleteOptions.meta.k8s.io "" is invalid: '
+            f'propagationPolicy: Unsupported value: "{policy}"',
+        )
+    return policy
 
 
 def _store_error(error: Exception) -> ApiError:

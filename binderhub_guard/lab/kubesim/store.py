@@ -4,7 +4,8 @@ This is the part of etcd + kube-apiserver that reflectors depend on: one global,
 increasing resourceVersion; lists stamped with it; watches that resume from a resourceVersion by
 replaying history, or fail with 410 Expired once that history has been compacted; and Events that
 expire like kube-apiserver's ``--event-ttl`` (without expiry every hub's event cache looks like a
-leak).
+leak).  It also does kube-controller-manager's garbage collection of ``ownerReferences``:
+KubeSpawner's stop deletes only the pod and leaves the per-pod Service and Secret to it.
 
 Stored objects are never mutated in place: each write stores a fresh dict, so history entries can
 share them with watchers safely.  Callers get deep copies.
@@ -131,6 +132,22 @@ class Watcher:
         self.queue.put_nowait(None)
 
 
+def _owner_references(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return obj["metadata"].get("ownerReferences") or []
+
+
+def _without_owner(owner_uid: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def drop(obj: dict[str, Any]) -> dict[str, Any]:
+        kept = [ref for ref in _owner_references(obj) if ref.get("uid") != owner_uid]
+        if kept:
+            obj["metadata"]["ownerReferences"] = kept
+        else:
+            obj["metadata"].pop("ownerReferences", None)
+        return obj
+
+    return drop
+
+
 class Store:
     """Objects by resource plural and (namespace, name); namespace is "" if cluster-scoped."""
 
@@ -156,6 +173,7 @@ class Store:
         self._compacted = 0
         self._watchers: set[Watcher] = set()
         self._rng = random.Random()
+        self._garbage_collection_due = False
 
     @property
     def resource_version(self) -> int:
@@ -212,6 +230,9 @@ class Store:
             self._event_born[key] = self._clock()
             while len(self._event_born) > self.max_events:
                 self.delete("events", *next(iter(self._event_born)))
+        if meta.get("ownerReferences"):
+            # an owner may already be gone: the collector deletes such a dependent too
+            self._collect_garbage_soon()
         return copy.deepcopy(obj)
 
     def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any]:
@@ -293,7 +314,63 @@ class Store:
         final = copy.deepcopy(current)
         self._stamp(final)
         self._record(resource, "DELETED", final, current)
+        self._collect_garbage_soon()
         return copy.deepcopy(final)
+
+    def orphan_dependents(self, owner_uid: str) -> None:
+        """Drop references to owner_uid from its dependents, as propagationPolicy=Orphan does."""
+        for resource, objects in self._objects.items():
+            for (namespace, name), obj in list(objects.items()):
+                if any(ref.get("uid") == owner_uid for ref in _owner_references(obj)):
+                    self.modify(resource, namespace, name, _without_owner(owner_uid))
+
+    def _collect_garbage_soon(self) -> None:
+        # the real collector works from its own watches a moment after the delete, so the
+        # owner's delete is answered (and its DELETED sent) before any dependent goes
+        if self._garbage_collection_due:
+            return
+        self._garbage_collection_due = True
+        try:
+            asyncio.get_running_loop().call_soon(self.collect_garbage)
+        except RuntimeError:
+            self.collect_garbage()
+
+    def collect_garbage(self) -> int:
+        """Background cascading deletion, as kube-controller-manager's garbage collector does it:
+        an object all of whose owners are gone is deleted; an object with an owner left loses
+        only its references to the missing ones.  Returns how many objects were deleted."""
+        self._garbage_collection_due = True  # the deletes below need no sweep of their own
+        deleted = 0
+        try:
+            while orphans := self._sweep_owner_references():
+                for resource, namespace, name in orphans:
+                    self.delete(resource, namespace, name)
+                deleted += len(orphans)
+        finally:
+            self._garbage_collection_due = False
+        return deleted
+
+    def _sweep_owner_references(self) -> list[tuple[str, str, str]]:
+        dependents = [
+            (resource, namespace, name, {ref.get("uid") for ref in _owner_references(obj)})
+            for resource, objects in self._objects.items()
+            for (namespace, name), obj in objects.items()
+            if _owner_references(obj)
+        ]
+        if not dependents:
+            return []
+        alive = {
+            obj["metadata"]["uid"] for objects in self._objects.values() for obj in objects.values()
+        }
+        orphans = []
+        for resource, namespace, name, owners in dependents:
+            missing = owners - alive
+            if missing == owners:
+                orphans.append((resource, namespace, name))
+                continue
+            for uid in missing:
+                self.modify(resource, namespace, name, _without_owner(uid))
+        return orphans
 
     def expire_events(self) -> int:
         """Delete events older than the TTL, with DELETED watch events; return how many."""
