@@ -825,6 +825,7 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
     from traitlets.config import Config
 
     from ...spawner import GuardedKubeSpawner
+    from ...state import GuardState
 
     workdir = tempfile.mkdtemp(prefix="soak-overhead-")
     kubeconfig = str(Path(workdir) / "kubeconfig")
@@ -857,7 +858,8 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
         "guarded": (GuardedKubeSpawner, ledger_on),
     }
     timings: dict[str, list[float]] = {variant: [] for variant in runs}
-    recorded_before = GuardedKubeSpawner.ledger.recorded
+    ledger = GuardState.for_process().ledger
+    recorded_before = ledger.recorded
     failed = 0
     try:
         for cls, config in runs.values():  # warm up every path
@@ -874,7 +876,7 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
             for variant, seconds in spent.items():
                 timings[variant].append(seconds)
         await asyncio.sleep(0.1)
-        recorded = GuardedKubeSpawner.ledger.recorded - recorded_before
+        recorded = ledger.recorded - recorded_before
     finally:
         await KubeSpawner._stop_all_reflectors()
         sim.terminate()
