@@ -47,8 +47,10 @@ Snapshot (read-only, JSON-ready) for the report, from :meth:`Ledger.snapshot`::
         "spawns_active": int, "spawns_ended": int, "recorded": int,   # resources, ever
         "orphans_found": int, "orphans_released": int, "orphans_live": int,
       },
-      "faults": {...},              # API errors, stop errors, relists: see faultcounts.py
     }
+
+The report's ledger section adds the fault counts under ``"faults"``
+(:meth:`binderhub_guard.state.GuardState.ledger_snapshot`).
 """
 
 from __future__ import annotations
@@ -69,8 +71,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any
-
-from .faultcounts import FaultCounts
 
 TASK = "task"
 
@@ -328,8 +328,6 @@ class Ledger:
         self._spawns_ended = 0
         #: resources recorded since start-up, of every owner (the ledger's work load)
         self.recorded = 0
-        #: faults the spawners met, fed by the kubespawner door
-        self.faults = FaultCounts()
         # strong refs to our own sweep/release tasks, which must not be collected mid-flight
         self._housekeeping: set[asyncio.Task] = set()
 
@@ -630,7 +628,6 @@ class Ledger:
                 "orphans_released": self._orphans_released,
                 "orphans_live": sum(1 for o in orphans if o["live"]),
             },
-            "faults": self.faults.snapshot(),
         }
 
     def _describe_spawn(self, spawn: Spawn) -> dict[str, Any]:
@@ -663,11 +660,7 @@ class Ledger:
         }
 
 
-#: The hub's ledger; GuardedKubeSpawner configures and feeds it, the report reads it.
-registry = Ledger()
-
-
-def install_task_tracking(loop: asyncio.AbstractEventLoop, ledger: Ledger = registry) -> None:
+def install_task_tracking(loop: asyncio.AbstractEventLoop, ledger: Ledger) -> None:
     """Charge tasks created on `loop` to the spawn in their context (idempotent)."""
     previous = loop.get_task_factory()
     if getattr(previous, "_binderhub_guard_ledger", None) is ledger:

@@ -4,9 +4,9 @@ This module is the one door to kubespawner's internals (``_start_reflector``, ``
 ``ResourceReflector``, ``shared_client``) and to kubernetes_asyncio's ``Watch`` and
 ``ApiClient``: an upgrade of either changes this file only.
 
-Faults are counted here too (``ledger.faults``): every API answer by status, each reflector's
-relists (held to ``relist_limit_per_minute`` in every minute), pod deletes that
-errored, and reflectors replaced after their watch gave up.
+Faults are counted here too (the `GuardState`'s ``faults``): every API answer by status,
+each reflector's relists (held to ``relist_limit_per_minute`` in every minute), pod deletes
+that errored, and reflectors replaced after their watch gave up.
 
 Relists over the rate are avoided where they can be: kubespawner's reflector relists at every
 watch restart, a dropped watch included, where a client-go informer resumes its watch from
@@ -20,12 +20,17 @@ How resources reach the ledger without kubespawner's cooperation: the constructo
 hub's event loop gets a task factory; each reports what it builds to the spawn named by the
 spawn context, which ``start()``, ``stop()`` and ``progress()`` set.  Tasks copy that context,
 so a reflector's watch task keeps charging its watches to the spawn that started it.
+
+The ledger, the fault counts and the damper belong to the process's `GuardState`
+(``binderhub_guard.state``): in a hub the installer sets them up once and each spawner finds
+the state in its user's settings; a spawner used without `install(c)` sets them up itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import sys
 import time
 import weakref
@@ -39,11 +44,12 @@ from kubernetes_asyncio.watch import Watch
 from kubespawner import KubeSpawner
 from kubespawner.reflector import ResourceReflector
 from traitlets import Bool, Float, TraitError, validate
-from traitlets.config import Configurable, LoggingConfigurable
+from traitlets.config import Config, Configurable, LoggingConfigurable
 
 from . import ledger as ledger_module
 from .faultcounts import FaultCounts, RelistDamper
-from .ledger import SHARED, Ledger, Spawn, current_owner, registry
+from .ledger import SHARED, Ledger, Spawn, current_owner
+from .state import GuardState
 from .traitchecks import in_range
 
 REFLECTOR = "reflector"
@@ -246,10 +252,12 @@ def _damped_list(original: Callable, faults: FaultCounts):
 _HOOKED: list[type] = []
 
 
-def install_hooks(ledger: Ledger = registry) -> None:
-    """Wrap the constructors that report to the ledger (idempotent, process-wide)."""
+def install_hooks(state: GuardState) -> None:
+    """Wrap the constructors that report to `state`'s ledger and fault counts (idempotent,
+    process-wide: `state` is the process's)."""
     if _HOOKED:
         return
+    ledger, faults = state.ledger, state.faults
     ledger_module.add_plumbing(__file__)
     # a reflector watches until someone stops it: an ended spawn's own one is an orphan at once
     ledger.register_kind(
@@ -269,12 +277,10 @@ def install_hooks(ledger: Ledger = registry) -> None:
     ):
         cls.__init__ = _recording_init(cls.__init__, kind, label, ledger)
         _HOOKED.append(cls)
-    RESTClientObject.request = _counting_request(RESTClientObject.request, ledger.faults)
+    RESTClientObject.request = _counting_request(RESTClientObject.request, faults)
     Watch.__init__ = _trailing_init(Watch.__init__)
     Watch.next = _noting_next(Watch.next)
-    ResourceReflector._list_and_update = _damped_list(
-        ResourceReflector._list_and_update, ledger.faults
-    )
+    ResourceReflector._list_and_update = _damped_list(ResourceReflector._list_and_update, faults)
 
 
 _LOOPS_SET_UP: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
@@ -301,7 +307,7 @@ async def _release_at_shutdown(ledger: Ledger) -> None:
         raise
 
 
-async def release_all(ledger: Ledger = registry) -> None:
+async def release_all(ledger: Ledger) -> None:
     """Hub shutdown: release every spawn's leftovers and stop the shared reflectors."""
     await ledger.release_all()
     await KubeSpawner._stop_all_reflectors()
@@ -312,14 +318,11 @@ class _ReflectorHolder(LoggingConfigurable):
     happened to create it (and through it a user, ORM objects) for the hub's lifetime."""
 
 
-_holder: _ReflectorHolder | None = None
-
-
-def _long_lived_parent(spawner: KubeSpawner) -> _ReflectorHolder:
-    global _holder
-    if _holder is None:
-        _holder = _ReflectorHolder(log=spawner.log, config=spawner.config)
-    return _holder
+def _long_lived_parent(spawner: GuardedKubeSpawner) -> LoggingConfigurable:
+    state = spawner.guard_state
+    if state.reflector_parent is None:
+        state.reflector_parent = _ReflectorHolder(log=spawner.log, config=spawner.config)
+    return state.reflector_parent
 
 
 def _halt_hub(key: tuple, log) -> Callable[[], None]:
@@ -443,20 +446,62 @@ class FaultSettings(Configurable):
             )
 
 
-def check_config(config) -> None:
+class SpawnerSettings(LedgerSettings, FaultSettings):
+    """The ledger and fault settings without a spawner (`spawner_settings`)."""
+
+
+def spawner_settings(config: Config, spawner_class: type | None = None) -> SpawnerSettings:
+    """The ledger and fault settings a `spawner_class` (GuardedKubeSpawner by default) made
+    from `config` would have, without making one: read from the config sections of its
+    classes, in the order traitlets reads them, and checked the same way (a TraitError names
+    ``SpawnerClass.trait`` and the value)."""
+    spawner_class = spawner_class or GuardedKubeSpawner
+    names = set(SpawnerSettings.class_trait_names(config=True))
+    own = Config()
+    for section in spawner_class.section_names():
+        if section in config:
+            for name, value in config[section].items():
+                if name in names:
+                    own[spawner_class.__name__][name] = value
+    settings = type(spawner_class.__name__, (SpawnerSettings,), {})(config=own)
+    settings.check_relist_bound()
+    return settings
+
+
+def check_config(config: Config) -> None:
     """Fail now, naming the trait and value, if `config` sets a bad ledger or fault setting.
 
     For hub start-up: spawners are created lazily, so bad values would otherwise surface on
     a user's first spawn.
     """
-    checker = type("GuardedKubeSpawner", (LedgerSettings, FaultSettings), {})
-    checker(config=config).check_relist_bound()
+    spawner_settings(config)
+
+
+def start_ledger(
+    state: GuardState, settings: SpawnerSettings | GuardedKubeSpawner, log: logging.Logger
+) -> None:
+    """Set `state`'s ledger and relist damper from `settings`, wrap the constructors that feed
+    them (once per process) and track the tasks of the running event loop.
+
+    The installer calls it once at hub start-up, with what `spawner_settings` read from the
+    hub's config; a GuardedKubeSpawner made without the installer calls it with its own.
+    """
+    install_hooks(state)
+    _set_up_loop(state.ledger)
+    ledger = state.ledger
+    ledger.log = log
+    ledger.enabled = settings.ledger_enabled
+    ledger.release_orphans = settings.release_orphans
+    ledger.orphan_grace_seconds = settings.orphan_grace_seconds
+    state.faults.damper = RelistDamper(settings.relist_limit_per_minute, settings.relist_max_delay)
 
 
 class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
     """A KubeSpawner whose per-spawn resources are tracked by the guard's ledger."""
 
-    ledger: Ledger = registry
+    #: the process's guard state: the installer's, from the hub's settings, or (without
+    #: install(c)) `GuardState.for_process()`, set up by this spawner's own settings
+    guard_state: GuardState
 
     _spawn: Spawn | None = None
     # whether stop() ran since the last start(): jupyterhub skips it for a server poll() calls dead
@@ -465,15 +510,16 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.check_relist_bound()
-        install_hooks(self.ledger)
-        _set_up_loop(self.ledger)
-        self.ledger.log = self.log
-        self.ledger.enabled = self.ledger_enabled
-        self.ledger.release_orphans = self.release_orphans
-        self.ledger.orphan_grace_seconds = self.orphan_grace_seconds
-        self.ledger.faults.damper = RelistDamper(
-            self.relist_limit_per_minute, self.relist_max_delay
-        )
+        state = GuardState.in_settings(getattr(self.user, "settings", None))
+        if state is None:
+            # no installer (kubespawner used alone): nobody else sets the ledger up
+            state = GuardState.for_process()
+            start_ledger(state, self, self.log)
+        self.guard_state = state
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.guard_state.ledger
 
     def _spawn_context(self):
         return self.ledger.activate(self._spawn if self.ledger_enabled else None)
@@ -511,7 +557,7 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
         fails validation), whether or not the pod went; jupyterhub then marks the server
         stopped and forgets the error.
         """
-        faults = self.ledger.faults
+        faults = self.guard_state.faults
         pod = f"{self.namespace}/{self.pod_name}"
         deadline = time.monotonic() + self.stop_retry_timeout
         delay = 0.5
@@ -637,7 +683,7 @@ class GuardedKubeSpawner(KubeSpawner, LedgerSettings, FaultSettings):
         if not replace and failed is not None and _reflector_has_failed(failed):
             # kubespawner would hand out its frozen cache for the hub's lifetime
             self.log.warning("Replacing %s: its watch gave up", _reflector_label(failed))
-            self.ledger.faults.reflector_replaced(_reflector_label(failed))
+            self.guard_state.faults.reflector_replaced(_reflector_label(failed))
             replace = True
         # shared reflectors (and their watch tasks, for ever) belong to no spawn
         with self.ledger.activate(SHARED):

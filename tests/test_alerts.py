@@ -55,12 +55,12 @@ async def test_rules_only_use_metrics_the_hub_exports():
     """Every metric an alert reads is one the guard's collector really exports."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from binderhub_guard.ledger import Ledger
-    from binderhub_guard.report.guard_report import GuardReport, shared_source
+    from binderhub_guard.report.guard_report import GuardReport
     from binderhub_guard.report.metrics import GuardCollector
+    from binderhub_guard.state import GuardState
     from binderhub_guard.stopguard import StopGuard
 
-    report = GuardReport(get_source=shared_source({"ledger": Ledger(), "stop_guard": StopGuard()}))
+    report = GuardReport(state=GuardState(stop_guard=StopGuard()))
     report.sampler.tick()
     registry = CollectorRegistry()
     registry.register(GuardCollector(report))

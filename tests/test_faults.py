@@ -16,9 +16,10 @@ from waiting import until
 from binderhub_guard.faultcounts import FaultCounts, RelistDamper
 from binderhub_guard.ledger import Ledger
 from binderhub_guard.report import metrics, signals
-from binderhub_guard.report.guard_report import GuardReport, shared_source
+from binderhub_guard.report.guard_report import GuardReport
 from binderhub_guard.report.signals import Sample, SignalRules
 from binderhub_guard.spawner import GuardedKubeSpawner, check_config
+from binderhub_guard.state import GuardState
 
 
 def test_a_burst_goes_at_once_then_one_relist_per_max_delay():
@@ -127,28 +128,28 @@ async def test_a_reflector_whose_watch_gave_up_is_replaced_and_counted(sim):  # 
     # what kubespawner's watch loop does after 30 s of errors: return, cache frozen
     given_up.watch_task.cancel()
     await until(given_up.watch_task.done, what="the watch task ended")
-    replaced_before = spawner.ledger.faults.reflectors_replaced
+    replaced_before = spawner.guard_state.faults.reflectors_replaced
 
     await spawner.stop()
     await spawner.run_post_stop_hook()
 
     replacement = KubeSpawner.reflectors[key]
     assert replacement is not given_up and not replacement.watch_task.done()
-    assert spawner.ledger.faults.reflectors_replaced == replaced_before + 1
+    assert spawner.guard_state.faults.reflectors_replaced == replaced_before + 1
     assert sim.pods() == []
     await until(lambda: sim.watch_counts().get("pods") == 1, what="one pod watch open")
 
 
 async def test_faults_are_exported_as_metrics():
-    ledger = Ledger(log=logging.getLogger("test"))
-    ledger.faults.api_answer(500)
-    ledger.faults.stop_attempt_failed()
-    ledger.faults.stop_ended("default/jupyter-x", "Kubernetes API 500", 2, recovered=True)
+    state = GuardState(ledger=Ledger(log=logging.getLogger("test")))
+    state.faults.api_answer(500)
+    state.faults.stop_attempt_failed()
+    state.faults.stop_ended("default/jupyter-x", "Kubernetes API 500", 2, recovered=True)
     reflector = object.__new__(KubeSpawner)  # relists are kept per live reflector
-    ledger.faults.relist(reflector, "PodReflector pods")
+    state.faults.relist(reflector, "PodReflector pods")
     report = GuardReport(
         config=Config({"GuardReport": {"sample_interval": 60}}),
-        get_source=shared_source({"ledger": ledger}),
+        state=state,
     )
     report.start()
     try:

@@ -11,6 +11,7 @@ from binderhub_guard.hub.handlers import (
     GuardedUserServerAPIHandler,
 )
 from binderhub_guard.hub.install import _Installer
+from binderhub_guard.state import GuardState
 
 
 class Other:
@@ -64,7 +65,7 @@ def test_the_wrapped_jupyterhub_methods_are_listed_in_one_place() -> None:
     class App:
         log = None
 
-    assert sorted(_Installer(App()).wrappers()) == [
+    assert sorted(_Installer(App(), GuardState()).wrappers()) == [
         "cleanup",
         "init_handlers",
         "init_role_creation",

@@ -8,7 +8,8 @@ from traitlets.config import Config
 
 from binderhub_guard.ledger import Ledger
 from binderhub_guard.report import metrics
-from binderhub_guard.report.guard_report import GuardReport, shared_source
+from binderhub_guard.report.guard_report import GuardReport
+from binderhub_guard.state import GuardState
 from binderhub_guard.stopguard import StopGuard, TargetState
 
 
@@ -18,9 +19,7 @@ async def guard():
     stop_guard = StopGuard()
     stop_guard.admit("user:bob", "bob/", TargetState.PENDING, now=0.0)
     config = Config({"GuardReport": {"sample_interval": 60}})
-    report = GuardReport(
-        config=config, get_source=shared_source({"ledger": ledger, "stop_guard": stop_guard})
-    )
+    report = GuardReport(config=config, state=GuardState(ledger=ledger, stop_guard=stop_guard))
     report.start()
     yield report
     await report.stop()

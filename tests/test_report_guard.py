@@ -10,7 +10,8 @@ from traitlets.config import Config
 from waiting import until
 
 from binderhub_guard.ledger import Ledger
-from binderhub_guard.report.guard_report import GuardReport, shared_source
+from binderhub_guard.report.guard_report import GuardReport
+from binderhub_guard.state import GuardState
 from binderhub_guard.stopguard import StopGuard, TargetState
 
 
@@ -25,9 +26,9 @@ WATCHED = {"Leaked": f"{__name__}:Leaked"}
 async def report():
     started = []
 
-    def make(get_source=None, shared=None, **traits):
+    def make(state=..., **traits):
         config = Config({"GuardReport": {"watched_types": WATCHED, **traits}})
-        made = GuardReport(config=config, get_source=get_source or shared_source(shared))
+        made = GuardReport(config=config, state=GuardState() if state is ... else state)
         made.start()
         started.append(made)
         return made
@@ -41,7 +42,7 @@ SECTIONS = {"process", "objects", "tracemalloc", "ledger", "stop_guard", "leak_s
 
 
 async def test_report_has_every_section_and_degrades_without_sources(report):
-    guard = report(get_source=lambda name: None, sample_interval=60)
+    guard = report(state=None, sample_interval=60)
     body = await guard.build()
     assert SECTIONS <= set(body)
     process = body["process"]
@@ -78,7 +79,7 @@ async def test_ledger_and_stop_guard_sections_and_orphan_signal(report):
     ledger = Ledger(log=logging.getLogger("test"), release_orphans=False, orphan_grace_seconds=0)
     stop_guard = StopGuard()
     guard = report(
-        shared={"ledger": ledger, "stop_guard": stop_guard},
+        state=GuardState(ledger=ledger, stop_guard=stop_guard),
         sample_interval=60,
         signal_confirm_samples=2,
     )

@@ -8,9 +8,10 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from binderhub_guard.ledger import Ledger
-from binderhub_guard.report.guard_report import GuardReport, shared_source
+from binderhub_guard.report.guard_report import GuardReport
 from binderhub_guard.report.history import SERIES, History
 from binderhub_guard.report.signals import Sample
+from binderhub_guard.state import GuardState
 from binderhub_guard.stopguard import StopGuard, TargetState
 
 
@@ -53,9 +54,7 @@ def test_memory_is_fixed_at_start_and_says_its_bytes():
 async def test_report_history_section_and_series_on_request():
     ledger, stop_guard = Ledger(), StopGuard()
     config = Config({"GuardReport": {"sample_interval": 10, "history_seconds": 3600}})
-    report = GuardReport(
-        config=config, get_source=shared_source({"ledger": ledger, "stop_guard": stop_guard})
-    )
+    report = GuardReport(config=config, state=GuardState(ledger=ledger, stop_guard=stop_guard))
     stop_guard.admit("user:alice", "alice/", TargetState.RUNNING, now=0.0)
     for _ in range(3):
         report.sampler.tick()

@@ -1,11 +1,11 @@
 """The soak benchmark's slope: what issue 3's "RSS slope after warm-up" target is read from."""
 
-from binderhub_guard.lab.bench.soak import Sample, slope_fit
+from binderhub_guard.lab.bench.soak import SoakSample, slope_fit
 
 
-def samples(rss_by_cycle: dict[int, int]) -> list[Sample]:
+def samples(rss_by_cycle: dict[int, int]) -> list[SoakSample]:
     return [
-        Sample(
+        SoakSample(
             cycles=cycles,
             seconds=0.0,
             failures=0,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import weakref
+from types import SimpleNamespace
 
 import pytest
 from jupyterhub.utils import maybe_future
@@ -23,7 +24,13 @@ from waiting import until, within
 
 from binderhub_guard.lab.kubesim.server import KubeSim
 from binderhub_guard.lab.leaky import LeakyGuardedKubeSpawner, LeakyKubeSpawner
-from binderhub_guard.spawner import GuardedKubeSpawner, check_config, progress_client_gone
+from binderhub_guard.spawner import (
+    GuardedKubeSpawner,
+    check_config,
+    progress_client_gone,
+    spawner_settings,
+)
+from binderhub_guard.state import SETTINGS_KEY, GuardState
 
 NAMESPACE = "default"
 
@@ -93,7 +100,7 @@ async def test_guard_releases_the_2018_leak_and_reports_it_as_orphans(sim):
 
     await until(lambda: _per_pod_reflectors() == [], what="the leaked reflector stopped")
     await _settle(sim, 2)  # the shared pod and event watches only
-    snapshot = GuardedKubeSpawner.ledger.snapshot()
+    snapshot = spawner.ledger.snapshot()
     orphans = [o for o in snapshot["orphans"] if o["spawn_id"] == spawner._spawn.spawn_id]
     reflector_orphans = [o for o in orphans if o["kind"] == "reflector"]
     assert len(reflector_orphans) == 1
@@ -200,7 +207,7 @@ async def test_abandoned_progress_is_ended_with_its_spawn(sim):
 
     await until(step.done, what="the progress ended with its spawn")
     assert spawner._spawn.end_reason == "start cancelled or timed out"
-    live = GuardedKubeSpawner.ledger.snapshot()["spawns"]
+    live = spawner.ledger.snapshot()["spawns"]
     mine = [s for s in live if s["spawn_id"] == spawner._spawn.spawn_id]
     assert mine[0]["live"]["progress"] == 0
     await within(progress.aclose(), "closing the progress")
@@ -225,7 +232,7 @@ async def test_progress_ends_when_the_hub_says_its_client_has_gone(sim):
 
     assert step.cancelled()
     assert spawner._spawn.active
-    mine = GuardedKubeSpawner.ledger._describe_spawn(spawner._spawn)
+    mine = spawner.ledger._describe_spawn(spawner._spawn)
     assert mine["live"]["progress"] == 0
     start.cancel()
     await spawner.stop(now=True)
@@ -248,7 +255,7 @@ async def test_a_profile_namespace_adds_shared_reflectors_held_only_while_its_sp
     key = repr(("pods", "profile-ns"))
 
     def holding() -> dict:
-        shared = GuardedKubeSpawner.ledger.snapshot()["shared"]
+        shared = spawner.ledger.snapshot()["shared"]
         return next(entry for entry in shared if entry["key"] == key)
 
     assert holding()["holder_spawns"] == [spawner._spawn.spawn_id]
@@ -275,3 +282,34 @@ async def test_a_spawn_cancelled_while_starting_the_shared_reflectors_leaves_the
     await within(second.start(), "a start after the cancelled one")
     assert all(r.watch_task is not None for r in KubeSpawner.reflectors.values())
     await second.stop()
+
+
+async def test_a_spawner_in_a_hub_takes_the_installer_s_state_and_leaves_its_set_up_alone(sim):
+    state = GuardState()  # as the installer makes and sets it up, once
+    settings = {SETTINGS_KEY: state}  # the hub's tornado settings, which every User carries
+    user = SimpleNamespace(name="alice", id=1, url="/user/alice/", settings=settings)
+    spawner = make_spawner(GuardedKubeSpawner, sim, user=user)
+    assert spawner.guard_state is state and spawner.ledger is state.ledger
+    # its config says 0: setting the ledger up is the installer's job, not each spawner's
+    assert state.ledger.orphan_grace_seconds == 5.0
+
+    alone = make_spawner(GuardedKubeSpawner, sim)  # kubespawner without install(c)
+    assert alone.guard_state is GuardState.for_process() is not state
+    assert alone.ledger.orphan_grace_seconds == 0  # set up from its own settings
+
+
+async def test_the_installer_reads_a_spawner_s_settings_as_the_spawner_does(sim):
+    config = _config()
+    config.GuardedKubeSpawner.relist_max_delay = 20.0
+    config.KubeSpawner.release_orphans = False
+    config.LeakyGuardedKubeSpawner.orphan_grace_seconds = 3.0
+    config.KubeSpawner.start_timeout = 7  # not a ledger or fault setting: not read
+    read = spawner_settings(config, LeakyGuardedKubeSpawner)
+    spawner = LeakyGuardedKubeSpawner(_mock=True, config=config, k8s_api_host=sim.url)
+    for name in ("relist_max_delay", "release_orphans", "orphan_grace_seconds", "ledger_enabled"):
+        assert getattr(read, name) == getattr(spawner, name), name
+    assert (read.relist_max_delay, read.release_orphans, read.orphan_grace_seconds) == (
+        20.0,
+        False,
+        3.0,
+    )

@@ -24,7 +24,10 @@ methods on the instance (the class is left alone; listed in `_Installer.wrappers
   the two ``SpawnProgressAPIHandler`` routes get `GuardedSpawnProgressAPIHandler`, which tells
   the spawner's ``progress()`` when the browser has gone. The report's routes go in just
   before JupyterHub's ``/api/(.*)`` 404 catch-all. The StopGuard is built here too, when the
-  configuration is complete, so bad StopGuard values stop the hub at start-up.
+  configuration is complete, so bad StopGuard values stop the hub at start-up; with it the
+  process's `GuardState` (``binderhub_guard.state``) is filled in, its ledger and relist
+  damper set from the spawner's settings, and put in the tornado settings, where the report's
+  handlers and the spawners find it.
 - ``start`` / ``cleanup``: start and stop the report, the StopGuard's summary logging and the
   `MemoryTrim` (free C-heap pages returned to the system). Before the hub's HTTP server is
   made, its application's ``start_request`` (tornado's ``HTTPServerConnectionDelegate``

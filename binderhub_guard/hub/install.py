@@ -17,12 +17,12 @@ from traitlets.config import LoggingConfigurable
 
 from .. import report
 from .._version import __version__
-from ..ledger import registry as ledger_registry
 from ..memtrim import MemoryTrim
+from ..report.handlers import RequestPacer
 from ..report.handlers import default_handlers as report_handlers
 from ..scopes import ADMIN_SCOPE, READ_SCOPE
-from ..spawner import GuardedKubeSpawner
-from ..spawner import check_config as check_spawner_config
+from ..spawner import GuardedKubeSpawner, spawner_settings, start_ledger
+from ..state import SETTINGS_KEY, GuardState
 from ..stopguard import StopGuard
 from . import routes
 from .gate import StopGate
@@ -40,7 +40,6 @@ GUARD_SCOPES = {
     },
 }
 ADMIN_ROLE = "binderhub-guard-admin"
-SETTINGS_KEY = "binderhub_guard"
 # the package's data folder, one level up from this subpackage
 GUARD_TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "templates"
 UPSTREAMS = ("jupyterhub", "jupyterhub-kubespawner", "kubernetes_asyncio")
@@ -92,18 +91,20 @@ def install(c: Any) -> None:
     if not JupyterHub.initialized():
         # e.g. a tool reading the config: nothing to hook, and no reason to fail
         return
-    _Installer(JupyterHub.instance()).hook()
+    _Installer(JupyterHub.instance(), GuardState.for_process()).hook()
 
 
 class _Installer:
-    def __init__(self, app: Any) -> None:
+    """Hooks the guard into `app`; fills in `state` (the process's, made by `install`) at
+    start-up and hands it to the hub's handlers and spawners through the tornado settings."""
+
+    def __init__(self, app: Any, state: GuardState) -> None:
         self.app = app
         self.log = app.log
-        self.guard: StopGuard | None = None
+        self.state = state
         self.gate: StopGate | None = None
         self.summaries: PeriodicCallback | None = None
         self.report_started = False
-        self.memory_trim: MemoryTrim | None = None
 
     def wrappers(self) -> dict[str, Callable[[Callable], Callable]]:
         """Every JupyterHub method the guard wraps, on the running app only (the class is left
@@ -145,15 +146,17 @@ class _Installer:
     def _wrap_init_handlers(self, original: Callable) -> Callable:
         def init_handlers() -> None:
             original()
-            self.guard = StopGuard(parent=self.app)
-            self.memory_trim = MemoryTrim(parent=self.app)
-            self.app.tornado_settings[SETTINGS_KEY] = {
-                "stop_guard": self.guard,
-                "ledger": ledger_registry,
-                "report": None,
-                "memory_trim": self.memory_trim,
-            }
+            state = self.state
+            state.stop_guard = StopGuard(parent=self.app)
+            state.memory_trim = MemoryTrim(parent=self.app)
+            state.report_pacer = RequestPacer()
+            # the dict every User (and so every spawner) and the tornado application get
+            self.app.tornado_settings[SETTINGS_KEY] = state
             self.install_routes(self.app.handlers)
+            spawner_class = self.app.spawner_class
+            if issubclass(spawner_class, GuardedKubeSpawner):
+                # once for the hub, from the settings its spawners will have
+                start_ledger(state, spawner_settings(self.app.config, spawner_class), self.log)
             self.log_versions()
 
         return init_handlers
@@ -171,7 +174,7 @@ class _Installer:
         self.log.info("binderhub-guard: ledger %s", outcome["ledger"])
         steps = {"stop_guard": self._route_stops, "report": self._route_report}
         for capability, install_step in steps.items():
-            if capability == "stop_guard" and not self.guard.enabled:
+            if capability == "stop_guard" and not self.state.stop_guard.enabled:
                 outcome[capability] = "off (StopGuard.enabled = False)"
                 self.log.info("binderhub-guard: stop guard %s", outcome[capability])
                 continue
@@ -192,7 +195,7 @@ class _Installer:
     def _ledger_status(self) -> str:
         spawner_class = self.app.spawner_class
         if issubclass(spawner_class, GuardedKubeSpawner):
-            check_spawner_config(self.app.config)
+            spawner_settings(self.app.config, spawner_class)
             return f"active: {spawner_class.__module__}.{spawner_class.__name__}"
         return (
             f"off: spawner_class is {spawner_class.__module__}.{spawner_class.__name__},"
@@ -215,7 +218,7 @@ class _Installer:
         )
 
     def _route_stops(self, handlers: list) -> str:
-        gate = StopGate(self.guard, self.app)
+        gate = StopGate(self.state.stop_guard, self.app)
         indexes, guarded = routes.guard_stops(handlers, gate)
         paths = " and ".join(route[0] for route in guarded)
         if routes.shadowed_before(handlers, indexes[0], self.app.hub_prefix):
@@ -231,7 +234,7 @@ class _Installer:
                 (route[0] for route in guarded), routes.credential_routes(handlers)
             )
             where = f"in front of {paths}, repeats answered before a handler exists"
-        g = self.guard
+        g = self.state.stop_guard
         status = "active{} {} (window {:g}s, rate {:g}/s, burst {:d}{})".format(
             " in DRY RUN" if g.dry_run else "",
             where,
@@ -260,22 +263,22 @@ class _Installer:
                     application.start_request
                 )
             await original()
-            if self.memory_trim is not None:
-                self.memory_trim.start()
-            guard = self.guard
+            state = self.state
+            if state.memory_trim is not None:
+                state.memory_trim.start()
+            guard = state.stop_guard
             if guard is not None and guard.enabled:
                 self.summaries = PeriodicCallback(
                     lambda: guard.log_summary(time.monotonic()), guard.summary_interval * 1000
                 )
                 self.summaries.start()
-            shared = self.app.tornado_settings[SETTINGS_KEY]
             if any(route[1] in _REPORT_HANDLER_CLASSES for route in self.app.handlers):
-                shared["report"] = report.start(self.app, shared)
+                started = report.start(self.app, state)
                 self.report_started = True
                 self.log.info(
                     "binderhub-guard: report sampling every %gs; metrics binderhub_guard_* on"
                     " %smetrics",
-                    shared["report"].sample_interval,
+                    started.sample_interval,
                     self.app.hub_prefix,
                 )
 
@@ -283,13 +286,14 @@ class _Installer:
 
     def _wrap_cleanup(self, original: Callable) -> Callable:
         async def cleanup() -> None:
+            state = self.state
             if self.summaries is not None:
                 self.summaries.stop()
-                self.guard.log_summary(time.monotonic())
+                state.stop_guard.log_summary(time.monotonic())
             if self.report_started:
-                await report.stop()
-            if self.memory_trim is not None:
-                self.memory_trim.stop()
+                await report.stop(state)
+            if state.memory_trim is not None:
+                state.memory_trim.stop()
             await original()
 
         return cleanup
@@ -312,9 +316,9 @@ def check_config(config_file: str) -> dict[str, str]:
     # the outcome is returned: only errors (a capability skipped under fail_open) are logged
     app.log.setLevel(logging.ERROR)
     GuardReport(parent=app)
-    MemoryTrim(parent=app)
-    installer = _Installer(app)
-    installer.guard = StopGuard(parent=app)
+    # a state of its own: a check fills in nothing of the process's
+    state = GuardState(stop_guard=StopGuard(parent=app), memory_trim=MemoryTrim(parent=app))
+    installer = _Installer(app, state)
     # JupyterHub's own route table, made by its own init_handlers (the class's, not the
     # wrapper install(c) put on this instance): the authenticator's routes, the defaults,
     # extra_handlers and the catch-alls, exactly as a hub started on this config has them

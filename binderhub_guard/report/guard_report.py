@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import replace
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from traitlets import Dict, Float, Int, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
@@ -21,6 +20,9 @@ from .heap import HeapScan, TracemallocView, scan_heap
 from .history import History
 from .sampler import Sampler
 from .signals import SignalRules
+
+if TYPE_CHECKING:
+    from ..state import GuardState
 
 MAX_TOP = 1000
 MAX_FRAMES = 100
@@ -212,15 +214,17 @@ class GuardReport(LoggingConfigurable):
                 raise TraitError(f"GuardReport.watched_types[{name!r}]: {e}") from None
         return proposal["value"]
 
-    def __init__(self, get_source: Callable[[str], Any] | None = None, **kwargs: Any) -> None:
+    def __init__(self, state: GuardState | None = None, **kwargs: Any) -> None:
+        """`state`: where the ledger, faults, stop guard and memory trim are read at each
+        sample (None: nowhere, and those sections say they are unavailable)."""
         super().__init__(**kwargs)
-        self.get_source = get_source or (lambda name: None)
+        self.state = state
         classes = {name: import_class(spec) for name, spec in self.watched_types.items()}
         self.census = InstanceCensus(classes)
         self.history = History(max(2, math.ceil(self.history_seconds / self.sample_interval)))
         self.sampler = Sampler(
             self.census,
-            self.get_source,
+            state,
             self.signal_rules(),
             self.ring_size,
             self.log,
@@ -309,7 +313,7 @@ class GuardReport(LoggingConfigurable):
             "objects": self.objects_section(scan, top),
             "tracemalloc": tracemalloc_section,
             "ledger": self.ledger_section(),
-            "stop_guard": sources.stop_guard_section(self.get_source("stop_guard"), top),
+            "stop_guard": sources.stop_guard_section(self.stop_guard, top),
             "leak_signals": self.sampler.active_signals,
             "sampler": self.sampler_section(),
             "memory_trim": self.memory_trim_section(),
@@ -335,8 +339,13 @@ class GuardReport(LoggingConfigurable):
         """How often each expensive view was computed and served: the cost callers imposed."""
         return {"heap_scan": self.heap_view.status(), "tracemalloc": self.tracemalloc_view.status()}
 
+    @property
+    def stop_guard(self) -> Any:
+        """The hub's stop guard, if it has one."""
+        return self.state.stop_guard if self.state is not None else None
+
     def memory_trim_section(self) -> dict[str, Any]:
-        trim = self.get_source("memory_trim")
+        trim = self.state.memory_trim if self.state is not None else None
         if trim is None:
             return sources.unavailable("no MemoryTrim installed in this hub")
         return trim.status()
@@ -438,18 +447,3 @@ class GuardReport(LoggingConfigurable):
             "signals_raised_total": dict(self.sampler.signals_raised),
             "full_scan_interval_seconds": self.full_scan_interval,
         }
-
-
-def shared_source(shared: Mapping[str, Any] | None) -> Callable[[str], Any]:
-    """Reads ``name`` from the hub's shared guard state at each call (entries may arrive late)."""
-
-    def get_source(name: str) -> Any:
-        if shared is not None and shared.get(name) is not None:
-            return shared[name]
-        if name == "ledger":
-            from binderhub_guard.ledger import registry
-
-            return registry
-        return None
-
-    return get_source

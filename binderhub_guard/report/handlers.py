@@ -1,6 +1,8 @@
 """REST handlers: GET /hub/api/guard, GET|POST /hub/api/guard/tracemalloc.
 
-``binderhub_guard.hub`` registers :data:`default_handlers` in the hub's route table.
+``binderhub_guard.hub`` registers :data:`default_handlers` in the hub's route table; the
+handlers find the report and their `RequestPacer` on the `GuardState` the installer put in
+the tornado settings.
 """
 
 from __future__ import annotations
@@ -8,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from jupyterhub.scopes import needs_scope
 from tornado import web
 
 from ..scopes import ADMIN_SCOPE, READ_SCOPE
-from . import current
+from ..state import GuardState
 from .guard_report import MAX_FRAMES, MAX_TOP, GuardReport
 from .page import page_handlers
 
@@ -27,7 +28,7 @@ _HUB_PARAMETERS = {"token", "_xsrf"}
 
 def guard_scope(scope: str) -> Callable:
     """``needs_scope(scope)``, applied at the first request rather than at import, with the
-    accepted caller's work paced by the guard's gate (`_Gate`).
+    accepted caller's work paced by the hub's `RequestPacer`.
 
     ``needs_scope`` refuses scopes it does not know yet, and the custom guard scopes are only
     defined when the hub loads its roles, after this module was imported by the config.
@@ -38,12 +39,12 @@ def guard_scope(scope: str) -> Callable:
 
         @functools.wraps(method)
         async def paced(self, *args, **kwargs):
-            gate = _gate()
-            entered = await gate.enter()
+            pacer = self.pacer
+            entered = await pacer.enter()
             try:
                 return await method(self, *args, **kwargs)
             finally:
-                gate.leave(entered)
+                pacer.leave(entered)
 
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
@@ -57,7 +58,7 @@ def guard_scope(scope: str) -> Callable:
     return decorator
 
 
-class _Gate:
+class RequestPacer:
     """One guard request at a time, each after a pause as long as the previous one took:
     the guard's callers get at most half of the event loop, however many they are. Only
     callers JupyterHub accepted queue here: a refused one never waits, nor holds up others."""
@@ -80,24 +81,26 @@ class _Gate:
         self.lock.release()
 
 
-_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Gate] = weakref.WeakKeyDictionary()
-
-
-def _gate() -> _Gate:
-    loop = asyncio.get_running_loop()
-    gate = _gates.get(loop)
-    if gate is None:
-        gate = _gates[loop] = _Gate()
-    return gate
-
-
 class GuardHandler(APIHandler):
     """Shared by the guard's handlers: the report state, parameters, discreet refusals."""
 
     @property
+    def guard_state(self) -> GuardState:
+        state = GuardState.in_settings(self.settings)
+        if state is None:
+            raise web.HTTPError(503, "The guard report is not running")
+        return state
+
+    @property
+    def pacer(self) -> RequestPacer:
+        pacer = self.guard_state.report_pacer
+        if pacer is None:
+            raise web.HTTPError(503, "The guard report is not running")
+        return pacer
+
+    @property
     def report(self) -> GuardReport:
-        shared = self.settings.get("binderhub_guard") or {}
-        report = shared.get("report") or current()
+        report = self.guard_state.report
         if report is None:
             raise web.HTTPError(503, "The guard report is not running")
         return report

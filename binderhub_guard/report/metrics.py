@@ -167,7 +167,7 @@ class GuardCollector(Collector):
         yield replaced
 
     def _stop_guard(self) -> Iterator[Metric]:
-        stop_guard = self.report.get_source("stop_guard")
+        stop_guard = self.report.stop_guard
         if stop_guard is None:
             return
         requests = CounterMetricFamily(

@@ -12,8 +12,7 @@ import gc
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -22,7 +21,8 @@ from .census import InstanceCensus
 from .history import History
 from .signals import Sample, SignalRules
 
-SourceGetter = Callable[[str], Any]
+if TYPE_CHECKING:
+    from ..state import GuardState
 
 
 class Sampler:
@@ -31,7 +31,7 @@ class Sampler:
     def __init__(
         self,
         census: InstanceCensus,
-        get_source: SourceGetter,
+        state: GuardState | None,
         rules: SignalRules,
         ring_size: int,
         log: logging.Logger,
@@ -39,7 +39,8 @@ class Sampler:
         history: History | None = None,
     ) -> None:
         self.census = census
-        self.get_source = get_source
+        # read at each tick: the installer fills the hub's state in as the hub starts
+        self.state = state
         self.rules = rules
         self.log = log
         self.ring: deque[Sample] = deque(maxlen=ring_size)
@@ -77,9 +78,8 @@ class Sampler:
                 fds = None
         running, users, spawns = sources.hub_activity()
         tracked = orphans_live = orphans_found = relists = relist_limit = None
-        ledger = self.get_source("ledger")
-        if ledger is not None:
-            self.ledger_snapshot = ledger.snapshot()
+        if self.state is not None:
+            self.ledger_snapshot = self.state.ledger_snapshot()
             tracked, orphans_live, orphans_found = sources.ledger_counts(self.ledger_snapshot)
             relists, relist_limit = sources.relist_rates(self.ledger_snapshot)
         sample = Sample(
@@ -102,7 +102,7 @@ class Sampler:
         )
         self.ring.append(sample)
         if self.history is not None:
-            stop_guard = self.get_source("stop_guard")
+            stop_guard = self.state.stop_guard if self.state is not None else None
             self.history.append(sample, stop_guard.totals() if stop_guard is not None else None)
         was_active = {s["name"] for s in self.active_signals}
         self.active_signals = self._confirmed(signals.evaluate(list(self.ring), self.rules))

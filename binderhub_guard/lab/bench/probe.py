@@ -32,7 +32,7 @@ def probe_config(workdir: Path | str) -> str:
             from kubernetes_asyncio.client import ApiClient
             from kubespawner import KubeSpawner
             from kubespawner.reflector import ResourceReflector
-            from binderhub_guard.ledger import registry
+            from binderhub_guard.state import GuardState
 
             def instances(*classes):
                 wanted, pending = set(), list(classes)
@@ -62,7 +62,7 @@ def probe_config(workdir: Path | str) -> str:
                         counts["client_sessions"] += 1
                         counts["client_sessions_open"] += not o.closed
                 counts["tasks"] = len(asyncio.all_tasks())
-                counts["ledger"] = registry.snapshot()["counts"]
+                counts["ledger"] = GuardState.for_process().ledger.snapshot()["counts"]
                 tmp = {path!r} + ".tmp"
                 with open(tmp, "w") as f:
                     json.dump(counts, f)

@@ -193,14 +193,13 @@ class LagMonitor:
 async def measure_stall(objects: int, seconds: float) -> dict[str, Any]:
     from traitlets.config import Config
 
-    from ...ledger import Ledger
-    from ...report.guard_report import shared_source
+    from ...state import GuardState
     from ...stopguard import StopGuard
 
     kept = ballast(objects)
-    shared = {"ledger": Ledger(), "stop_guard": StopGuard()}
+    state = GuardState(stop_guard=StopGuard())
     config = Config({"GuardReport": {"sample_interval": 0.1}})
-    report = GuardReport(config=config, get_source=shared_source(shared))
+    report = GuardReport(config=config, state=state)
     figures: dict[str, Any] = {"extra_objects": objects}
     try:
         async with LagMonitor() as idle:

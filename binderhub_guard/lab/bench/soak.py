@@ -129,7 +129,7 @@ def read_heap_gauge(hub_pid: int, workdir: str, timeout: float = 60) -> dict[str
 
 
 @dataclass
-class Sample:
+class SoakSample:
     cycles: int
     seconds: float
     failures: int
@@ -207,7 +207,7 @@ class HubGauges:
         if self.peak_rss is not None:
             self.peak_rss.__exit__(*exc_info)
 
-    def sample(self, cycles: int, seconds: float, failures: int) -> Sample:
+    def sample(self, cycles: int, seconds: float, failures: int) -> SoakSample:
         self._measured_before = self.measuring_cpu_seconds
         cpu_before = self._cpu_seconds()
         rss = self.peak_rss.take() if self.peak_rss else None
@@ -219,7 +219,7 @@ class HubGauges:
             rss = self.process.memory_info().rss
         if cpu_before is not None:
             self.measuring_cpu_seconds += self._cpu_seconds() - cpu_before
-        return Sample(
+        return SoakSample(
             cycles=cycles,
             seconds=round(seconds, 1),
             failures=failures,
@@ -300,7 +300,7 @@ def run_cycles(
     settle_seconds: float,
     budget_seconds: float,
     on_sample,
-) -> list[Sample]:
+) -> list[SoakSample]:
     names = [f"soak-{i:03d}" for i in range(users)]
     client.create_users(names)
     failures = 0
@@ -337,14 +337,14 @@ def run_cycles(
     return samples
 
 
-def rss_slope(samples: list[Sample], warmup: int, gauge: str = "rss_bytes") -> float | None:
+def rss_slope(samples: list[SoakSample], warmup: int, gauge: str = "rss_bytes") -> float | None:
     """Least-squares growth of `gauge` per cycle, over samples after `warmup` cycles."""
     fit = slope_fit(samples, warmup, gauge)
     return None if fit is None else fit[0]
 
 
 def slope_fit(
-    samples: list[Sample], warmup: int, gauge: str = "rss_bytes"
+    samples: list[SoakSample], warmup: int, gauge: str = "rss_bytes"
 ) -> tuple[float, float | None] | None:
     """`gauge`'s least-squares slope per cycle after `warmup` cycles and its standard error
     (None with fewer than three samples): how far batch-to-batch noise leaves the slope."""
@@ -367,7 +367,7 @@ def slope_fit(
 
 
 def summarize(
-    variant: str, samples: list[Sample], warmup: int, cycles: int, minutes: float
+    variant: str, samples: list[SoakSample], warmup: int, cycles: int, minutes: float
 ) -> dict[str, Any]:
     first, last = samples[0], samples[-1]
     fit = slope_fit(samples, warmup)
@@ -425,7 +425,7 @@ ROW = "{:>7} {:>8} {:>6} {:>9} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>8} {:>10} 
 PYMALLOC_ARENA_BYTES = 2**20  # CPython 3.10+ on 64-bit Linux
 
 
-def print_sample(sample: Sample) -> None:
+def print_sample(sample: SoakSample) -> None:
     print(
         ROW.format(
             sample.cycles,
@@ -825,6 +825,7 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
     from traitlets.config import Config
 
     from ...spawner import GuardedKubeSpawner
+    from ...state import GuardState
 
     workdir = tempfile.mkdtemp(prefix="soak-overhead-")
     kubeconfig = str(Path(workdir) / "kubeconfig")
@@ -857,7 +858,8 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
         "guarded": (GuardedKubeSpawner, ledger_on),
     }
     timings: dict[str, list[float]] = {variant: [] for variant in runs}
-    recorded_before = GuardedKubeSpawner.ledger.recorded
+    ledger = GuardState.for_process().ledger
+    recorded_before = ledger.recorded
     failed = 0
     try:
         for cls, config in runs.values():  # warm up every path
@@ -874,7 +876,7 @@ async def measure_overhead(cycles: int) -> dict[str, Any]:
             for variant, seconds in spent.items():
                 timings[variant].append(seconds)
         await asyncio.sleep(0.1)
-        recorded = GuardedKubeSpawner.ledger.recorded - recorded_before
+        recorded = ledger.recorded - recorded_before
     finally:
         await KubeSpawner._stop_all_reflectors()
         sim.terminate()
