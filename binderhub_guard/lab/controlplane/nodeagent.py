@@ -112,6 +112,7 @@ class NodeAgent:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # by pod uid: starting or stopping
         self._stopping: set[str] = set()
         self._responders: dict[str, Responder] = {}
+        self._closing: set[asyncio.Task[None]] = set()  # responders closed after a DELETED
         self._watch_task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
         #: loud failures (bind errors, API errors while starting a pod), newest last
@@ -144,7 +145,7 @@ class NodeAgent:
         tasks = [t for t in (self._watch_task, *self._tasks.values()) if t is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._closing, return_exceptions=True)
         await asyncio.gather(*(self._close_responder(uid) for uid in list(self._responders)))
         if self._api_client is not None:
             await self._api_client.close()
@@ -209,6 +210,11 @@ class NodeAgent:
     async def _list_pods(self) -> str:
         reply = await self.core.list_pod_for_all_namespaces(_preload_content=False)
         body = json.loads(await reply.read())
+        listed = {pod["metadata"]["uid"] for pod in body["items"]}
+        # pods deleted while no watch was open (a relist after 410 or a cut): their DELETED
+        # event never comes
+        for uid in (set(self._tasks) | set(self._responders)) - listed:
+            self._forget(uid)
         for pod in body["items"]:
             self._handle("ADDED", pod)
         return body["metadata"]["resourceVersion"]
@@ -237,12 +243,7 @@ class NodeAgent:
         uid = meta["uid"]
         node = pod["spec"].get("nodeName")
         if kind == "DELETED":
-            task = self._tasks.pop(uid, None)
-            if task is not None:
-                task.cancel()
-            self._stopping.discard(uid)
-            if uid in self._responders:
-                asyncio.create_task(self._close_responder(uid))
+            self._forget(uid)
             return
         if node not in (None, "", self.node_name):
             return  # another node's pod
@@ -257,6 +258,17 @@ class NodeAgent:
         phase = (pod.get("status") or {}).get("phase", "Pending")
         if phase == "Pending" and uid not in self._tasks and uid not in self._responders:
             self._track(uid, self._start_pod(pod))
+
+    def _forget(self, uid: str) -> None:
+        """A pod gone from the apiserver: stop what runs for it, close its responder."""
+        task = self._tasks.pop(uid, None)
+        if task is not None:
+            task.cancel()
+        self._stopping.discard(uid)
+        if uid in self._responders:
+            closing = asyncio.create_task(self._close_responder(uid))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     def _track(self, uid: str, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
