@@ -12,6 +12,10 @@ from typing import Any
 # imported only when its command runs, so that `check` in a hub image loads none of the lab
 SUBCOMMANDS = {
     "kubesim": ("binderhub_guard.lab.kubesim.cli", "run the embedded Kubernetes API simulator"),
+    "control-plane": (
+        "binderhub_guard.lab.controlplane.cli",
+        "run a real kube-apiserver, etcd and controller-manager on loopback, with a node agent",
+    ),
     "dev-hub": ("binderhub_guard.lab.bench.devhub", "run a real hub on the simulator"),
     "demo": ("binderhub_guard.lab.bench.demo", "spawn and stop servers through a dev hub"),
     "soak": ("binderhub_guard.lab.bench.soak", "spawn/stop cycles: leak figures, stock vs guarded"),

@@ -2,8 +2,11 @@
 
 `DevHub` starts, as child processes it owns:
 
-1. the Kubernetes API simulator (`python -m binderhub_guard.lab.kubesim`), serving HTTPS under a CA
-   its kubeconfig names as a cluster's does, unless a kubeconfig for a real cluster is given;
+1. the Kubernetes backend, unless a kubeconfig for one is given: with ``backend="sim"`` (the
+   default) the API simulator (`python -m binderhub_guard.lab.kubesim`), serving HTTPS under a
+   CA its kubeconfig names as a cluster's does; with ``backend="apiserver"`` a real control
+   plane on loopback (``binderhub-guard control-plane``: etcd, kube-apiserver,
+   kube-controller-manager and a node agent, `lab.controlplane`), built once and cached;
 2. a real `jupyterhub` process, which starts the real configurable-http-proxy.
 
 The hub is configured the way Zero to JupyterHub configures it: every snippet in the package's
@@ -70,6 +73,7 @@ class DevHubError(RuntimeError):
 
 # where the hub writes its proxy's PID, in the DevHub's workdir
 PROXY_PID_FILE = "jupyterhub-proxy.pid"
+BACKENDS = ("sim", "apiserver")
 # a clean shutdown: the hub stops its services, its proxy and, on a cluster, its servers
 STOP_GRACE_SECONDS = 30
 # after Ctrl-C or SIGTERM, on the simulator: nothing of the hub outlives the simulator, so
@@ -260,11 +264,16 @@ _under_lifelines()
 
 
 class DevHub:
-    """A real hub (and, by default, the simulator under it) as a context manager."""
+    """A real hub (and, by default, the simulator under it) as a context manager.
+
+    backend: "sim" (the embedded simulator) or "apiserver" (a real control plane on loopback);
+    with `kubeconfig`, the hub uses that cluster and starts no backend of its own (`backend`
+    then says what the kubeconfig points at)."""
 
     def __init__(
         self,
         *,
+        backend: str = "sim",
         stock: bool = False,
         leaky: bool = False,
         kubeconfig: str | None = None,
@@ -277,6 +286,9 @@ class DevHub:
         workdir: str | None = None,
         start_timeout: float = 60,
     ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        self.backend = backend
         self.stock = stock
         self.leaky = leaky
         self.kubeconfig = kubeconfig
@@ -294,6 +306,10 @@ class DevHub:
         self.hub_proc: subprocess.Popen | None = None
         self.sim_url: str | None = None
         self.sim_ca_path: Path | None = None
+        self.cluster_proc: subprocess.Popen | None = None  # the control plane, if started here
+        self.cluster_url: str | None = None
+        self.kubeconfig_path: str | None = kubeconfig  # the one the hub uses, once started
+        self._kube: Any = None  # a KubeClient for kube_request, made on first use
         self.url = ""
         self.hub_url = ""  # the hub's own port, as in-cluster services (the culler) reach it
         self.client: HubClient | None = None
@@ -336,10 +352,14 @@ class DevHub:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
         if self.kubeconfig:
             kubeconfig = self.kubeconfig
+        elif self.backend == "apiserver":
+            kubeconfig = str(self.workdir / "kubeconfig")
+            self._start_control_plane(kubeconfig, env)
         else:
             kubeconfig = str(self.workdir / "kubeconfig")
             self._start_simulator(kubeconfig, env)
         env["KUBECONFIG"] = kubeconfig
+        self.kubeconfig_path = kubeconfig
 
         # picked once the simulator listens, so that it cannot take one of them meanwhile
         public_port, hub_port, proxy_api_port = free_ports(3)
@@ -426,6 +446,29 @@ class DevHub:
         self.sim_ca_path = self.workdir / "kubesim-ca.pem"
         self.sim_ca_path.write_bytes(kubeconfig_ca(kubeconfig))
 
+    def _start_control_plane(self, kubeconfig: str, env: dict[str, str]) -> None:
+        log_path = self.workdir / "control-plane.log"
+        with open(log_path, "ab") as log, self._lock:
+            if self._stopped:
+                raise DevHubError("stopped while starting")
+            self.cluster_proc = lifeline.popen(
+                [sys.executable, "-m", "binderhub_guard.cli", "control-plane"]
+                + ["--kubeconfig", kubeconfig, "--namespace", self.namespace]
+                + ["--workdir", str(self.workdir / "control-plane")],
+                cwd=self.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                start_new_session=True,
+            )
+        # builds the binary first if it is not cached (minutes, once)
+        line = self.cluster_proc.stdout.readline()
+        if not line.startswith("ready "):
+            raise DevHubError(f"the control plane did not start:\n{log_path.read_text()[-3000:]}")
+        self.cluster_url = line.split()[1]
+
     def _wait_for_hub(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
@@ -467,8 +510,14 @@ class DevHub:
             # interrupted, nothing the simulator holds is worth waiting for
             stop_process_group(self.sim_proc, timeout=0 if quick else 5)
             self.sim_proc.stdout.close()
+        if self.cluster_proc is not None:
+            # it stops its apiserver, controller-manager and etcd in order: give it the time
+            stop_process_group(self.cluster_proc, timeout=60)
+            self.cluster_proc.stdout.close()
         if self.client is not None:
             self.client.close()
+        if self._kube is not None:
+            self._kube.close()
         if self._own_workdir and not os.environ.get("DEVHUB_KEEP_WORKDIR"):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -501,6 +550,15 @@ class DevHub:
         # a str: requests ignores a Path here and verifies against the system's CAs instead
         return requests.request(method, self.sim_url + path, verify=str(self.sim_ca_path), **kwargs)
 
+    def kube_request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Call the Kubernetes API the hub uses (simulator or apiserver) as its kubeconfig's
+        user, trusting only the kubeconfig's CA."""
+        if self._kube is None:
+            from binderhub_guard.lab.controlplane.cluster import KubeClient
+
+            self._kube = KubeClient(self.kubeconfig_path)
+        return self._kube.request(method, path, **kwargs)
+
     def sim_state(self) -> dict:
         """The simulator's own view (pods, open watches, requests), not the hub's opinion."""
         return self.sim_request("GET", "/_sim/state").json()
@@ -514,13 +572,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-token", help="token of the dev-client service (default: random)")
     parser.add_argument("--stock", action="store_true", help="plain KubeSpawner, no guard")
     parser.add_argument("--leaky", action="store_true", help="replay the 2018 per-spawn leak")
-    parser.add_argument("--kubeconfig", help="use this cluster instead of the simulator")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="sim",
+        help="sim: the embedded simulator; apiserver: a real control plane on loopback",
+    )
+    parser.add_argument("--kubeconfig", help="use this cluster instead of starting a backend")
     parser.add_argument("--namespace", default="default")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run a dev hub until Ctrl-C or SIGTERM, then stop everything it started."""
     hub = DevHub(
+        backend=args.backend,
         stock=args.stock,
         leaky=args.leaky,
         kubeconfig=args.kubeconfig,

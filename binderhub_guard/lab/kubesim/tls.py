@@ -28,9 +28,24 @@ _BACKDATE = datetime.timedelta(minutes=5)
 
 def server_tls(host: str) -> tuple[ssl.SSLContext, bytes]:
     """A server context for `host` under a CA made just now; returns it and the CA's PEM."""
+    ca_pem, cert_pem, key_pem = server_certificate(host)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # load_cert_chain reads only files: the key is on disk just long enough for that
+    with tempfile.TemporaryDirectory(prefix="kubesim-tls-") as directory:
+        cert_path = Path(directory, "server.pem")
+        key_path = Path(directory, "server.key")
+        cert_path.write_bytes(cert_pem)
+        key_path.write_bytes(key_pem)
+        context.load_cert_chain(cert_path, key_path)
+    return context, ca_pem
+
+
+def server_certificate(host: str, common_name: str = "kubesim") -> tuple[bytes, bytes, bytes]:
+    """A CA made just now and a server certificate under it for `host`, 127.0.0.1 and
+    localhost: (CA PEM, certificate PEM, private key PEM)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubesim CA")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{common_name} CA")])
     ca_cert = (
         _certificate(ca_name, ca_name, ca_key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -42,7 +57,7 @@ def server_tls(host: str) -> tuple[ssl.SSLContext, bytes]:
     )
 
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubesim")])
+    server_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     server_cert = (
         _certificate(server_name, ca_name, server_key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -55,21 +70,14 @@ def server_tls(host: str) -> tuple[ssl.SSLContext, bytes]:
         .sign(ca_key, hashes.SHA256())
     )
 
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    # load_cert_chain reads only files: the key is on disk just long enough for that
-    with tempfile.TemporaryDirectory(prefix="kubesim-tls-") as directory:
-        cert_path = Path(directory, "server.pem")
-        key_path = Path(directory, "server.key")
-        cert_path.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            server_key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        context.load_cert_chain(cert_path, key_path)
-    return context, ca_cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return (
+        ca_cert.public_bytes(serialization.Encoding.PEM),
+        server_cert.public_bytes(serialization.Encoding.PEM),
+        key_pem,
+    )
 
 
 def _certificate(
