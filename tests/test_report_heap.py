@@ -66,3 +66,25 @@ def grown_line():
         for number, line in enumerate(f, 1):
             if "this line is the growth" in line and "grown = " in line:
                 return number
+
+
+def test_count_types_counts_like_a_counter_with_tracemalloc_on_or_off():
+    from collections import Counter
+
+    from binderhub_guard.report.heap import count_types
+
+    objects = [Marker() for _ in range(700)] + [[] for _ in range(300)] + [SubMarker(), {}, ()]
+    objects += gc.get_objects()[:5000]
+    for tracing in (False, True):
+        if tracing:
+            tracemalloc.start(5)
+        try:
+            counted: Counter[type] = Counter({Marker: 1})
+            count_types(objects, counted)
+            expected = Counter(map(type, objects)) + Counter({Marker: 1})
+            assert counted == expected and counted[Marker] >= 701
+            count_types([], counted)
+            assert counted == expected
+        finally:
+            if tracing:
+                tracemalloc.stop()

@@ -7,11 +7,19 @@ slices, so the longest stall is the single ``gc.get_objects()`` call or one slic
 call cannot be split (nearly every object is in the oldest generation, so
 ``gc.get_objects(generation)`` does not help) nor moved to a thread (it holds the GIL): about
 10 ms of CPU per million objects, more wall time on a busy machine.
+
+The count allocates no object per object counted: a `Counter` makes a new int at each
+increment past 256, and with tracemalloc on every allocation is traced (a hook, a traceback
+and a hash-table insertion each), which made counting a million objects take 1.4 s of CPU
+instead of 0.04 s, in stalls of 30 ms a slice. `count_types` sorts each slice by a small
+index per type (ints made once per distinct type) and counts the runs with `bisect`: 0.05 s
+with or without tracemalloc.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import gc
 import time
 import tracemalloc
@@ -57,6 +65,21 @@ class HeapScan:
         ]
 
 
+def count_types(objects: list, into: Counter[type]) -> None:
+    """Add the number of objects of each type in ``objects`` to ``into`` (the module
+    docstring says why not ``into.update(map(type, objects))``)."""
+    types = list(map(type, objects))
+    distinct = list(set(types))
+    index = {cls: i for i, cls in enumerate(distinct)}
+    rank = index.__getitem__
+    types.sort(key=rank)
+    start = 0
+    for i, cls in enumerate(distinct):
+        end = bisect.bisect_right(types, i, start, key=rank)
+        into[cls] += end - start
+        start = end
+
+
 async def scan_heap(
     watched: Mapping[str, type], previous: HeapScan | None = None, slice_size: int = 20_000
 ) -> HeapScan:
@@ -72,7 +95,7 @@ async def scan_heap(
         while objects:
             await asyncio.sleep(0)
             step, step_cpu = time.perf_counter(), time.thread_time()
-            by_class.update(map(type, objects[-slice_size:]))
+            count_types(objects[-slice_size:], by_class)
             # Dropping the references slice by slice spreads the cost of releasing them.
             del objects[-slice_size:]
             longest = max(longest, time.perf_counter() - step)
