@@ -88,3 +88,37 @@ def test_count_types_counts_like_a_counter_with_tracemalloc_on_or_off():
         finally:
             if tracing:
                 tracemalloc.stop()
+
+
+def test_growth_gives_the_rows_of_filtering_the_traces_first():
+    import importlib
+
+    from binderhub_guard.report.heap import EXCLUDED, growth
+
+    tracemalloc.start(4)
+    try:
+        baseline = tracemalloc.take_snapshot()
+        kept = [bytearray(100) for _ in range(500)] + [{"n": i} for i in range(500)]
+        importlib.reload(importlib.import_module("json.decoder"))  # import machinery's sites
+        current = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    filtered = current.filter_traces(EXCLUDED).compare_to(
+        baseline.filter_traces(EXCLUDED), "lineno"
+    )
+    rows = growth(current, baseline, 10_000)
+    assert len(rows) == len(filtered) > 2
+    assert rows == [
+        {
+            "site": f"{d.traceback[0].filename}:{d.traceback[0].lineno}",
+            "size_bytes": d.size,
+            "size_growth_bytes": d.size_diff,
+            "count": d.count,
+            "count_growth": d.count_diff,
+        }
+        for d in filtered
+    ]
+    unfiltered = {d.traceback[0].filename for d in current.compare_to(baseline, "lineno")}
+    assert unfiltered & {"<frozen importlib._bootstrap>", tracemalloc.__file__}
+    assert growth(current, baseline, 3) == rows[:3]
+    del kept
