@@ -90,24 +90,31 @@ def test_count_types_counts_like_a_counter_with_tracemalloc_on_or_off():
                 tracemalloc.stop()
 
 
-def test_growth_gives_the_rows_of_filtering_the_traces_first():
+def test_growth_gives_the_rows_of_tracemalloc_filtering_then_comparing():
     import importlib
 
-    from binderhub_guard.report.heap import EXCLUDED, growth
+    from binderhub_guard.report.heap import EXCLUDED, growth, sites_of
 
     tracemalloc.start(4)
     try:
         baseline = tracemalloc.take_snapshot()
         kept = [bytearray(100) for _ in range(500)] + [{"n": i} for i in range(500)]
         importlib.reload(importlib.import_module("json.decoder"))  # import machinery's sites
+        # a site gone since the baseline, and one that shrank
+        baseline.traces._traces.append((0, 4096, (("gone.py", 1),), 1))
+        baseline.traces._traces.append((0, 10**8, baseline.traces._traces[0][2], 1))
         current = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
-    filtered = current.filter_traces(EXCLUDED).compare_to(
+    # what the report computed before: the stdlib's filters, then its comparison
+    expected = current.filter_traces(EXCLUDED).compare_to(
         baseline.filter_traces(EXCLUDED), "lineno"
     )
-    rows = growth(current, baseline, 10_000)
-    assert len(rows) == len(filtered) > 2
+    paused = []
+    now = sites_of(current.traces._traces, slice_size=100, pause=lambda: paused.append(1))
+    assert len(paused) == (len(current.traces) - 1) // 100
+    rows = growth(now, sites_of(baseline.traces._traces), 100_000)
+    assert len(rows) == len(expected) > 2
     assert rows == [
         {
             "site": f"{d.traceback[0].filename}:{d.traceback[0].lineno}",
@@ -116,9 +123,14 @@ def test_growth_gives_the_rows_of_filtering_the_traces_first():
             "count": d.count,
             "count_growth": d.count_diff,
         }
-        for d in filtered
+        for d in expected
     ]
-    unfiltered = {d.traceback[0].filename for d in current.compare_to(baseline, "lineno")}
-    assert unfiltered & {"<frozen importlib._bootstrap>", tracemalloc.__file__}
-    assert growth(current, baseline, 3) == rows[:3]
+    assert any(d.size_diff < 0 for d in expected)
+    everything = {d.traceback[0].filename for d in current.compare_to(baseline, "lineno")}
+    assert everything & {"<frozen importlib._bootstrap>", tracemalloc.__file__}
+    assert growth(now, {}, 3) == growth(now, {}, 100_000)[:3]
+    by_stdlib = {s.traceback[0]: [s.size, s.count] for s in current.statistics("lineno")}
+    assert {(f, n): v for (f, n), v in now.items()} == {
+        (frame.filename, frame.lineno): v for frame, v in by_stdlib.items()
+    }
     del kept
