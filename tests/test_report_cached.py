@@ -159,3 +159,96 @@ async def test_a_computation_longer_than_the_interval_is_not_run_back_to_back():
     first = await view.get()
     clock.now += 29
     assert (await view.get()).value == first.value and view.computations == 1
+
+
+async def test_concurrent_full_callers_share_one_scan_and_one_body(guard):
+    import json
+
+    def shared(body):
+        """A body without what is written for each caller."""
+        report = json.loads(body)
+        del report["time"], report["expensive_views"]
+        return json.dumps(report)
+
+    bodies = await asyncio.gather(*(guard.body(full=True, top=3) for _ in range(50)))
+    assert guard.heap_view.computations == 1
+    # the callers who waited for the scan share one body, built once
+    assert len(set(map(shared, bodies))) == 1
+    assert guard.bodies_built == 1 and guard.bodies_reused == 49
+    # each with the counters as they were when it was answered
+    views = [json.loads(b)["expensive_views"]["report_body"] for b in bodies]
+    assert [v["built"] + v["reused"] for v in views] == list(range(1, 51))
+    most_common = json.loads(bodies[0])["objects"]["most_common"]
+    assert most_common["fresh"] is True and len(most_common["types"]) == 3
+
+    # later callers, within the interval: the scan's result, in a body of their own (not fresh)
+    later = await asyncio.gather(*(guard.body(full=True, top=3) for _ in range(20)))
+    assert guard.heap_view.computations == 1 and len(set(map(shared, later))) == 1
+    assert guard.bodies_built == 2
+    again = json.loads(later[0])
+    assert again["objects"]["most_common"]["fresh"] is False
+    assert again["objects"]["most_common"]["scanned_at"] == most_common["scanned_at"]
+    # another query is another body; a new sample makes a new one
+    assert json.loads(await guard.body(full=True, top=5))["objects"]["most_common"]["types"][4]
+    guard.sampler.tick()
+    assert shared(await guard.body(full=True, top=3)) != shared(later[0])
+    assert guard.bodies_built == 4 and guard.heap_view.computations == 1
+    views = json.loads(await guard.body())["expensive_views"]
+    assert views["report_body"] == {"built": 5, "reused": 68}
+
+
+async def test_a_body_is_not_served_past_a_tracemalloc_switch(guard):
+    import json
+
+    try:
+        before = json.loads(await guard.body())["tracemalloc"]
+        assert before["enabled"] is False
+        guard.switch_tracemalloc(True, 2)
+        after = json.loads(await guard.body())["tracemalloc"]
+        assert after["enabled"] is True and guard.tracemalloc_view.computations == 1
+    finally:
+        guard.switch_tracemalloc(False, None)
+    assert json.loads(await guard.body())["tracemalloc"]["enabled"] is False
+
+
+async def test_pacer_answers_every_caller_one_at_a_time_charging_the_time_before_it():
+    from binderhub_guard.report.handlers import RequestPacer
+
+    pacer = RequestPacer(share=0.5)
+    inside, most_inside, order = 0, 0, []
+
+    async def caller(i):
+        nonlocal inside, most_inside
+        entered = await pacer.enter()
+        inside += 1
+        most_inside = max(most_inside, inside)
+        await asyncio.sleep(0)
+        order.append(i)
+        inside -= 1
+        pacer.leave(entered)
+
+    await asyncio.gather(*(caller(i) for i in range(20)))
+    assert most_inside == 1 and sorted(order) == list(range(20)) and pacer.answered == 20
+
+    # what a request cost before reaching the pacer (JupyterHub's token check) is paid for too
+    loop = asyncio.get_running_loop()
+    entered = await pacer.enter()
+    pacer.leave(entered, before=50.0)
+    assert pacer.free_at - loop.time() >= 49.0  # share 1/2: a pause as long as the cost
+    quarter = RequestPacer(share=0.25)
+    entered = await quarter.enter()
+    quarter.leave(entered, before=10.0)
+    assert quarter.free_at - loop.time() >= 29.0  # share 1/4: three times the cost
+    with pytest.raises(ValueError):
+        RequestPacer(share=0)
+
+
+async def test_bodies_kept_for_reuse_are_bounded(guard):
+    from binderhub_guard.report.guard_report import MAX_BODIES
+
+    for top in range(1, 3 * MAX_BODIES):
+        await guard.body(top=top)
+    assert len(guard._bodies) == MAX_BODIES
+    assert guard.bodies_built == 3 * MAX_BODIES - 1
+    await guard.body(top=3 * MAX_BODIES - 1)  # the latest is still there
+    assert guard.bodies_reused == 1

@@ -66,3 +66,71 @@ def grown_line():
         for number, line in enumerate(f, 1):
             if "this line is the growth" in line and "grown = " in line:
                 return number
+
+
+def test_count_types_counts_like_a_counter_with_tracemalloc_on_or_off():
+    from collections import Counter
+
+    from binderhub_guard.report.heap import count_types
+
+    objects = [Marker() for _ in range(700)] + [[] for _ in range(300)] + [SubMarker(), {}, ()]
+    objects += gc.get_objects()[:5000]
+    for tracing in (False, True):
+        if tracing:
+            tracemalloc.start(5)
+        try:
+            counted: Counter[type] = Counter({Marker: 1})
+            count_types(objects, counted)
+            expected = Counter(map(type, objects)) + Counter({Marker: 1})
+            assert counted == expected and counted[Marker] >= 701
+            count_types([], counted)
+            assert counted == expected
+        finally:
+            if tracing:
+                tracemalloc.stop()
+
+
+def test_growth_gives_the_rows_of_tracemalloc_filtering_then_comparing():
+    import importlib
+
+    from binderhub_guard.report.heap import EXCLUDED, growth, sites_of
+
+    tracemalloc.start(4)
+    try:
+        baseline = tracemalloc.take_snapshot()
+        kept = [bytearray(100) for _ in range(500)] + [{"n": i} for i in range(500)]
+        importlib.reload(importlib.import_module("json.decoder"))  # import machinery's sites
+        # a site gone since the baseline, and one that shrank
+        baseline.traces._traces.append((0, 4096, (("gone.py", 1),), 1))
+        baseline.traces._traces.append((0, 10**8, baseline.traces._traces[0][2], 1))
+        current = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    # what the report computed before: the stdlib's filters, then its comparison
+    expected = current.filter_traces(EXCLUDED).compare_to(
+        baseline.filter_traces(EXCLUDED), "lineno"
+    )
+    paused = []
+    now = sites_of(current.traces._traces, slice_size=100, pause=lambda: paused.append(1))
+    assert len(paused) == (len(current.traces) - 1) // 100
+    rows = growth(now, sites_of(baseline.traces._traces), 100_000)
+    assert len(rows) == len(expected) > 2
+    assert rows == [
+        {
+            "site": f"{d.traceback[0].filename}:{d.traceback[0].lineno}",
+            "size_bytes": d.size,
+            "size_growth_bytes": d.size_diff,
+            "count": d.count,
+            "count_growth": d.count_diff,
+        }
+        for d in expected
+    ]
+    assert any(d.size_diff < 0 for d in expected)
+    everything = {d.traceback[0].filename for d in current.compare_to(baseline, "lineno")}
+    assert everything & {"<frozen importlib._bootstrap>", tracemalloc.__file__}
+    assert growth(now, {}, 3) == growth(now, {}, 100_000)[:3]
+    by_stdlib = {s.traceback[0]: [s.size, s.count] for s in current.statistics("lineno")}
+    assert {(f, n): v for (f, n), v in now.items()} == {
+        (frame.filename, frame.lineno): v for frame, v in by_stdlib.items()
+    }
+    del kept

@@ -202,3 +202,29 @@ def test_cli_prints_the_table(dev_hub, tokens, capsys):
     args = parser.parse_args(["--url", dev_hub.url, "--token", tokens["user"]])
     assert cli.main(args) == 1
     assert "custom:guard:read" in capsys.readouterr().err
+
+
+def test_concurrent_full_callers_cost_one_scan_and_all_get_an_answer(dev_hub, tokens):
+    """Twenty admins' ?full=1 at once, while a user without the scope asks too: one heap scan
+    at most (one per expensive_view_interval, 30 s here), the same census for all, every one
+    answered; the user still gets 403 and nothing more, without waiting in their queue."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = get(dev_hub, "/guard", tokens["service"]).json()["expensive_views"]
+
+    def full(_):
+        reply = get(dev_hub, "/guard", tokens["admin"], params={"full": "1"})
+        return reply.status_code, reply.json()
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = pool.map(full, range(20))
+        refused = get(dev_hub, "/guard", tokens["user"], params={"full": "1"})
+        answers = list(answers)
+    assert refused.status_code == 403
+    assert refused.json() == {"status": 403, "message": "Forbidden"}
+    assert [status for status, _ in answers] == [200] * 20
+    after = get(dev_hub, "/guard", tokens["service"]).json()["expensive_views"]
+    assert after["heap_scan"]["computations"] - before["heap_scan"]["computations"] <= 1
+    assert len({body["objects"]["most_common"]["scanned_at"] for _, body in answers}) == 1
+    served = [after["report_body"][k] - before["report_body"][k] for k in ("built", "reused")]
+    assert sum(served) == 21  # the 20, and the request that read these counters

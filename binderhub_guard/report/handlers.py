@@ -40,11 +40,14 @@ def guard_scope(scope: str) -> Callable:
         @functools.wraps(method)
         async def paced(self, *args, **kwargs):
             pacer = self.pacer
+            # what the hub spent on this request before it reached the pacer: JupyterHub's
+            # token and scope checks (and any wait for the event loop meanwhile)
+            before = self.request.request_time()
             entered = await pacer.enter()
             try:
                 return await method(self, *args, **kwargs)
             finally:
-                pacer.leave(entered)
+                pacer.leave(entered, before)
 
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
@@ -59,13 +62,24 @@ def guard_scope(scope: str) -> Callable:
 
 
 class RequestPacer:
-    """One guard request at a time, each after a pause as long as the previous one took:
-    the guard's callers get at most half of the event loop, however many they are. Only
-    callers JupyterHub accepted queue here: a refused one never waits, nor holds up others."""
+    """One guard request at a time, each after a pause: the guard's callers get at most
+    ``share`` of the event loop, however many they are. Only callers JupyterHub accepted
+    queue here: a refused one never waits, nor holds up others.
 
-    def __init__(self) -> None:
+    A request's cost is its whole time in the hub, from its arrival: JupyterHub's checks of
+    its token and scopes (before the pacer) as well as its answer. Counting the answer alone
+    would let cheap answers (a report body built for an earlier caller) bring callers back
+    as fast as the hub can check their tokens, and those checks would take the event loop.
+    Callers held here cost the hub nothing while they wait; a caller answered 429 at once
+    would come back at once, and each return costs a token check."""
+
+    def __init__(self, share: float = 0.5) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share!r}")
+        self.share = share
         self.lock = asyncio.Lock()
         self.free_at = 0.0
+        self.answered = 0
 
     async def enter(self) -> float:
         await self.lock.acquire()
@@ -75,9 +89,12 @@ class RequestPacer:
             await asyncio.sleep(pause)
         return loop.time()
 
-    def leave(self, entered: float) -> None:
+    def leave(self, entered: float, before: float = 0.0) -> None:
+        """``before``: the seconds the request had spent in the hub when it asked to enter."""
         now = asyncio.get_running_loop().time()
-        self.free_at = now + (now - entered)
+        cost = before + (now - entered)
+        self.free_at = now + cost * (1 - self.share) / self.share
+        self.answered += 1
         self.lock.release()
 
 
@@ -156,7 +173,11 @@ class GuardAPIHandler(GuardHandler):
         full = self.flag_argument("full")
         history = self.flag_argument("history")
         top = self.int_argument("top", self.report.top_types, 1, MAX_TOP)
-        self.write(json.dumps(await self.report.build(full=full, top=top, history=history)))
+        body = await self.report.body(full=full, top=top, history=history)
+        self.set_header("Content-Type", "application/json")
+        # finished here, inside the pacer, so that writing the answer and logging it count in
+        # its cost (not awaited: a slow reader must not hold the pacer)
+        self.finish(body)
 
 
 class TracemallocAPIHandler(GuardHandler):

@@ -377,10 +377,13 @@ def measure_concurrent(
         "full_reports_failed": failed,
         "seconds_with_callers": round(load_seconds, 1),
         # blocks with callers alternate with blocks without, each one interval long or more:
-        # the bound is one computation per interval the callers spanned, counted generously
+        # the bound is one computation per interval the callers spanned, counted generously.
+        # They span more than --block-seconds: a block ends when its callers' last requests
+        # are answered, and those wait their turn at the guard's pacer
         "heap_scans": scans,
         "tracemalloc_comparisons": compared,
-        "most_allowed_per_view": blocks * (math.ceil(block_seconds / view_interval) + 1),
+        "most_allowed_per_view": blocks + math.ceil(load_seconds / view_interval),
+        "heap_scans_per_interval_with_callers": round(scans * view_interval / load_seconds, 2),
         "normal_call": "GET /hub/api/users/probe",
         "p99_ms_tracemalloc_off_no_callers": _ms(quantile_with_interval(idle_off, 0.99)),
         "p99_ms_no_callers": _ms(idle_p99),
