@@ -56,11 +56,14 @@ from .devhub import CLIENT_SERVICE, DevHub, DevHubError, stop_all
 from .figures import cpu_seconds
 from .hubclient import HubClient
 from .replay_load import (
+    DIAGNOSTIC_TIMEOUT_SECONDS,
     PROBE_TIMEOUT_SECONDS,
     PROBE_USER,
+    REASONS,
     Flood,
     Launch,
     Prober,
+    ProxyPatches,
     Users,
     flood_targets,
 )
@@ -81,10 +84,21 @@ SHARED_REFLECTORS = 2
 # left behind (a hub's event loop can stall for seconds on a loaded machine)
 LEFT_BEHIND_AFTER_SECONDS = 5
 PROBE_TOKEN_ROLE = "replay-probe-token"
+# The 2018 hub's Kubernetes API client: `kubernetes` (python-base#29, 2017) sized its connection
+# pool, and KubeSpawner its API thread pool (k8s_api_threadpool_workers), at 5 per CPU; 20 is
+# that for a 4-CPU hub node. Today's kubernetes_asyncio allows 100 (aiohttp's default).
+POOL_CAP = 20
+# A user's patience, and the spawner's start_timeout: KubeSpawner's 60 s, compressed 4x
+# (README: the compression). A launch not ready by then failed, as the user saw it.
+START_TIMEOUT_SECONDS = 15.0
 # the verdicts
 FLOOD_THROTTLED_SHARE = 0.9  # of the flood's stops that the guarded hub answered
 MIN_FLOOD_ANSWERS = 20  # fewer: too few to say whether the guard took the flood
 BOOTSTRAP_RESAMPLES = 1000
+OUTAGE_SUCCESS_PCT = 10  # launch success at or below: the outage
+GUARDED_SUCCESS_PCT = 95  # the guarded hub's launch success in every window, at or above
+MIN_OUTAGE_LAUNCHES = 3  # fewer failed launches do not make an outage
+LINE_WIDTH = 100  # of the verdicts' lines
 HELD, NOT_HELD, INCONCLUSIVE = "held", "did not hold", "inconclusive (noise)"
 
 
@@ -160,16 +174,47 @@ class Timeline:
 # --- the hubs' configuration -------------------------------------------------------------------
 
 
-def replay_config(workdir: Path, flood_token: str, cleanup_servers: bool = False) -> str:
+def replay_config(
+    workdir: Path,
+    flood_token: str,
+    cleanup_servers: bool = False,
+    *,
+    pool_cap: int = POOL_CAP,
+    start_timeout: float = START_TIMEOUT_SECONDS,
+    patches_url: str | None = None,
+) -> str:
     """Config appended to both hubs: the culler, the flooding culler's token, the reflector
-    count.
+    count, the 2018 API client's connection pool cap, the compressed start_timeout, and the
+    proxy-only route for /user/ (what mybinder's proxy-patches answered).
 
     On the simulator, servers are not stopped at hub shutdown (the simulator goes with the hub,
     and a leaky hub's shutdown would take long); on a real cluster they are."""
     culler = os.path.join(os.path.dirname(sys.executable), "jupyterhub-idle-culler")
     reflectors_path = str(workdir / REFLECTORS_FILE)
+    patches = f"c.Proxy.extra_routes = {{'/user/': {patches_url!r}}}" if patches_url else ""
     return f"""
 c.JupyterHub.cleanup_servers = {cleanup_servers!r}
+# the user's patience, compressed (README: the compression); the hub gives up when they do
+c.KubeSpawner.start_timeout = {start_timeout!r}
+{patches}
+
+
+def _pool_cap(cap):
+    # The API client's connection pool, capped as the 2018 client's was (5 per CPU): every
+    # watch, list and create of the hub shares it; a request finding it full waits in the
+    # pool's queue (aiohttp's connector limit), inside the request's own timeout.
+    from kubernetes_asyncio.client import Configuration
+
+    original = Configuration.__init__
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.connection_pool_maxsize = cap
+
+    Configuration.__init__ = __init__
+
+
+_pool_cap({pool_cap!r})
 c.GuardedKubeSpawner.orphan_grace_seconds = {LEDGER_GRACE_SECONDS}
 c.GuardReport.sample_interval = 1
 # extend, not +=: in a stock hub load_roles is still a lazy value here
@@ -265,6 +310,7 @@ class Replay:
     users: int
     flood_rate: float
     flood_token: str
+    start_timeout: float = START_TIMEOUT_SECONDS
 
 
 class Stopped(Exception):
@@ -305,7 +351,7 @@ def run_hubs(hubs: dict[str, DevHub], replay: Replay) -> dict[str, dict[str, Any
                 thread.join(0.2)
         if errors:
             raise errors[0]
-        calls = prober.calls(wait=PROBE_TIMEOUT_SECONDS + 5)
+        probed = prober.calls(wait=PROBE_TIMEOUT_SECONDS + 5)
     finally:
         # interrupted: each hub's thread stops its load and its flood
         stopping.set()
@@ -314,11 +360,13 @@ def run_hubs(hubs: dict[str, DevHub], replay: Replay) -> dict[str, dict[str, Any
             thread.join(max(0.0, deadline - time.monotonic()))
         prober.stop()
     for name, run_ in runs.items():
-        hub_calls = calls.get(name)
+        hub_calls = probed.get("calls", {}).get(name)
         if hub_calls is None:
             raise DevHubError("the probe process sent no results; its traceback is above")
-        _add_per_second(run_["samples"], run_.pop("launch_records"), hub_calls)
+        diagnostics = probed["diagnostics"][name]
+        _add_per_second(run_["samples"], run_.pop("launch_records"), hub_calls, diagnostics)
         run_["api_calls"] = [[round(at, 3), round(seconds, 4), ok] for at, seconds, ok in hub_calls]
+        run_["diagnostics"] = [[round(at, 3), hub, proxy] for at, hub, proxy in diagnostics]
     return {name: runs[name] for name in hubs}
 
 
@@ -342,7 +390,9 @@ def run_hub(
     client = hub.client
     report_available = client.api("GET", "/guard").status_code == 200
     sampler = HubSampler(hub, report_available)
-    load = Users(client, user_names(name, replay.users), t0, timeline.leave)
+    load = Users(
+        client, user_names(name, replay.users), t0, timeline.leave, give_up=replay.start_timeout
+    )
     flood = Flood(hub.hub_url, replay.flood_token, replay.flood_rate, t0, timeline.flood)
     progress = Progress(timeline)
     flood.start()
@@ -523,13 +573,23 @@ def _guard_counts(client: HubClient) -> dict[str, Any]:
 
 
 def _add_per_second(
-    samples: list[dict[str, Any]], launches: list[Launch], calls: list[tuple[float, float, bool]]
+    samples: list[dict[str, Any]],
+    launches: list[Launch],
+    calls: list[tuple[float, float, bool]],
+    diagnostics: list[tuple[float, bool, bool]] = (),
 ) -> None:
     for sample in samples:
         lo, hi = sample["t"] - 1, sample["t"]
         ended = [launch for launch in launches if lo <= launch.ended < hi]
         sample["launches_ready"] = sum(launch.ready for launch in ended)
         sample["launches_failed"] = len(ended) - sample["launches_ready"]
+        sample["launches_failed_by"] = {
+            reason: sum(launch.reason == reason for launch in ended) for reason in REASONS
+        }
+        # the second's diagnostic: did the hub answer, did the proxy (None: none sent)
+        seen = [(hub, proxy) for at, hub, proxy in diagnostics if lo <= at < hi]
+        sample["hub_answered"] = all(hub for hub, _ in seen) if seen else None
+        sample["proxy_answered"] = all(proxy for _, proxy in seen) if seen else None
         sample["ready_seconds"] = [round(x.seconds, 3) for x in ended if x.seconds is not None]
         # a failed call counts with the time it took to fail: a timeout is the worst latency
         sent = [(seconds, ok) for at, seconds, ok in calls if lo <= at < hi]
@@ -560,6 +620,7 @@ def window_figures(run: dict[str, Any], window: tuple[float, float]) -> dict[str
     # users have left for the last one
     last_window = hi >= run["samples"][-1]["t"]
     level = samples[0] if lo == 0 else run["after"] if last_window else samples[-1]
+    diagnosed = [s for s in samples if s.get("hub_answered") is not None]
     signals = None
     if run["report_available"]:
         seen = [*samples, run["after"]] if last_window else samples
@@ -568,6 +629,16 @@ def window_figures(run: dict[str, Any], window: tuple[float, float]) -> dict[str
         "launches": len(launches),
         "launches_ready": len(ready),
         "launch_success_pct": round(100 * len(ready) / len(launches), 1) if launches else None,
+        "launches_failed_by": {
+            reason: sum(x.get("reason") == reason for x in launches if not x["ready"])
+            for reason in REASONS
+        },
+        "hub_answered_pct": _share(diagnosed, "hub_answered"),
+        "proxy_answered_pct": _share(diagnosed, "proxy_answered"),
+        # the 2018 diagnostic: seconds in which the proxy answered and the hub did not
+        "hub_down_proxy_up_s": sum(
+            1 for s in diagnosed if s["proxy_answered"] and not s["hub_answered"]
+        ),
         "ready_p50_s": _percentile_seconds(ready, 50),
         "ready_p90_s": _percentile_seconds(ready, 90),
         "api_p99_ms": _percentile_ms(latencies, 99),
@@ -581,6 +652,12 @@ def window_figures(run: dict[str, Any], window: tuple[float, float]) -> dict[str
         "flood_throttled": flood["throttled"] if in_flood else 0,
         "leak_signals": signals,
     }
+
+
+def _share(samples: list[dict[str, Any]], key: str) -> float | None:
+    if not samples:
+        return None
+    return round(100 * sum(bool(s[key]) for s in samples) / len(samples), 1)
 
 
 def _percentile_seconds(values: list[float], q: int) -> float | None:
@@ -598,9 +675,16 @@ def summarize(runs: dict[str, dict[str, Any]], timeline: Timeline) -> dict[str, 
 ROWS: list[tuple[str, Any]] = [
     ("launches ready", lambda f: f"{f['launches_ready']}/{f['launches']}"),
     ("launch success %", lambda f: f["launch_success_pct"]),
+    *(
+        (f"  failed: {reason}", lambda f, reason=reason: f["launches_failed_by"][reason])
+        for reason in REASONS
+    ),
     ("time to ready p90 s", lambda f: f["ready_p90_s"]),
     ("normal API p99 ms", lambda f: f["api_p99_ms"]),
     ("  of normal calls", lambda f: f["api_calls"]),
+    ("hub answers probe %", lambda f: f["hub_answered_pct"]),
+    ("proxy answers probe %", lambda f: f["proxy_answered_pct"]),
+    ("s hub down, proxy up", lambda f: f["hub_down_proxy_up_s"]),
     ("hub RSS MiB", lambda f: f["rss_mib"]),
     ("hub CPU %", lambda f: f["cpu_percent"]),
     ("live reflectors", lambda f: f["reflectors"]),
@@ -664,6 +748,7 @@ def verdicts(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[d
     """
     left = {name: _left_behind(runs[name]["after"]) for name in HUBS}
     return [
+        outage_verdict(runs, summary),
         leak_verdict(runs, summary, left),
         flood_verdict(runs, summary, flood_evidence(runs)),
         blindness_verdict(runs, left),
@@ -680,6 +765,83 @@ def _verdict(mode: str, verdict: str, why: str, stock: str, guarded: str, **evid
         "guarded": guarded,
         **evidence,
     }
+
+
+def outage_verdict(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """What an operator saw of the leak and the flood together: launch success by window, and
+    the seconds in which the proxy answered and the hub did not.
+
+    Held: stock's launches fell to OUTAGE_SUCCESS_PCT or below in some window (the outage,
+    shown), and the guarded hub's stayed at GUARDED_SUCCESS_PCT or above in every window. Did
+    not hold: the guarded hub's fell as low as an outage. Inconclusive: stock showed no outage,
+    or the guarded hub fell between the two (a loaded machine can do that to a few launches)."""
+    success = {
+        name: {
+            column: figures["launch_success_pct"]
+            for column, figures in summary[name].items()
+            if figures["launch_success_pct"] is not None
+        }
+        for name in HUBS
+    }
+
+    def lowest(name: str) -> tuple[str, float] | None:
+        return min(success[name].items(), key=lambda item: item[1], default=None)
+
+    def down(name: str) -> str:
+        seconds = [s["t"] for s in runs[name]["samples"] if _hub_down_proxy_up(s)]
+        if not seconds:
+            return "hub answering (or proxy down too) every second"
+        return f"hub unresponsive while proxy up {len(seconds)} s from t={seconds[0] - 1:g} s"
+
+    def describe(name: str) -> str:
+        windows = "/".join(_cell(pct) for pct in success[name].values())
+        failed: dict[str, int] = {}
+        for launch in runs[name]["launches"]:
+            if not launch["ready"]:
+                failed[launch.get("reason", "")] = failed.get(launch.get("reason", ""), 0) + 1
+        reasons = ", ".join(f"{n} {reason}" for reason, n in failed.items()) or "none failed"
+        return f"launch success {windows} % ({reasons}); {down(name)}"
+
+    stock, guarded = lowest("stock"), lowest("guarded")
+    outage = _outage_from(runs["stock"]["launches"])
+    if guarded is not None and guarded[1] <= OUTAGE_SUCCESS_PCT:
+        verdict = NOT_HELD
+        why = f"the guarded hub's launches fell to {guarded[1]:g} % ({guarded[0]} window)"
+    elif stock is None or stock[1] > OUTAGE_SUCCESS_PCT or outage is None:
+        verdict = INCONCLUSIVE
+        why = f"stock's launches stayed above {OUTAGE_SUCCESS_PCT} %: no outage shown"
+    elif guarded is None or guarded[1] < GUARDED_SUCCESS_PCT:
+        verdict = INCONCLUSIVE
+        low = "no launches" if guarded is None else f"{guarded[1]:g} % ({guarded[0]} window)"
+        why = f"stock's launches fell, the guarded hub's to {low}"
+    else:
+        verdict = HELD
+        start, pct = outage
+        hub = any(_hub_down_proxy_up(s) for s in runs["stock"]["samples"])
+        why = (
+            f"stock: launches {pct:g} % from t={start:g} s"
+            + (", hub unresponsive while proxy up" if hub else "")
+            + f"; guarded: launches >= {GUARDED_SUCCESS_PCT} % throughout"
+        )
+    return _verdict("outage", verdict, why, describe("stock"), describe("guarded"))
+
+
+def _hub_down_proxy_up(sample: dict[str, Any]) -> bool:
+    return bool(sample.get("proxy_answered")) and sample.get("hub_answered") is False
+
+
+def _outage_from(launches: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """(t, success %): the earliest start of a failed launch from which the launches, at
+    least MIN_OUTAGE_LAUNCHES of them, became ready OUTAGE_SUCCESS_PCT of the time or less."""
+    launches = sorted(launches, key=lambda x: x["started"])
+    for i, launch in enumerate(launches):
+        tail = launches[i:]
+        if len(tail) < MIN_OUTAGE_LAUNCHES:
+            return None
+        pct = 100 * sum(x["ready"] for x in tail) / len(tail)
+        if not launch["ready"] and pct <= OUTAGE_SUCCESS_PCT:
+            return round(launch["started"]), round(pct)
+    return None
 
 
 def leak_verdict(
@@ -827,13 +989,24 @@ def blindness_verdict(
 def format_verdicts(lines: list[dict[str, Any]]) -> str:
     text = []
     for verdict in lines:
-        text.append(f"{verdict['mode']}: {verdict['verdict']}: {verdict['why']}")
-        text.append(f"  stock    {verdict['stock']}")
-        text.append(f"  guarded  {verdict['guarded']}")
+        text += _wrap(f"{verdict['mode']}: {verdict['verdict']}: {verdict['why']}")
+        text += _wrap(f"  stock    {verdict['stock']}")
+        text += _wrap(f"  guarded  {verdict['guarded']}")
     text.append(
         "p99: of normal API calls, start -> flood; x: the rise; [low, high]: 95% bootstrap interval"
     )
     return "\n".join(text)
+
+
+def _wrap(line: str, width: int = LINE_WIDTH) -> list[str]:
+    """A line longer than a terminal, cut after its last "; " that fits, and so on; the rest
+    indented under it."""
+    lines = []
+    while len(line) > width and "; " in line[:width]:
+        cut = line[:width].rindex("; ") + 1
+        lines.append(line[:cut])
+        line = "      " + line[cut:].lstrip()
+    return [*lines, line]
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -847,6 +1020,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flood-rate", type=float, default=100, help="culler-bug stops per second (default 100)"
     )
+    parser.add_argument(
+        "--pool-cap",
+        type=int,
+        default=POOL_CAP,
+        help=f"the hubs' Kubernetes API connection pool (default {POOL_CAP}, the 2018 client's)",
+    )
     parser.add_argument("--out", default=".", help="directory for replay.json and replay.png")
     parser.add_argument(
         "--kubeconfig", help="run both hubs on this cluster (no simulator, no fault knobs)"
@@ -854,8 +1033,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.minutes <= 0 or args.users < 1 or args.flood_rate <= 0:
-        print("replay: --minutes, --users and --flood-rate must be positive", file=sys.stderr)
+    if args.minutes <= 0 or args.users < 1 or args.flood_rate <= 0 or args.pool_cap < 1:
+        print(
+            "replay: --minutes, --users, --flood-rate and --pool-cap must be positive",
+            file=sys.stderr,
+        )
         return 2
     started = time.monotonic()
     plot = _plotter()
@@ -864,9 +1046,18 @@ def main(args: argparse.Namespace) -> int:
     timeline = Timeline.scaled(args.minutes)
     replay = Replay(timeline, args.users, args.flood_rate, secrets.token_hex(16))
     hubs: dict[str, DevHub] = {}
+    patches = ProxyPatches()
+    patches.start()
     for name in HUBS:
         workdir = Path(tempfile.mkdtemp(prefix=f"replay-{name}-", dir=_scratch_dir()))
-        config = replay_config(workdir, replay.flood_token, cleanup_servers=bool(args.kubeconfig))
+        config = replay_config(
+            workdir,
+            replay.flood_token,
+            cleanup_servers=bool(args.kubeconfig),
+            pool_cap=args.pool_cap,
+            start_timeout=replay.start_timeout,
+            patches_url=patches.url,
+        )
         hubs[name] = DevHub(
             stock=name == "stock",
             leaky=True,
@@ -906,6 +1097,7 @@ def main(args: argparse.Namespace) -> int:
         # took in full at the end of every replay, waiting for its idle culler to stop. On a
         # cluster they still get the time to stop their servers.
         stop_all(list(hubs.values()), interrupted=True)
+        patches.stop()
         for name, hub in hubs.items():
             _keep_log(name, hub, out)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -915,12 +1107,14 @@ def main(args: argparse.Namespace) -> int:
     lines = verdicts(runs, summary)
     json_path, png_path = out / "replay.json", out / "replay.png"
     if plot is not None:
-        plot(runs, timeline, png_path)
+        plot(runs, timeline, png_path, headline=lines[0]["why"])
     wall = round(time.monotonic() - started, 1)
     result = {
         "minutes": args.minutes,
         "users": args.users,
         "flood_rate": args.flood_rate,
+        "pool_cap": args.pool_cap,
+        "start_timeout": replay.start_timeout,
         "timeline": asdict(timeline),
         "wall_seconds": wall,
         "summary": summary,
@@ -930,6 +1124,12 @@ def main(args: argparse.Namespace) -> int:
     json_path.write_text(json.dumps(result, indent=1))
     written = [json_path] if plot is None else [json_path, png_path]
     print(table)
+    print(
+        f"a launch failed if not ready within {replay.start_timeout:g} s (KubeSpawner's"
+        f" start_timeout, 60 s, compressed {60 / replay.start_timeout:g}x); API pool cap"
+        f" {args.pool_cap}; probes each second through the proxy: hub /hub/api/, proxy-only"
+        f" /user/doesntexist, {DIAGNOSTIC_TIMEOUT_SECONDS:g} s to answer"
+    )
     print()
     print(format_verdicts(lines))
     print(f"\nwall time {wall} s; wrote {' and '.join(map(str, written))}")
