@@ -86,7 +86,8 @@ class ScriptedHub:
 def test_failed_launches_are_counted_once_under_the_reason_the_user_saw():
     timeline = Timeline.scaled(3 / 60)  # 3 s: leave at 2.5 s
     t0 = time.monotonic()
-    users = Users(ScriptedHub(), list(SCRIPT), t0, timeline.leave, give_up=GIVE_UP_SECONDS)
+    visitors = [[user] for user in SCRIPT]
+    users = Users(ScriptedHub(), visitors, t0, timeline.leave, give_up=GIVE_UP_SECONDS)
     users.start()
     users.finish(timeout=timeline.seconds + 5)
     launches = list(users.launches)

@@ -181,9 +181,11 @@ def test_outage_verdicts_say_what_an_operator_saw():
     # the guarded hub a little under 95 %: a loaded machine can do that
     dented = _guarded(success=(100.0, 90.0, 100.0))
     assert _verdicts(_stock(), dented)["outage"]["verdict"] == INCONCLUSIVE
-    # the guarded hub in the outage itself
+    # the guarded hub in the outage as well: a starved machine can do that to both
     down = _guarded(success=(100.0, 5.0, 0.0), outage_from=12.0)
-    outage = _verdicts(_stock(), down)["outage"]
+    assert _verdicts(_stock(), down)["outage"]["verdict"] == INCONCLUSIVE
+    # the guarded hub in an outage that stock did not have
+    outage = _verdicts(calm, down)["outage"]
     assert outage["verdict"] == NOT_HELD
     assert not outage["held"]
 

@@ -68,13 +68,19 @@ class Launch:
 
 
 class Users:
-    """Simulated users, each in a loop: launch, use it a moment, stop (or leave it idle for
-    the culler, one user in four), launch again; at `leave`, stop and launch no more."""
+    """Visitors, each in a loop: launch a server as a user of its own (on Binder every launch
+    is a new user), use it a moment and stop it (or, one launch in four, leave it idle for the
+    culler), then come back as a new user; at `leave`, stop and launch no more.
+
+    A visitor waits for a stop (or the culler) as long as for a launch and no longer, like a
+    user who closes the tab: a hub that cannot stop servers still meets the next launches.
+    `names`: visitor -> the users it launches as, in turn (again from the first if it runs
+    out)."""
 
     def __init__(
         self,
         client: HubClient,
-        names: list[str],
+        names: list[list[str]],
         t0: float,
         leave: float,
         give_up: float = GIVE_UP_SECONDS,
@@ -86,8 +92,8 @@ class Users:
         self.launches: list[Launch] = []
         self.stopping = threading.Event()
         self.threads = [
-            threading.Thread(target=self._run, args=(name, i, i % 4 == 3), daemon=True)
-            for i, name in enumerate(names)
+            threading.Thread(target=self._run, args=(users, i), daemon=True, name=users[0])
+            for i, users in enumerate(names)
         ]
 
     def start(self) -> None:
@@ -107,22 +113,27 @@ class Users:
     def _now(self) -> float:
         return time.monotonic() - self.t0
 
-    def _run(self, user: str, i: int, leaves_it_to_the_culler: bool) -> None:
-        # users arrive one by one, not in one burst at t=0
+    def _run(self, users: list[str], i: int) -> None:
+        # visitors arrive one by one, not in one burst at t=0
         self.stopping.wait(i * ARRIVAL_SECONDS)
-        while not self.stopping.is_set() and self._now() < self.leave:
+        user = users[0]
+        for n in itertools.count():
+            if self.stopping.is_set() or self._now() >= self.leave:
+                break
+            user = users[n % len(users)]
             started = self._now()
             launch = self._launch(user, started)
             if self.stopping.is_set():
                 return
             self.launches.append(launch)
             try:
-                if launch.ready and leaves_it_to_the_culler:
-                    self._wait_until_stopped(user, until=self.leave)
-                else:
-                    if launch.ready:
-                        self.stopping.wait(HOLD_SECONDS)
-                    self._stop(user)
+                if launch.ready and (i + n) % 4 == 3:
+                    # left to the culler, waited for as long as for a launch
+                    until = min(self.leave, self._now() + self.give_up)
+                    self._wait_until_stopped(user, until=until)
+                elif launch.ready:
+                    self.stopping.wait(HOLD_SECONDS)
+                self._stop(user)
             except requests.RequestException:
                 self.stopping.wait(1)
         try:
@@ -170,15 +181,22 @@ class Users:
         return failed(TIMEOUT, "gave up")
 
     def _stop(self, user: str) -> None:
-        """Stop the server (a launch given up on included) and wait until it is gone."""
-        if _stopped(self.client.server_model(user)):
+        """Stop the server (a launch given up on included) and wait until it is gone, for as
+        long as for a launch."""
+        until = self._now() + self.give_up
+        if _stopped(self.client.server_model(user, timeout=self.give_up)):
             return
-        self.client.api("DELETE", self.client.server_path(user), timeout=self.give_up)
-        self._wait_until_stopped(user, until=self._now() + 60)
+        timeout = max(0.1, until - self._now())
+        self.client.api("DELETE", self.client.server_path(user), timeout=timeout)
+        self._wait_until_stopped(user, until=until)
 
     def _wait_until_stopped(self, user: str, until: float) -> None:
         while not self.stopping.is_set() and self._now() < until:
-            if _stopped(self.client.server_model(user)):
+            try:
+                model = self.client.server_model(user, timeout=max(0.1, until - self._now()))
+            except requests.RequestException:
+                continue
+            if _stopped(model):
                 return
             self.stopping.wait(0.5)
 
