@@ -11,8 +11,12 @@ Against each: simulated users launching and stopping servers all along (some lea
 real jupyterhub-idle-culler, running as a hub service), then the culler bug of 2018 (a flood of
 stops of servers that are not running, sent open-loop), then watch
 drops and a burst of API-server latency from the simulator's fault knobs, then a calm end.
+Both hubs' Kubernetes API pool is capped as the 2018 client's was (POOL_CAP), and the hubs have
+run a while before the timeline (the warm-up): the stock hub's leaked watches fill the pool and
+its launches stop getting ready, as mybinder's did (README: the compression).
 
-Every second it records launches (success, time to ready), the p99 of a normal API call
+Every second it records launches (success, time to ready, why a launch failed), the 2018
+team's diagnostic (does the hub answer, does the proxy), the p99 of a normal API call
 (probed open-loop, PROBES_PER_SECOND calls a second per hub, from a process of its own), the
 hub's RSS and CPU (psutil, the hub process only), live reflectors (those whose watch runs,
 counted inside the hub by a small instrument installed the same way in both hubs), open watch
@@ -88,10 +92,12 @@ PROBE_TOKEN_ROLE = "replay-probe-token"
 # pool, and KubeSpawner its API thread pool (k8s_api_threadpool_workers), at 5 per CPU; 30 is
 # that for a 6-CPU hub node. Today's kubernetes_asyncio allows 100 (aiohttp's default).
 POOL_CAP = 30
-# users each visitor launches as, in turn (replay_load.Users; Binder makes a user per launch)
-USERS_PER_VISITOR = 4
 # launches per user before the timeline (see prepare_hub)
 WARM_UP_ROUNDS = 2
+# users each visitor launches as, in turn (replay_load.Users): the warm-up's, so that the
+# timeline's launches do no first-launch work (Binder makes a user per launch, but the hub's
+# first-launch work is not what 2018 was about)
+USERS_PER_VISITOR = WARM_UP_ROUNDS
 # A user's patience, and the spawner's start_timeout: KubeSpawner's 60 s, compressed 4x
 # (README: the compression). A launch not ready by then failed, as the user saw it.
 START_TIMEOUT_SECONDS = 15.0
