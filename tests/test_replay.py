@@ -80,12 +80,18 @@ def test_replay_prints_a_table_and_a_verdict_per_failure_mode(replay):
         assert row in stdout
     modes = ["outage", "leak", "flood", "blindness"]
     assert [v["mode"] for v in result["verdicts"]] == modes
+    by_mode = {v["mode"]: v for v in result["verdicts"]}
     # each verdict tells the run's own figures
     for name in ("stock", "guarded"):
         flood = result["hubs"][name]["flood"]
         said = f"{flood['answered']}/{flood['sent']} stops answered, {flood['throttled']} throttled"
-        assert result["verdicts"][1][name].startswith(said), (name, result["verdicts"][1])
-    assert result["verdicts"][2]["stock"] == "no view (GET /hub/api/guard: 404)"
+        assert by_mode["flood"][name].startswith(said), (name, by_mode["flood"])
+        assert by_mode["outage"][name].startswith("launch success "), by_mode["outage"]
+        # every failed launch of a window is counted under one reason
+        for figures in result["summary"][name].values():
+            failed = figures["launches"] - figures["launches_ready"]
+            assert sum(figures["launches_failed_by"].values()) == failed, figures
+    assert by_mode["blindness"]["stock"] == "no view (GET /hub/api/guard: 404)"
     assert format_verdicts(result["verdicts"]) in stdout
     # the exit status says whether a guard did not hold (inconclusive is not a failure)
     failed = any(v["verdict"] == "did not hold" for v in result["verdicts"])

@@ -22,6 +22,8 @@ STYLES = {
     "guarded": {"color": "tab:blue", "linewidth": 2.8, "alpha": 0.8, "zorder": 2},
 }
 SUCCESS_WINDOW_SECONDS = 10
+# where each hub's failed launches are marked in the top panel
+FAILED_MARK_Y = {"stock": -2, "guarded": 4}
 
 
 # the diagnostic strip: not probed, not answered, answered
@@ -44,6 +46,12 @@ def plot(
         t = [s["t"] for s in run["samples"]]
         style = {**STYLES.get(name, {}), "label": name}
         success.plot(t, launch_success(run["samples"]), **style)
+        # each failed launch, where it ended: an outage shows even where few launches end
+        failed = [x["ended"] for x in run.get("launches", ()) if not x["ready"]]
+        if failed:
+            y = FAILED_MARK_Y[name] if name in FAILED_MARK_Y else 0
+            success.scatter(failed, [y] * len(failed), marker="x", s=18, color=style.get("color"),
+                            label=f"{name}: failed launch", zorder=4)  # fmt: skip
         rss.plot(t, [s["rss_mib"] for s in run["samples"]], **style)
         p99 = [
             s["api_p99_ms"] if s["api_p99_ms"] is not None else float("nan") for s in run["samples"]
@@ -60,7 +68,7 @@ def plot(
                      label="users leave")  # fmt: skip
         axes.grid(alpha=0.3)
     success.set_ylabel(f"launch success %\n({SUCCESS_WINDOW_SECONDS} s window)")
-    success.set_ylim(-5, 105)
+    success.set_ylim(-6, 105)
     rss.set_ylabel("hub RSS MiB")
     latency.set_ylabel("normal API call\np99 ms (per second)")
     latency.set_yscale("log")
@@ -69,7 +77,7 @@ def plot(
     title = "binderhub-guard replay: the 2018 mybinder outage, stock vs guarded"
     figure.suptitle(title + (f"\n{headline}" if headline else ""))
     figure.legend(
-        *success.get_legend_handles_labels(), loc="outside lower center", ncols=6, fontsize="small"
+        *success.get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize="small"
     )
     figure.savefig(path, dpi=DPI)
     plt.close(figure)
