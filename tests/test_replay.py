@@ -69,6 +69,10 @@ def test_the_timeline_scales_with_minutes_and_keeps_its_order():
     assert t.faults_at(t.latency_burst[0])["latency_seconds"] > 0
     assert t.faults_at(t.watch_drops[0])["watch_drop_after_seconds"] is not None
     assert t.phase_end(0) == t.flood[0]
+    # without drops (the main command's default) the fault phase is the latency burst alone
+    calm = Timeline.scaled(0.5, drops=False)
+    assert calm.phase_at(calm.latency_burst[0]) == "apiserver latency"
+    assert calm.faults_at(calm.watch_drops[0])["watch_drop_after_seconds"] is None
 
 
 def test_replay_prints_a_table_and_a_verdict_per_failure_mode(replay):

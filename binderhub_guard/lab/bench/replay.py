@@ -120,16 +120,22 @@ class Timeline:
     """The compressed day, as fractions of its length so that --minutes only scales it:
     steady load, the culler flood, watch drops with a burst of API-server latency inside,
     recovery, then the users leave (they stop their servers and launch no more), so that
-    whatever is still live at the end was left behind."""
+    whatever is still live at the end was left behind.
+
+    `drops`: whether the simulator drops watches in `watch_drops` (otherwise the span is
+    only the fault phase's, around the latency burst). Off in the main command: dropped
+    watches make the leaked reflectors back off, which frees the API pool and pauses stock's
+    outage, as nothing did in 2018."""
 
     seconds: float
     flood: tuple[float, float]
     watch_drops: tuple[float, float]
     latency_burst: tuple[float, float]
     leave: float
+    drops: bool = True
 
     @classmethod
-    def scaled(cls, minutes: float) -> Timeline:
+    def scaled(cls, minutes: float, drops: bool = True) -> Timeline:
         total = minutes * 60
 
         def at(fraction: float) -> float:
@@ -141,6 +147,7 @@ class Timeline:
             watch_drops=(at(0.45), at(0.7)),
             latency_burst=(at(0.55), at(0.65)),
             leave=at(0.85),
+            drops=drops,
         )
 
     @property
@@ -157,7 +164,7 @@ class Timeline:
             name
             for name, (start, end) in (
                 ("culler flood", self.flood),
-                ("watch drops", self.watch_drops),
+                ("watch drops", self.watch_drops if self.drops else (0, 0)),
                 ("apiserver latency", self.latency_burst),
             )
             if start <= t < end
@@ -173,7 +180,7 @@ class Timeline:
         return min((edge for edge in edges if edge > t), default=self.seconds)
 
     def faults_at(self, t: float) -> dict[str, Any]:
-        drops = self.watch_drops[0] <= t < self.watch_drops[1]
+        drops = self.drops and self.watch_drops[0] <= t < self.watch_drops[1]
         slow = self.latency_burst[0] <= t < self.latency_burst[1]
         return {
             "watch_drop_after_seconds": 1.0 if drops else None,
@@ -1059,6 +1066,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=POOL_CAP,
         help=f"the hubs' Kubernetes API connection pool (default {POOL_CAP}, the 2018 client's)",
     )
+    parser.add_argument(
+        "--watch-drops",
+        action="store_true",
+        help="drop every watch in the fault phase (they free the API pool: stock's outage pauses)",
+    )
     parser.add_argument("--out", default=".", help="directory for replay.json and replay.png")
     parser.add_argument(
         "--kubeconfig", help="run both hubs on this cluster (no simulator, no fault knobs)"
@@ -1076,7 +1088,7 @@ def main(args: argparse.Namespace) -> int:
     plot = _plotter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    timeline = Timeline.scaled(args.minutes)
+    timeline = Timeline.scaled(args.minutes, drops=args.watch_drops)
     replay = Replay(timeline, args.users, args.flood_rate, secrets.token_hex(16))
     hubs: dict[str, DevHub] = {}
     patches = ProxyPatches()

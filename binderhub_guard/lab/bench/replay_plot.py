@@ -60,8 +60,9 @@ def plot(
     _diagnostic_strip(probes, runs, timeline)
     for axes in (success, rss, latency):
         axes.axvspan(*timeline.flood, color="tab:orange", alpha=0.15, label="culler flood")
-        axes.axvspan(*timeline.watch_drops, color="tab:gray", alpha=0.1, hatch="//",
-                     fill=False, label="watch drops")  # fmt: skip
+        if getattr(timeline, "drops", True):
+            axes.axvspan(*timeline.watch_drops, color="tab:gray", alpha=0.1, hatch="//",
+                         fill=False, label="watch drops")  # fmt: skip
         axes.axvspan(*timeline.latency_burst, color="tab:purple", alpha=0.12,
                      label="apiserver latency")  # fmt: skip
         axes.axvline(timeline.leave, color="dimgray", linestyle="--", linewidth=1,
