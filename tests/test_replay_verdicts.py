@@ -175,6 +175,11 @@ def test_outage_verdicts_say_what_an_operator_saw():
     )
     assert "hub unresponsive while proxy up 11 s from t=11 s" in found["stock"]
     assert "hub answering" in found["guarded"]
+    # stock launching again at the end (its stalled hub's leaked watches backed off): the
+    # outage was still shown in the middle
+    recovered = _verdicts(_stock(success=(100.0, 0.0, 100.0)), _guarded())["outage"]
+    assert recovered["verdict"] == HELD
+    assert recovered["why"].startswith("stock: launches 0 % from t=12 s")
     # no outage in stock: nothing shown, whatever the guarded hub did
     calm = _stock(success=(100.0, 100.0, 90.0), outage_from=None, hub_down=False)
     assert _verdicts(calm, _guarded())["outage"]["verdict"] == INCONCLUSIVE

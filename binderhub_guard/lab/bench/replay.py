@@ -107,7 +107,7 @@ MIN_FLOOD_ANSWERS = 20  # fewer: too few to say whether the guard took the flood
 BOOTSTRAP_RESAMPLES = 1000
 OUTAGE_SUCCESS_PCT = 10  # launch success at or below: the outage
 GUARDED_SUCCESS_PCT = 95  # the guarded hub's launch success in every window, at or above
-MIN_OUTAGE_LAUNCHES = 3  # fewer failed launches do not make an outage
+MIN_OUTAGE_LAUNCHES = 3  # a window of fewer launches does not show an outage
 LINE_WIDTH = 100  # of the verdicts' lines
 HELD, NOT_HELD, INCONCLUSIVE = "held", "did not hold", "inconclusive (noise)"
 
@@ -697,6 +697,9 @@ def _percentile_seconds(values: list[float], q: int) -> float | None:
 
 
 def summarize(runs: dict[str, dict[str, Any]], timeline: Timeline) -> dict[str, Any]:
+    # kept with each run (and in replay.json): the verdicts find launches by window
+    for run in runs.values():
+        run["windows"] = {column: list(window) for column, window in timeline.windows.items()}
     return {
         name: {col: window_figures(run, window) for col, window in timeline.windows.items()}
         for name, run in runs.items()
@@ -835,11 +838,11 @@ def outage_verdict(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> 
         return f"launch success {windows} % ({reasons}); {down(name)}"
 
     stock, guarded = lowest("stock"), lowest("guarded")
-    outage = _outage_from(runs["stock"]["launches"])
-    stock_fell = stock is not None and stock[1] <= OUTAGE_SUCCESS_PCT and outage is not None
+    outage = _outage_window(runs["stock"], summary["stock"], timeline_windows(runs["stock"]))
+    stock_fell = outage is not None
     if guarded is not None and guarded[1] <= OUTAGE_SUCCESS_PCT:
         low = f"{guarded[1]:g} % ({guarded[0]} window)"
-        if stock_fell:
+        if stock is not None and stock[1] <= OUTAGE_SUCCESS_PCT:
             # both: a machine starved of CPU does that to any hub (the other verdicts say
             # whether the guard took the leak and the flood)
             verdict, why = INCONCLUSIVE, f"both hubs' launches fell, the guarded hub's to {low}"
@@ -847,7 +850,9 @@ def outage_verdict(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> 
             verdict, why = NOT_HELD, f"the guarded hub's launches fell to {low}, stock's did not"
     elif not stock_fell:
         verdict = INCONCLUSIVE
-        why = f"stock's launches stayed above {OUTAGE_SUCCESS_PCT} %: no outage shown"
+        why = (
+            f"stock's launches stayed above {OUTAGE_SUCCESS_PCT} % in every window: no outage shown"
+        )
     elif guarded is None or guarded[1] < GUARDED_SUCCESS_PCT:
         verdict = INCONCLUSIVE
         low = "no launches" if guarded is None else f"{guarded[1]:g} % ({guarded[0]} window)"
@@ -868,17 +873,26 @@ def _hub_down_proxy_up(sample: dict[str, Any]) -> bool:
     return bool(sample.get("proxy_answered")) and sample.get("hub_answered") is False
 
 
-def _outage_from(launches: list[dict[str, Any]]) -> tuple[float, float] | None:
-    """(t, success %): the earliest start of a failed launch from which the launches, at
-    least MIN_OUTAGE_LAUNCHES of them, became ready OUTAGE_SUCCESS_PCT of the time or less."""
-    launches = sorted(launches, key=lambda x: x["started"])
-    for i, launch in enumerate(launches):
-        tail = launches[i:]
-        if len(tail) < MIN_OUTAGE_LAUNCHES:
-            return None
-        pct = 100 * sum(x["ready"] for x in tail) / len(tail)
-        if not launch["ready"] and pct <= OUTAGE_SUCCESS_PCT:
-            return round(launch["started"]), round(pct)
+def timeline_windows(run: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """The table's windows, as the run's summary was made over them (in `summarize`)."""
+    return run.get("windows") or {}
+
+
+def _outage_window(
+    run: dict[str, Any], summary: dict[str, Any], windows: dict[str, tuple[float, float]]
+) -> tuple[float, float] | None:
+    """(t, success %): the first window in which at least MIN_OUTAGE_LAUNCHES launches ended
+    and OUTAGE_SUCCESS_PCT or fewer of them became ready; t is when the first of its failed
+    launches began (what the user who met the outage first saw). None: no such window."""
+    for column, figures in summary.items():
+        pct = figures.get("launch_success_pct")
+        if pct is None or pct > OUTAGE_SUCCESS_PCT:
+            continue
+        if figures.get("launches", MIN_OUTAGE_LAUNCHES) < MIN_OUTAGE_LAUNCHES:
+            continue
+        lo, hi = windows.get(column, (0.0, math.inf))
+        failed = [x["started"] for x in run["launches"] if not x["ready"] and lo <= x["ended"] < hi]
+        return round(min(failed, default=lo)), round(pct)
     return None
 
 
