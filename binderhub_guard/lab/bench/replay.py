@@ -152,10 +152,12 @@ class Timeline:
 
     @property
     def windows(self) -> dict[str, tuple[float, float]]:
-        """The table's columns: before any trouble, the flood, after all of it."""
+        """The table's columns, end to end: before any trouble, the flood, the fault phase
+        after it (where the launches begun in the flood end), after all of it."""
         return {
             "start": (0.0, self.flood[0]),
             "middle": self.flood,
+            "faults": (self.flood[1], self.watch_drops[1]),
             "end": (self.watch_drops[1], self.seconds),
         }
 
@@ -819,8 +821,13 @@ def outage_verdict(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> 
         for name in HUBS
     }
 
-    def lowest(name: str) -> tuple[str, float] | None:
-        return min(success[name].items(), key=lambda item: item[1], default=None)
+    def lowest(name: str, launches: int = 1) -> tuple[str, float] | None:
+        shown = {
+            column: pct
+            for column, pct in success[name].items()
+            if summary[name][column].get("launches", launches) >= launches
+        }
+        return min(shown.items(), key=lambda item: item[1], default=None)
 
     def down(name: str) -> str:
         seconds = [s["t"] for s in runs[name]["samples"] if _hub_down_proxy_up(s)]
@@ -838,10 +845,14 @@ def outage_verdict(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> 
         return f"launch success {windows} % ({reasons}); {down(name)}"
 
     stock, guarded = lowest("stock"), lowest("guarded")
-    outage = _outage_window(runs["stock"], summary["stock"], timeline_windows(runs["stock"]))
+    outage = _outage_window(
+        runs["stock"], summary["stock"], timeline_windows(runs["stock"])
+    ) or _outage_from(runs["stock"]["launches"])
     stock_fell = outage is not None
-    if guarded is not None and guarded[1] <= OUTAGE_SUCCESS_PCT:
-        low = f"{guarded[1]:g} % ({guarded[0]} window)"
+    # an outage needs a window of MIN_OUTAGE_LAUNCHES launches, on either hub
+    fallen = lowest("guarded", MIN_OUTAGE_LAUNCHES)
+    if fallen is not None and fallen[1] <= OUTAGE_SUCCESS_PCT:
+        low = f"{fallen[1]:g} % ({fallen[0]} window)"
         if stock is not None and stock[1] <= OUTAGE_SUCCESS_PCT:
             # both: a machine starved of CPU does that to any hub (the other verdicts say
             # whether the guard took the leak and the flood)
@@ -893,6 +904,21 @@ def _outage_window(
         lo, hi = windows.get(column, (0.0, math.inf))
         failed = [x["started"] for x in run["launches"] if not x["ready"] and lo <= x["ended"] < hi]
         return round(min(failed, default=lo)), round(pct)
+    return None
+
+
+def _outage_from(launches: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """(t, success %) when no window shows it (a window's few launches): the earliest start
+    of a failed launch from which the launches, at least MIN_OUTAGE_LAUNCHES of them, became
+    ready OUTAGE_SUCCESS_PCT of the time or less."""
+    launches = sorted(launches, key=lambda x: x["started"])
+    for i, launch in enumerate(launches):
+        tail = launches[i:]
+        if len(tail) < MIN_OUTAGE_LAUNCHES:
+            return None
+        pct = 100 * sum(x["ready"] for x in tail) / len(tail)
+        if not launch["ready"] and pct <= OUTAGE_SUCCESS_PCT:
+            return round(launch["started"]), round(pct)
     return None
 
 
