@@ -162,17 +162,20 @@ class Users:
             reason = SPAWN_ERROR if reply.status_code == 500 else HUB_ERROR
             return failed(reason, f"POST {reply.status_code}")
         answered, last = self._now(), ""
-        while self._now() - started < self.give_up and not self.stopping.is_set():
+        # the user looks at the spawn at least once after the 202, however late it came
+        while not self.stopping.is_set():
             try:
                 model = self.client.server_model(user, timeout=left())
             except requests.RequestException as e:
                 last = f"GET {type(e).__name__}"
-                continue
-            answered = self._now()
-            if model is None or not (model.get("ready") or model.get("pending")):
-                return failed(SPAWN_ERROR, "spawn failed")
-            if model.get("ready"):
-                return Launch(user, started, self._now(), True, self._now() - started)
+            else:
+                answered, last = self._now(), ""
+                if model is None or not (model.get("ready") or model.get("pending")):
+                    return failed(SPAWN_ERROR, "spawn failed")
+                if model.get("ready"):
+                    return Launch(user, started, self._now(), True, self._now() - started)
+            if self._now() - started >= self.give_up:
+                break
             self.stopping.wait(min(0.25, left()))
         # given up: a hub that answered lately (the spawn pends) timed out; one that has not
         # answered for HUB_SILENT_SECONDS failed itself
