@@ -69,20 +69,33 @@ def test_the_timeline_scales_with_minutes_and_keeps_its_order():
     assert t.faults_at(t.latency_burst[0])["latency_seconds"] > 0
     assert t.faults_at(t.watch_drops[0])["watch_drop_after_seconds"] is not None
     assert t.phase_end(0) == t.flood[0]
+    # without drops (the main command's default) the fault phase is the latency burst alone
+    calm = Timeline.scaled(0.5, drops=False)
+    assert calm.phase_at(calm.latency_burst[0]) == "apiserver latency"
+    assert calm.faults_at(calm.watch_drops[0])["watch_drop_after_seconds"] is None
 
 
 def test_replay_prints_a_table_and_a_verdict_per_failure_mode(replay):
     _, done, result = replay
     stdout = done.stdout
-    for row in ("launch success %", "normal API p99 ms", "hub RSS MiB", "live reflectors"):
+    rows = ("launch success %", "failed: timeout", "failed: hub error", "failed: spawn error")
+    rows += ("s hub down, proxy up", "normal API p99 ms", "hub RSS MiB", "live reflectors")
+    for row in rows:
         assert row in stdout
-    assert [v["mode"] for v in result["verdicts"]] == ["leak", "flood", "blindness"]
+    modes = ["outage", "leak", "flood", "blindness"]
+    assert [v["mode"] for v in result["verdicts"]] == modes
+    by_mode = {v["mode"]: v for v in result["verdicts"]}
     # each verdict tells the run's own figures
     for name in ("stock", "guarded"):
         flood = result["hubs"][name]["flood"]
         said = f"{flood['answered']}/{flood['sent']} stops answered, {flood['throttled']} throttled"
-        assert result["verdicts"][1][name].startswith(said), (name, result["verdicts"][1])
-    assert result["verdicts"][2]["stock"] == "no view (GET /hub/api/guard: 404)"
+        assert by_mode["flood"][name].startswith(said), (name, by_mode["flood"])
+        assert by_mode["outage"][name].startswith("launch success "), by_mode["outage"]
+        # every failed launch of a window is counted under one reason
+        for figures in result["summary"][name].values():
+            failed = figures["launches"] - figures["launches_ready"]
+            assert sum(figures["launches_failed_by"].values()) == failed, figures
+    assert by_mode["blindness"]["stock"] == "no view (GET /hub/api/guard: 404)"
     assert format_verdicts(result["verdicts"]) in stdout
     # the exit status says whether a guard did not hold (inconclusive is not a failure)
     failed = any(v["verdict"] == "did not hold" for v in result["verdicts"])
@@ -124,7 +137,8 @@ def test_stock_leaks_and_the_guarded_hub_holds(replay):
     assert left_behind("stock") >= min(5, launches["stock"] // 2), (end, launches)
     assert left_behind("guarded") <= 0, end
     assert end["guarded"]["reflectors"] < end["stock"]["reflectors"]
-    assert result["verdicts"][0] == {**result["verdicts"][0], "mode": "leak", "held": True}
+    leak = next(v for v in result["verdicts"] if v["mode"] == "leak")
+    assert leak["held"], leak
 
 
 def test_the_flood_reaches_jupyterhub_in_stock_and_is_throttled_when_guarded(replay):

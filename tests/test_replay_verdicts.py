@@ -40,6 +40,9 @@ def _run(
     seed: int = 1,
     spread: float = 0.3,
     per_second: int = CALLS_PER_SECOND,
+    success: tuple[float, ...] = (100.0, 100.0, 100.0),
+    outage_from: float | None = None,
+    hub_down: bool = False,
 ) -> dict:
     after = {
         "t": 30.0,
@@ -48,11 +51,30 @@ def _run(
         "fresh": left is not None,
         "leak_signals": list(signals) if report else None,
     }
+    launches = [
+        {
+            "started": float(t),
+            "ended": t + 1.0,
+            "ready": outage_from is None or t < outage_from,
+            "reason": "" if outage_from is None or t < outage_from else "timeout",
+        }
+        for t in range(30)
+    ]
+    samples = [
+        {
+            "t": t,
+            "leak_signals": list(signals) if report else None,
+            "hub_answered": not (hub_down and FLOOD[0] < t <= FLOOD[1]),
+            "proxy_answered": True,
+        }
+        for t in range(1, 31)
+    ]
     return {
         "report_available": report,
-        "samples": [{"t": 1, "leak_signals": list(signals) if report else None}],
+        "samples": samples,
         "after": after,
-        "launches": [{}] * 30,
+        "launches": launches,
+        "success": success,
         "warm_up": {"launches": 12},
         "api_calls": _calls(start_ms, middle_ms, seed, spread, per_second),
         "flood": {
@@ -66,7 +88,13 @@ def _run(
 
 def _summary(runs: dict) -> dict:
     column = {"rss_mib": 100.0, "watch_connections": 2, "api_p99_ms": 50.0}
-    return {name: {col: dict(column) for col in ("start", "middle", "end")} for name in runs}
+    return {
+        name: {
+            col: {**column, "launch_success_pct": pct}
+            for col, pct in zip(("start", "middle", "end"), run["success"], strict=True)
+        }
+        for name, run in runs.items()
+    }
 
 
 def _verdicts(stock: dict, guarded: dict) -> dict[str, dict]:
@@ -75,7 +103,8 @@ def _verdicts(stock: dict, guarded: dict) -> dict[str, dict]:
 
 
 def _stock(**kwargs) -> dict:
-    return _run(**{"answered": 700, "left": 30, "seed": 1, **kwargs})
+    outage = {"success": (100.0, 0.0, 0.0), "outage_from": 12.0, "hub_down": True}
+    return _run(**{"answered": 700, "left": 30, "seed": 1, **outage, **kwargs})
 
 
 def _guarded(**kwargs) -> dict:
@@ -88,6 +117,7 @@ def _guarded(**kwargs) -> dict:
 def test_a_guard_that_holds_is_called_held_on_every_count():
     found = _verdicts(_stock(middle_ms=400), _guarded(middle_ms=60))
     assert {mode: v["verdict"] for mode, v in found.items()} == {
+        "outage": HELD,
         "leak": HELD,
         "flood": HELD,
         "blindness": HELD,
@@ -134,6 +164,35 @@ def test_the_issues_loaded_run_is_not_called_a_failure():
         _guarded(start_ms=287, middle_ms=907, spread=0.6, per_second=9),
     )
     assert found["flood"]["verdict"] == HELD
+
+
+def test_outage_verdicts_say_what_an_operator_saw():
+    found = _verdicts(_stock(), _guarded())["outage"]
+    assert found["verdict"] == HELD
+    assert found["why"] == (
+        "stock: launches 0 % from t=12 s, hub unresponsive while proxy up;"
+        " guarded: launches >= 95 % throughout"
+    )
+    assert "hub unresponsive while proxy up 11 s from t=11 s" in found["stock"]
+    assert "hub answering" in found["guarded"]
+    # stock launching again at the end (its stalled hub's leaked watches backed off): the
+    # outage was still shown in the middle
+    recovered = _verdicts(_stock(success=(100.0, 0.0, 100.0)), _guarded())["outage"]
+    assert recovered["verdict"] == HELD
+    assert recovered["why"].startswith("stock: launches 0 % from t=12 s")
+    # no outage in stock: nothing shown, whatever the guarded hub did
+    calm = _stock(success=(100.0, 100.0, 90.0), outage_from=None, hub_down=False)
+    assert _verdicts(calm, _guarded())["outage"]["verdict"] == INCONCLUSIVE
+    # the guarded hub a little under 95 %: a loaded machine can do that
+    dented = _guarded(success=(100.0, 90.0, 100.0))
+    assert _verdicts(_stock(), dented)["outage"]["verdict"] == INCONCLUSIVE
+    # the guarded hub in the outage as well: a starved machine can do that to both
+    down = _guarded(success=(100.0, 5.0, 0.0), outage_from=12.0)
+    assert _verdicts(_stock(), down)["outage"]["verdict"] == INCONCLUSIVE
+    # the guarded hub in an outage that stock did not have
+    outage = _verdicts(calm, down)["outage"]
+    assert outage["verdict"] == NOT_HELD
+    assert not outage["held"]
 
 
 def test_leak_verdicts():

@@ -42,8 +42,8 @@ class HubClient:
         if new:
             self.api("POST", "/users", json={"usernames": new}).raise_for_status()
 
-    def server_model(self, user: str, server: str = "") -> dict | None:
-        reply = self.api("GET", f"/users/{quote(user, safe='')}")
+    def server_model(self, user: str, server: str = "", timeout: float = 30) -> dict | None:
+        reply = self.api("GET", f"/users/{quote(user, safe='')}", timeout=timeout)
         reply.raise_for_status()
         return reply.json().get("servers", {}).get(server)
 

@@ -11,8 +11,12 @@ Against each: simulated users launching and stopping servers all along (some lea
 real jupyterhub-idle-culler, running as a hub service), then the culler bug of 2018 (a flood of
 stops of servers that are not running, sent open-loop), then watch
 drops and a burst of API-server latency from the simulator's fault knobs, then a calm end.
+Both hubs' Kubernetes API pool is capped as the 2018 client's was (POOL_CAP), and the hubs have
+run a while before the timeline (the warm-up): the stock hub's leaked watches fill the pool and
+its launches stop getting ready, as mybinder's did (README: the compression).
 
-Every second it records launches (success, time to ready), the p99 of a normal API call
+Every second it records launches (success, time to ready, why a launch failed), the 2018
+team's diagnostic (does the hub answer, does the proxy), the p99 of a normal API call
 (probed open-loop, PROBES_PER_SECOND calls a second per hub, from a process of its own), the
 hub's RSS and CPU (psutil, the hub process only), live reflectors (those whose watch runs,
 counted inside the hub by a small instrument installed the same way in both hubs), open watch
@@ -56,11 +60,14 @@ from .devhub import CLIENT_SERVICE, DevHub, DevHubError, stop_all
 from .figures import cpu_seconds
 from .hubclient import HubClient
 from .replay_load import (
+    DIAGNOSTIC_TIMEOUT_SECONDS,
     PROBE_TIMEOUT_SECONDS,
     PROBE_USER,
+    REASONS,
     Flood,
     Launch,
     Prober,
+    ProxyPatches,
     Users,
     flood_targets,
 )
@@ -81,10 +88,27 @@ SHARED_REFLECTORS = 2
 # left behind (a hub's event loop can stall for seconds on a loaded machine)
 LEFT_BEHIND_AFTER_SECONDS = 5
 PROBE_TOKEN_ROLE = "replay-probe-token"
+# The 2018 hub's Kubernetes API client: `kubernetes` (python-base#29, 2017) sized its connection
+# pool, and KubeSpawner its API thread pool (k8s_api_threadpool_workers), at 5 per CPU; 30 is
+# that for a 6-CPU hub node. Today's kubernetes_asyncio allows 100 (aiohttp's default).
+POOL_CAP = 30
+# launches per user before the timeline (see prepare_hub)
+WARM_UP_ROUNDS = 2
+# users each visitor launches as, in turn (replay_load.Users): the warm-up's, so that the
+# timeline's launches do no first-launch work (Binder makes a user per launch, but the hub's
+# first-launch work is not what 2018 was about)
+USERS_PER_VISITOR = WARM_UP_ROUNDS
+# A user's patience, and the spawner's start_timeout: KubeSpawner's 60 s, compressed 4x
+# (README: the compression). A launch not ready by then failed, as the user saw it.
+START_TIMEOUT_SECONDS = 15.0
 # the verdicts
 FLOOD_THROTTLED_SHARE = 0.9  # of the flood's stops that the guarded hub answered
 MIN_FLOOD_ANSWERS = 20  # fewer: too few to say whether the guard took the flood
 BOOTSTRAP_RESAMPLES = 1000
+OUTAGE_SUCCESS_PCT = 10  # launch success at or below: the outage
+GUARDED_SUCCESS_PCT = 95  # the guarded hub's launch success in every window, at or above
+MIN_OUTAGE_LAUNCHES = 3  # a window of fewer launches does not show an outage
+LINE_WIDTH = 100  # of the verdicts' lines
 HELD, NOT_HELD, INCONCLUSIVE = "held", "did not hold", "inconclusive (noise)"
 
 
@@ -96,16 +120,22 @@ class Timeline:
     """The compressed day, as fractions of its length so that --minutes only scales it:
     steady load, the culler flood, watch drops with a burst of API-server latency inside,
     recovery, then the users leave (they stop their servers and launch no more), so that
-    whatever is still live at the end was left behind."""
+    whatever is still live at the end was left behind.
+
+    `drops`: whether the simulator drops watches in `watch_drops` (otherwise the span is
+    only the fault phase's, around the latency burst). Off in the main command: dropped
+    watches make the leaked reflectors back off, which frees the API pool and pauses stock's
+    outage, as nothing did in 2018."""
 
     seconds: float
     flood: tuple[float, float]
     watch_drops: tuple[float, float]
     latency_burst: tuple[float, float]
     leave: float
+    drops: bool = True
 
     @classmethod
-    def scaled(cls, minutes: float) -> Timeline:
+    def scaled(cls, minutes: float, drops: bool = True) -> Timeline:
         total = minutes * 60
 
         def at(fraction: float) -> float:
@@ -117,14 +147,17 @@ class Timeline:
             watch_drops=(at(0.45), at(0.7)),
             latency_burst=(at(0.55), at(0.65)),
             leave=at(0.85),
+            drops=drops,
         )
 
     @property
     def windows(self) -> dict[str, tuple[float, float]]:
-        """The table's columns: before any trouble, the flood, after all of it."""
+        """The table's columns, end to end: before any trouble, the flood, the fault phase
+        after it (where the launches begun in the flood end), after all of it."""
         return {
             "start": (0.0, self.flood[0]),
             "middle": self.flood,
+            "faults": (self.flood[1], self.watch_drops[1]),
             "end": (self.watch_drops[1], self.seconds),
         }
 
@@ -133,7 +166,7 @@ class Timeline:
             name
             for name, (start, end) in (
                 ("culler flood", self.flood),
-                ("watch drops", self.watch_drops),
+                ("watch drops", self.watch_drops if self.drops else (0, 0)),
                 ("apiserver latency", self.latency_burst),
             )
             if start <= t < end
@@ -149,7 +182,7 @@ class Timeline:
         return min((edge for edge in edges if edge > t), default=self.seconds)
 
     def faults_at(self, t: float) -> dict[str, Any]:
-        drops = self.watch_drops[0] <= t < self.watch_drops[1]
+        drops = self.drops and self.watch_drops[0] <= t < self.watch_drops[1]
         slow = self.latency_burst[0] <= t < self.latency_burst[1]
         return {
             "watch_drop_after_seconds": 1.0 if drops else None,
@@ -160,16 +193,47 @@ class Timeline:
 # --- the hubs' configuration -------------------------------------------------------------------
 
 
-def replay_config(workdir: Path, flood_token: str, cleanup_servers: bool = False) -> str:
+def replay_config(
+    workdir: Path,
+    flood_token: str,
+    cleanup_servers: bool = False,
+    *,
+    pool_cap: int = POOL_CAP,
+    start_timeout: float = START_TIMEOUT_SECONDS,
+    patches_url: str | None = None,
+) -> str:
     """Config appended to both hubs: the culler, the flooding culler's token, the reflector
-    count.
+    count, the 2018 API client's connection pool cap, the compressed start_timeout, and the
+    proxy-only route for /user/ (what mybinder's proxy-patches answered).
 
     On the simulator, servers are not stopped at hub shutdown (the simulator goes with the hub,
     and a leaky hub's shutdown would take long); on a real cluster they are."""
     culler = os.path.join(os.path.dirname(sys.executable), "jupyterhub-idle-culler")
     reflectors_path = str(workdir / REFLECTORS_FILE)
+    patches = f"c.Proxy.extra_routes = {{'/user/': {patches_url!r}}}" if patches_url else ""
     return f"""
 c.JupyterHub.cleanup_servers = {cleanup_servers!r}
+# the user's patience, compressed (README: the compression); the hub gives up when they do
+c.KubeSpawner.start_timeout = {start_timeout!r}
+{patches}
+
+
+def _pool_cap(cap):
+    # The API client's connection pool, capped as the 2018 client's was (5 per CPU): every
+    # watch, list and create of the hub shares it; a request finding it full waits in the
+    # pool's queue (aiohttp's connector limit), inside the request's own timeout.
+    from kubernetes_asyncio.client import Configuration
+
+    original = Configuration.__init__
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.connection_pool_maxsize = cap
+
+    Configuration.__init__ = __init__
+
+
+_pool_cap({pool_cap!r})
 c.GuardedKubeSpawner.orphan_grace_seconds = {LEDGER_GRACE_SECONDS}
 c.GuardReport.sample_interval = 1
 # extend, not +=: in a stock hub load_roles is still a lazy value here
@@ -265,6 +329,12 @@ class Replay:
     users: int
     flood_rate: float
     flood_token: str
+    start_timeout: float = START_TIMEOUT_SECONDS
+
+    @property
+    def pool(self) -> int:
+        """Users each hub has: USERS_PER_VISITOR per visitor (the warm-up's among them)."""
+        return self.users * USERS_PER_VISITOR
 
 
 class Stopped(Exception):
@@ -305,7 +375,7 @@ def run_hubs(hubs: dict[str, DevHub], replay: Replay) -> dict[str, dict[str, Any
                 thread.join(0.2)
         if errors:
             raise errors[0]
-        calls = prober.calls(wait=PROBE_TIMEOUT_SECONDS + 5)
+        probed = prober.calls(wait=PROBE_TIMEOUT_SECONDS + 5)
     finally:
         # interrupted: each hub's thread stops its load and its flood
         stopping.set()
@@ -314,11 +384,13 @@ def run_hubs(hubs: dict[str, DevHub], replay: Replay) -> dict[str, dict[str, Any
             thread.join(max(0.0, deadline - time.monotonic()))
         prober.stop()
     for name, run_ in runs.items():
-        hub_calls = calls.get(name)
+        hub_calls = probed.get("calls", {}).get(name)
         if hub_calls is None:
             raise DevHubError("the probe process sent no results; its traceback is above")
-        _add_per_second(run_["samples"], run_.pop("launch_records"), hub_calls)
+        diagnostics = probed["diagnostics"][name]
+        _add_per_second(run_["samples"], run_.pop("launch_records"), hub_calls, diagnostics)
         run_["api_calls"] = [[round(at, 3), round(seconds, 4), ok] for at, seconds, ok in hub_calls]
+        run_["diagnostics"] = [[round(at, 3), hub, proxy] for at, hub, proxy in diagnostics]
     return {name: runs[name] for name in hubs}
 
 
@@ -342,7 +414,14 @@ def run_hub(
     client = hub.client
     report_available = client.api("GET", "/guard").status_code == 200
     sampler = HubSampler(hub, report_available)
-    load = Users(client, user_names(name, replay.users), t0, timeline.leave)
+    names = user_names(name, replay.pool)
+    load = Users(
+        client,
+        [names[i :: replay.users] for i in range(replay.users)],
+        t0,
+        timeline.leave,
+        give_up=replay.start_timeout,
+    )
     flood = Flood(hub.hub_url, replay.flood_token, replay.flood_rate, t0, timeline.flood)
     progress = Progress(timeline)
     flood.start()
@@ -464,17 +543,21 @@ class HubSampler:
 
 def user_names(hub_name: str, users: int) -> list[str]:
     """Named after their hub, so that two hubs on one real cluster never share a pod name."""
-    return [f"{hub_name}-{i:02d}" for i in range(users)]
+    return [f"{hub_name}-{i:03d}" for i in range(users)]
 
 
-def prepare_hub(name: str, hub: DevHub, users: int) -> int:
+def prepare_hub(name: str, hub: DevHub, users: int, pool: int) -> int:
     """Start the hub, create its users (JupyterHub blocks its loop while it does) and warm it
-    up: each user launches and stops once, so the timeline starts from a hub that has done
-    its first-launch work (OAuth clients, spawner objects, shared reflectors). Returns the
-    warm-up launches that became ready."""
+    up: WARM_UP_ROUNDS rounds of a launch per visitor, each by a user of its own, then
+    stopped, so the timeline starts from a hub that has done its first-launch work (OAuth
+    clients, spawner objects, shared reflectors) and has run a while, as mybinder's had when
+    the outage began (an hour of launches after the deploy): the leaky stock hub starts the
+    timeline with WARM_UP_ROUNDS leaked watches per visitor. Returns the warm-up launches
+    that became ready."""
     hub.start()
-    names = user_names(name, users)
+    names = user_names(name, max(users, pool))
     hub.client.create_users(names + flood_targets())
+    rounds = [names[i * users : (i + 1) * users] for i in range(WARM_UP_ROUNDS)]
 
     def cycle(user: str) -> bool:
         try:
@@ -487,7 +570,7 @@ def prepare_hub(name: str, hub: DevHub, users: int) -> int:
                 hub.client.stop_server(user, timeout=60)
 
     with ThreadPoolExecutor(max_workers=users) as pool:
-        return sum(pool.map(cycle, names))
+        return sum(sum(pool.map(cycle, round_)) for round_ in rounds)
 
 
 def _read_reflectors(hub: DevHub) -> dict[str, Any]:
@@ -523,13 +606,23 @@ def _guard_counts(client: HubClient) -> dict[str, Any]:
 
 
 def _add_per_second(
-    samples: list[dict[str, Any]], launches: list[Launch], calls: list[tuple[float, float, bool]]
+    samples: list[dict[str, Any]],
+    launches: list[Launch],
+    calls: list[tuple[float, float, bool]],
+    diagnostics: list[tuple[float, bool, bool]] = (),
 ) -> None:
     for sample in samples:
         lo, hi = sample["t"] - 1, sample["t"]
         ended = [launch for launch in launches if lo <= launch.ended < hi]
         sample["launches_ready"] = sum(launch.ready for launch in ended)
         sample["launches_failed"] = len(ended) - sample["launches_ready"]
+        sample["launches_failed_by"] = {
+            reason: sum(launch.reason == reason for launch in ended) for reason in REASONS
+        }
+        # the second's diagnostic: did the hub answer, did the proxy (None: none sent)
+        seen = [(hub, proxy) for at, hub, proxy in diagnostics if lo <= at < hi]
+        sample["hub_answered"] = all(hub for hub, _ in seen) if seen else None
+        sample["proxy_answered"] = all(proxy for _, proxy in seen) if seen else None
         sample["ready_seconds"] = [round(x.seconds, 3) for x in ended if x.seconds is not None]
         # a failed call counts with the time it took to fail: a timeout is the worst latency
         sent = [(seconds, ok) for at, seconds, ok in calls if lo <= at < hi]
@@ -560,6 +653,7 @@ def window_figures(run: dict[str, Any], window: tuple[float, float]) -> dict[str
     # users have left for the last one
     last_window = hi >= run["samples"][-1]["t"]
     level = samples[0] if lo == 0 else run["after"] if last_window else samples[-1]
+    diagnosed = [s for s in samples if s.get("hub_answered") is not None]
     signals = None
     if run["report_available"]:
         seen = [*samples, run["after"]] if last_window else samples
@@ -568,6 +662,16 @@ def window_figures(run: dict[str, Any], window: tuple[float, float]) -> dict[str
         "launches": len(launches),
         "launches_ready": len(ready),
         "launch_success_pct": round(100 * len(ready) / len(launches), 1) if launches else None,
+        "launches_failed_by": {
+            reason: sum(x.get("reason") == reason for x in launches if not x["ready"])
+            for reason in REASONS
+        },
+        "hub_answered_pct": _share(diagnosed, "hub_answered"),
+        "proxy_answered_pct": _share(diagnosed, "proxy_answered"),
+        # the 2018 diagnostic: seconds in which the proxy answered and the hub did not
+        "hub_down_proxy_up_s": sum(
+            1 for s in diagnosed if s["proxy_answered"] and not s["hub_answered"]
+        ),
         "ready_p50_s": _percentile_seconds(ready, 50),
         "ready_p90_s": _percentile_seconds(ready, 90),
         "api_p99_ms": _percentile_ms(latencies, 99),
@@ -583,12 +687,21 @@ def window_figures(run: dict[str, Any], window: tuple[float, float]) -> dict[str
     }
 
 
+def _share(samples: list[dict[str, Any]], key: str) -> float | None:
+    if not samples:
+        return None
+    return round(100 * sum(bool(s[key]) for s in samples) / len(samples), 1)
+
+
 def _percentile_seconds(values: list[float], q: int) -> float | None:
     ms = _percentile_ms(values, q)
     return None if ms is None else round(ms / 1000, 2)
 
 
 def summarize(runs: dict[str, dict[str, Any]], timeline: Timeline) -> dict[str, Any]:
+    # kept with each run (and in replay.json): the verdicts find launches by window
+    for run in runs.values():
+        run["windows"] = {column: list(window) for column, window in timeline.windows.items()}
     return {
         name: {col: window_figures(run, window) for col, window in timeline.windows.items()}
         for name, run in runs.items()
@@ -598,9 +711,16 @@ def summarize(runs: dict[str, dict[str, Any]], timeline: Timeline) -> dict[str, 
 ROWS: list[tuple[str, Any]] = [
     ("launches ready", lambda f: f"{f['launches_ready']}/{f['launches']}"),
     ("launch success %", lambda f: f["launch_success_pct"]),
+    *(
+        (f"  failed: {reason}", lambda f, reason=reason: f["launches_failed_by"][reason])
+        for reason in REASONS
+    ),
     ("time to ready p90 s", lambda f: f["ready_p90_s"]),
     ("normal API p99 ms", lambda f: f["api_p99_ms"]),
     ("  of normal calls", lambda f: f["api_calls"]),
+    ("hub answers probe %", lambda f: f["hub_answered_pct"]),
+    ("proxy answers probe %", lambda f: f["proxy_answered_pct"]),
+    ("s hub down, proxy up", lambda f: f["hub_down_proxy_up_s"]),
     ("hub RSS MiB", lambda f: f["rss_mib"]),
     ("hub CPU %", lambda f: f["cpu_percent"]),
     ("live reflectors", lambda f: f["reflectors"]),
@@ -664,6 +784,7 @@ def verdicts(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> list[d
     """
     left = {name: _left_behind(runs[name]["after"]) for name in HUBS}
     return [
+        outage_verdict(runs, summary),
         leak_verdict(runs, summary, left),
         flood_verdict(runs, summary, flood_evidence(runs)),
         blindness_verdict(runs, left),
@@ -680,6 +801,125 @@ def _verdict(mode: str, verdict: str, why: str, stock: str, guarded: str, **evid
         "guarded": guarded,
         **evidence,
     }
+
+
+def outage_verdict(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """What an operator saw of the leak and the flood together: launch success by window, and
+    the seconds in which the proxy answered and the hub did not.
+
+    Held: stock's launches fell to OUTAGE_SUCCESS_PCT or below in some window (the outage,
+    shown), and the guarded hub's stayed at GUARDED_SUCCESS_PCT or above in every window. Did
+    not hold: the guarded hub's fell as low as an outage and stock's did not. Inconclusive:
+    stock showed no outage, the guarded hub fell between the two (a loaded machine can do
+    that to a few launches), or both fell (a machine starved of CPU can do that to any hub)."""
+    success = {
+        name: {
+            column: figures["launch_success_pct"]
+            for column, figures in summary[name].items()
+            if figures["launch_success_pct"] is not None
+        }
+        for name in HUBS
+    }
+
+    def lowest(name: str, launches: int = 1) -> tuple[str, float] | None:
+        shown = {
+            column: pct
+            for column, pct in success[name].items()
+            if summary[name][column].get("launches", launches) >= launches
+        }
+        return min(shown.items(), key=lambda item: item[1], default=None)
+
+    def down(name: str) -> str:
+        seconds = [s["t"] for s in runs[name]["samples"] if _hub_down_proxy_up(s)]
+        if not seconds:
+            return "hub answering (or proxy down too) every second"
+        return f"hub unresponsive while proxy up {len(seconds)} s from t={seconds[0] - 1:g} s"
+
+    def describe(name: str) -> str:
+        windows = "/".join(_cell(pct) for pct in success[name].values())
+        failed: dict[str, int] = {}
+        for launch in runs[name]["launches"]:
+            if not launch["ready"]:
+                failed[launch.get("reason", "")] = failed.get(launch.get("reason", ""), 0) + 1
+        reasons = ", ".join(f"{n} {reason}" for reason, n in failed.items()) or "none failed"
+        return f"launch success {windows} % ({reasons}); {down(name)}"
+
+    stock, guarded = lowest("stock"), lowest("guarded")
+    outage = _outage_window(
+        runs["stock"], summary["stock"], timeline_windows(runs["stock"])
+    ) or _outage_from(runs["stock"]["launches"])
+    stock_fell = outage is not None
+    # an outage needs a window of MIN_OUTAGE_LAUNCHES launches, on either hub
+    fallen = lowest("guarded", MIN_OUTAGE_LAUNCHES)
+    if fallen is not None and fallen[1] <= OUTAGE_SUCCESS_PCT:
+        low = f"{fallen[1]:g} % ({fallen[0]} window)"
+        if stock is not None and stock[1] <= OUTAGE_SUCCESS_PCT:
+            # both: a machine starved of CPU does that to any hub (the other verdicts say
+            # whether the guard took the leak and the flood)
+            verdict, why = INCONCLUSIVE, f"both hubs' launches fell, the guarded hub's to {low}"
+        else:
+            verdict, why = NOT_HELD, f"the guarded hub's launches fell to {low}, stock's did not"
+    elif not stock_fell:
+        verdict = INCONCLUSIVE
+        why = (
+            f"stock's launches stayed above {OUTAGE_SUCCESS_PCT} % in every window: no outage shown"
+        )
+    elif guarded is None or guarded[1] < GUARDED_SUCCESS_PCT:
+        verdict = INCONCLUSIVE
+        low = "no launches" if guarded is None else f"{guarded[1]:g} % ({guarded[0]} window)"
+        why = f"stock's launches fell, the guarded hub's to {low}"
+    else:
+        verdict = HELD
+        start, pct = outage
+        hub = any(_hub_down_proxy_up(s) for s in runs["stock"]["samples"])
+        why = (
+            f"stock: launches {pct:g} % from t={start:g} s"
+            + (", hub unresponsive while proxy up" if hub else "")
+            + f"; guarded: launches >= {GUARDED_SUCCESS_PCT} % throughout"
+        )
+    return _verdict("outage", verdict, why, describe("stock"), describe("guarded"))
+
+
+def _hub_down_proxy_up(sample: dict[str, Any]) -> bool:
+    return bool(sample.get("proxy_answered")) and sample.get("hub_answered") is False
+
+
+def timeline_windows(run: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """The table's windows, as the run's summary was made over them (in `summarize`)."""
+    return run.get("windows") or {}
+
+
+def _outage_window(
+    run: dict[str, Any], summary: dict[str, Any], windows: dict[str, tuple[float, float]]
+) -> tuple[float, float] | None:
+    """(t, success %): the first window in which at least MIN_OUTAGE_LAUNCHES launches ended
+    and OUTAGE_SUCCESS_PCT or fewer of them became ready; t is when the first of its failed
+    launches began (what the user who met the outage first saw). None: no such window."""
+    for column, figures in summary.items():
+        pct = figures.get("launch_success_pct")
+        if pct is None or pct > OUTAGE_SUCCESS_PCT:
+            continue
+        if figures.get("launches", MIN_OUTAGE_LAUNCHES) < MIN_OUTAGE_LAUNCHES:
+            continue
+        lo, hi = windows.get(column, (0.0, math.inf))
+        failed = [x["started"] for x in run["launches"] if not x["ready"] and lo <= x["ended"] < hi]
+        return round(min(failed, default=lo)), round(pct)
+    return None
+
+
+def _outage_from(launches: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """(t, success %) when no window shows it (a window's few launches): the earliest start
+    of a failed launch from which the launches, at least MIN_OUTAGE_LAUNCHES of them, became
+    ready OUTAGE_SUCCESS_PCT of the time or less."""
+    launches = sorted(launches, key=lambda x: x["started"])
+    for i, launch in enumerate(launches):
+        tail = launches[i:]
+        if len(tail) < MIN_OUTAGE_LAUNCHES:
+            return None
+        pct = 100 * sum(x["ready"] for x in tail) / len(tail)
+        if not launch["ready"] and pct <= OUTAGE_SUCCESS_PCT:
+            return round(launch["started"]), round(pct)
+    return None
 
 
 def leak_verdict(
@@ -827,13 +1067,24 @@ def blindness_verdict(
 def format_verdicts(lines: list[dict[str, Any]]) -> str:
     text = []
     for verdict in lines:
-        text.append(f"{verdict['mode']}: {verdict['verdict']}: {verdict['why']}")
-        text.append(f"  stock    {verdict['stock']}")
-        text.append(f"  guarded  {verdict['guarded']}")
+        text += _wrap(f"{verdict['mode']}: {verdict['verdict']}: {verdict['why']}")
+        text += _wrap(f"  stock    {verdict['stock']}")
+        text += _wrap(f"  guarded  {verdict['guarded']}")
     text.append(
         "p99: of normal API calls, start -> flood; x: the rise; [low, high]: 95% bootstrap interval"
     )
     return "\n".join(text)
+
+
+def _wrap(line: str, width: int = LINE_WIDTH) -> list[str]:
+    """A line longer than a terminal, cut after its last "; " that fits, and so on; the rest
+    indented under it."""
+    lines = []
+    while len(line) > width and "; " in line[:width]:
+        cut = line[:width].rindex("; ") + 1
+        lines.append(line[:cut])
+        line = "      " + line[cut:].lstrip()
+    return [*lines, line]
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -843,9 +1094,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--minutes", type=float, default=0.75, help="timeline length per hub (default 0.75)"
     )
-    parser.add_argument("--users", type=int, default=12, help="simulated users (default 12)")
+    parser.add_argument(
+        "--users", type=int, default=12, help="visitors launching at once (default 12)"
+    )
     parser.add_argument(
         "--flood-rate", type=float, default=100, help="culler-bug stops per second (default 100)"
+    )
+    parser.add_argument(
+        "--pool-cap",
+        type=int,
+        default=POOL_CAP,
+        help=f"the hubs' Kubernetes API connection pool (default {POOL_CAP}, the 2018 client's)",
+    )
+    parser.add_argument(
+        "--watch-drops",
+        action="store_true",
+        help="drop every watch in the fault phase (they free the API pool: stock's outage pauses)",
     )
     parser.add_argument("--out", default=".", help="directory for replay.json and replay.png")
     parser.add_argument(
@@ -854,19 +1118,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.minutes <= 0 or args.users < 1 or args.flood_rate <= 0:
-        print("replay: --minutes, --users and --flood-rate must be positive", file=sys.stderr)
+    if min(args.minutes, args.users, args.flood_rate, args.pool_cap) <= 0:
+        print(
+            "replay: --minutes, --users, --flood-rate and --pool-cap must be positive",
+            file=sys.stderr,
+        )
         return 2
     started = time.monotonic()
     plot = _plotter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    timeline = Timeline.scaled(args.minutes)
+    timeline = Timeline.scaled(args.minutes, drops=args.watch_drops)
     replay = Replay(timeline, args.users, args.flood_rate, secrets.token_hex(16))
     hubs: dict[str, DevHub] = {}
+    patches = ProxyPatches()
+    patches.start()
     for name in HUBS:
         workdir = Path(tempfile.mkdtemp(prefix=f"replay-{name}-", dir=_scratch_dir()))
-        config = replay_config(workdir, replay.flood_token, cleanup_servers=bool(args.kubeconfig))
+        config = replay_config(
+            workdir,
+            replay.flood_token,
+            cleanup_servers=bool(args.kubeconfig),
+            pool_cap=args.pool_cap,
+            start_timeout=replay.start_timeout,
+            patches_url=patches.url,
+        )
         hubs[name] = DevHub(
             stock=name == "stock",
             leaky=True,
@@ -877,17 +1153,20 @@ def main(args: argparse.Namespace) -> int:
     runs: dict[str, dict[str, Any]] = {}
     try:
         print(f"replay: starting the {' and '.join(HUBS)} hubs", file=sys.stderr, flush=True)
-        warmed = start_hubs(hubs, args.users)
+        warmed = start_hubs(hubs, args.users, replay.pool)
         print(
             f"replay: hubs up and warm after {time.monotonic() - started:.0f} s;"
             " warm-up launches ready: "
-            + ", ".join(f"{name} {n}/{args.users}" for name, n in warmed.items()),
+            + ", ".join(f"{name} {n}/{WARM_UP_ROUNDS * args.users}" for name, n in warmed.items()),
             file=sys.stderr,
             flush=True,
         )
         runs = run_hubs(hubs, replay)
         for name in HUBS:
-            runs[name]["warm_up"] = {"launches": args.users, "ready": warmed[name]}
+            runs[name]["warm_up"] = {
+                "launches": WARM_UP_ROUNDS * args.users,
+                "ready": warmed[name],
+            }
         print(
             f"replay: timeline done after {time.monotonic() - started:.0f} s, stopping the hubs",
             file=sys.stderr,
@@ -906,6 +1185,7 @@ def main(args: argparse.Namespace) -> int:
         # took in full at the end of every replay, waiting for its idle culler to stop. On a
         # cluster they still get the time to stop their servers.
         stop_all(list(hubs.values()), interrupted=True)
+        patches.stop()
         for name, hub in hubs.items():
             _keep_log(name, hub, out)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -915,12 +1195,14 @@ def main(args: argparse.Namespace) -> int:
     lines = verdicts(runs, summary)
     json_path, png_path = out / "replay.json", out / "replay.png"
     if plot is not None:
-        plot(runs, timeline, png_path)
+        plot(runs, timeline, png_path, headline=lines[0]["why"])
     wall = round(time.monotonic() - started, 1)
     result = {
         "minutes": args.minutes,
         "users": args.users,
         "flood_rate": args.flood_rate,
+        "pool_cap": args.pool_cap,
+        "start_timeout": replay.start_timeout,
         "timeline": asdict(timeline),
         "wall_seconds": wall,
         "summary": summary,
@@ -930,6 +1212,12 @@ def main(args: argparse.Namespace) -> int:
     json_path.write_text(json.dumps(result, indent=1))
     written = [json_path] if plot is None else [json_path, png_path]
     print(table)
+    print(
+        f"a launch failed if not ready within {replay.start_timeout:g} s (KubeSpawner's"
+        f" start_timeout, 60 s, compressed {60 / replay.start_timeout:g}x); API pool cap"
+        f" {args.pool_cap}; probes each second through the proxy: hub /hub/api/, proxy-only"
+        f" /user/doesntexist, {DIAGNOSTIC_TIMEOUT_SECONDS:g} s to answer"
+    )
     print()
     print(format_verdicts(lines))
     print(f"\nwall time {wall} s; wrote {' and '.join(map(str, written))}")
@@ -953,7 +1241,7 @@ def _plotter() -> Any:
     return plot
 
 
-def start_hubs(hubs: dict[str, DevHub], users: int) -> dict[str, int]:
+def start_hubs(hubs: dict[str, DevHub], users: int, pool: int) -> dict[str, int]:
     """Start and warm up the hubs side by side; the caller stops them. Returns the warm-up
     launches that became ready, by hub."""
     errors: list[BaseException] = []
@@ -961,7 +1249,7 @@ def start_hubs(hubs: dict[str, DevHub], users: int) -> dict[str, int]:
 
     def start(name: str, hub: DevHub) -> None:
         try:
-            warm[name] = prepare_hub(name, hub, users)
+            warm[name] = prepare_hub(name, hub, users, pool)
         except BaseException as e:  # reported in the main thread
             errors.append(e)
 

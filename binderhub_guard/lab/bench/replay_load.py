@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import requests
@@ -27,7 +28,17 @@ PROBE_USER = "admin"
 # hubs that run side by side on the same machine, so not more
 PROBES_PER_SECOND = 25
 PROBE_TIMEOUT_SECONDS = 10
-# a user gives up on a launch not ready after this long (the browser's spinner, in 2018)
+# The 2018 team's diagnostic, once a second per hub through its proxy: a hub API call, and a
+# route the proxy answers without the hub (/user/doesntexist, answered by mybinder's
+# proxy-patches). Either fails when not answered within this long (a page that does not load).
+DIAGNOSTIC_PATH_HUB = "/hub/api/"
+DIAGNOSTIC_PATH_PROXY = "/user/doesntexist"
+DIAGNOSTIC_TIMEOUT_SECONDS = 5.0
+# a launch given up on counts as a hub error when the hub had not answered its status for
+# this long (the same patience as the diagnostic's), as a timeout otherwise
+HUB_SILENT_SECONDS = DIAGNOSTIC_TIMEOUT_SECONDS
+# a user gives up on a launch not ready after this long (the caller passes the replay's
+# compressed start_timeout)
 GIVE_UP_SECONDS = 15.0
 HOLD_SECONDS = 1.0
 ARRIVAL_SECONDS = 0.3
@@ -38,6 +49,13 @@ def flood_targets() -> list[str]:
     return [f"{FLOOD_USER_PREFIX}{i:05d}" for i in range(FLOOD_TARGETS)]
 
 
+# why a launch failed, as the user saw it
+TIMEOUT = "timeout"  # not ready when the user gave up, the hub still answering
+HUB_ERROR = "hub error"  # the hub did not answer, or answered an error of its own
+SPAWN_ERROR = "spawn error"  # the hub said the spawn failed
+REASONS = (TIMEOUT, HUB_ERROR, SPAWN_ERROR)
+
+
 @dataclass
 class Launch:
     user: str
@@ -45,22 +63,37 @@ class Launch:
     ended: float
     ready: bool
     seconds: float | None  # to ready
-    why: str = ""
+    why: str = ""  # what the user saw: a status, an exception
+    reason: str = ""  # one of REASONS when not ready
 
 
 class Users:
-    """Simulated users, each in a loop: launch, use it a moment, stop (or leave it idle for
-    the culler, one user in four), launch again; at `leave`, stop and launch no more."""
+    """Visitors, each in a loop: launch a server as a user of its own (on Binder every launch
+    is a new user), use it a moment and stop it (or, one launch in four, leave it idle for the
+    culler), then come back as a new user; at `leave`, stop and launch no more.
 
-    def __init__(self, client: HubClient, names: list[str], t0: float, leave: float) -> None:
+    A visitor waits for a stop (or the culler) as long as for a launch and no longer, like a
+    user who closes the tab: a hub that cannot stop servers still meets the next launches.
+    `names`: visitor -> the users it launches as, in turn (again from the first if it runs
+    out)."""
+
+    def __init__(
+        self,
+        client: HubClient,
+        names: list[list[str]],
+        t0: float,
+        leave: float,
+        give_up: float = GIVE_UP_SECONDS,
+    ) -> None:
         self.client = client
         self.t0 = t0
         self.leave = leave
+        self.give_up = give_up
         self.launches: list[Launch] = []
         self.stopping = threading.Event()
         self.threads = [
-            threading.Thread(target=self._run, args=(name, i, i % 4 == 3), daemon=True)
-            for i, name in enumerate(names)
+            threading.Thread(target=self._run, args=(users, i), daemon=True, name=users[0])
+            for i, users in enumerate(names)
         ]
 
     def start(self) -> None:
@@ -80,25 +113,27 @@ class Users:
     def _now(self) -> float:
         return time.monotonic() - self.t0
 
-    def _run(self, user: str, i: int, leaves_it_to_the_culler: bool) -> None:
-        # users arrive one by one, not in one burst at t=0
+    def _run(self, users: list[str], i: int) -> None:
+        # visitors arrive one by one, not in one burst at t=0
         self.stopping.wait(i * ARRIVAL_SECONDS)
-        while not self.stopping.is_set() and self._now() < self.leave:
+        user = users[0]
+        for n in itertools.count():
+            if self.stopping.is_set() or self._now() >= self.leave:
+                break
+            user = users[n % len(users)]
             started = self._now()
-            try:
-                launch = self._launch(user, started)
-            except requests.RequestException as e:
-                launch = Launch(user, started, self._now(), False, None, type(e).__name__)
+            launch = self._launch(user, started)
             if self.stopping.is_set():
                 return
             self.launches.append(launch)
             try:
-                if launch.ready and leaves_it_to_the_culler:
-                    self._wait_until_stopped(user, until=self.leave)
-                else:
-                    if launch.ready:
-                        self.stopping.wait(HOLD_SECONDS)
-                    self._stop(user)
+                if launch.ready and (i + n) % 4 == 3:
+                    # left to the culler, waited for as long as for a launch
+                    until = min(self.leave, self._now() + self.give_up)
+                    self._wait_until_stopped(user, until=until)
+                elif launch.ready:
+                    self.stopping.wait(HOLD_SECONDS)
+                self._stop(user)
             except requests.RequestException:
                 self.stopping.wait(1)
         try:
@@ -107,31 +142,64 @@ class Users:
             pass
 
     def _launch(self, user: str, started: float) -> Launch:
-        path = self.client.server_path(user)
-        reply = self.client.api("POST", path, timeout=GIVE_UP_SECONDS)
+        """One launch as the user sees it: ready within `give_up` seconds, or failed for one
+        of REASONS."""
+
+        def failed(reason: str, why: str) -> Launch:
+            return Launch(user, started, self._now(), False, None, why, reason)
+
+        def left() -> float:
+            return max(0.1, started + self.give_up - self._now())
+
+        try:
+            reply = self.client.api("POST", self.client.server_path(user), timeout=left())
+        except requests.RequestException as e:
+            return failed(HUB_ERROR, f"POST {type(e).__name__}")
         if reply.status_code == 201:
             return Launch(user, started, self._now(), True, self._now() - started)
         if reply.status_code != 202:
-            return Launch(user, started, self._now(), False, None, f"POST {reply.status_code}")
-        while self._now() - started < GIVE_UP_SECONDS and not self.stopping.is_set():
-            model = self.client.server_model(user)
-            if model is None:
-                return Launch(user, started, self._now(), False, None, "spawn failed")
-            if model.get("ready"):
-                return Launch(user, started, self._now(), True, self._now() - started)
-            self.stopping.wait(0.25)
-        return Launch(user, started, self._now(), False, None, "gave up")
+            # JupyterHub answers 500 for a spawn that failed before slow_spawn_timeout
+            reason = SPAWN_ERROR if reply.status_code == 500 else HUB_ERROR
+            return failed(reason, f"POST {reply.status_code}")
+        answered, last = self._now(), ""
+        # the user looks at the spawn at least once after the 202, however late it came
+        while not self.stopping.is_set():
+            try:
+                model = self.client.server_model(user, timeout=left())
+            except requests.RequestException as e:
+                last = f"GET {type(e).__name__}"
+            else:
+                answered, last = self._now(), ""
+                if model is None or not (model.get("ready") or model.get("pending")):
+                    return failed(SPAWN_ERROR, "spawn failed")
+                if model.get("ready"):
+                    return Launch(user, started, self._now(), True, self._now() - started)
+            if self._now() - started >= self.give_up:
+                break
+            self.stopping.wait(min(0.25, left()))
+        # given up: a hub that answered lately (the spawn pends) timed out; one that has not
+        # answered for HUB_SILENT_SECONDS failed itself
+        if self._now() - answered >= HUB_SILENT_SECONDS:
+            return failed(HUB_ERROR, last or "no answer")
+        return failed(TIMEOUT, "gave up")
 
     def _stop(self, user: str) -> None:
-        """Stop the server (a launch given up on included) and wait until it is gone."""
-        if _stopped(self.client.server_model(user)):
+        """Stop the server (a launch given up on included) and wait until it is gone, for as
+        long as for a launch."""
+        until = self._now() + self.give_up
+        if _stopped(self.client.server_model(user, timeout=self.give_up)):
             return
-        self.client.api("DELETE", self.client.server_path(user), timeout=GIVE_UP_SECONDS)
-        self._wait_until_stopped(user, until=self._now() + 60)
+        timeout = max(0.1, until - self._now())
+        self.client.api("DELETE", self.client.server_path(user), timeout=timeout)
+        self._wait_until_stopped(user, until=until)
 
     def _wait_until_stopped(self, user: str, until: float) -> None:
         while not self.stopping.is_set() and self._now() < until:
-            if _stopped(self.client.server_model(user)):
+            try:
+                model = self.client.server_model(user, timeout=max(0.1, until - self._now()))
+            except requests.RequestException:
+                continue
+            if _stopped(model):
                 return
             self.stopping.wait(0.5)
 
@@ -149,7 +217,10 @@ class Prober:
     to one, it does to the other. Calls are recorded by the second they were due in.
 
     `targets`: hub name -> (URL, token); a token the hub generated (one hash round to check,
-    where a token from config takes 16,384: most of what would be measured)."""
+    where a token from config takes 16,384: most of what would be measured).
+
+    Once a second it also sends each hub the 2018 team's diagnostic (see
+    DIAGNOSTIC_PATH_HUB): is the hub answering, is the proxy."""
 
     def __init__(self, targets: dict[str, tuple[str, str]], seconds: float) -> None:
         context = multiprocessing.get_context("spawn")
@@ -169,9 +240,10 @@ class Prober:
         """The first calls are due at `t0` (this process's monotonic clock)."""
         self.pipe.send(time.time() + t0 - time.monotonic())
 
-    def calls(self, wait: float) -> dict[str, list[tuple[float, float, bool]]]:
-        """(due at, seconds, answered ok) of every call, by hub; {} if the probe process
-        died (its traceback is on stderr) or did not answer within `wait` seconds."""
+    def calls(self, wait: float) -> dict[str, Any]:
+        """{"calls": (due at, seconds, answered ok) of every call, by hub; "diagnostics": (at,
+        hub answered, proxy answered) of every second, by hub}; {} if the probe process died
+        (its traceback is on stderr) or did not answer within `wait` seconds."""
         try:
             if self.pipe.poll(wait):
                 return self.pipe.recv()
@@ -194,12 +266,11 @@ def _send_probes(targets: dict[str, tuple[str, str]], seconds: float, pipe: Any)
     pipe.send(asyncio.run(_probe(targets, start, start + seconds)))
 
 
-async def _probe(
-    targets: dict[str, tuple[str, str]], start: float, end: float
-) -> dict[str, list[tuple[float, float, bool]]]:
+async def _probe(targets: dict[str, tuple[str, str]], start: float, end: float) -> dict[str, Any]:
     import aiohttp
 
     calls: dict[str, list[tuple[float, float, bool]]] = {name: [] for name in targets}
+    diagnostics: dict[str, list[tuple[float, bool, bool]]] = {name: [] for name in targets}
     outstanding: dict[asyncio.Task, tuple[str, float, float]] = {}
     timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_SECONDS)
     sessions = {
@@ -221,7 +292,29 @@ async def _probe(
             ok = False
         calls[name].append((due, time.monotonic() - sent, ok))
 
+    diagnostic_timeout = aiohttp.ClientTimeout(total=DIAGNOSTIC_TIMEOUT_SECONDS)
+
+    async def answered(name: str, path: str, ok: Any) -> bool:
+        try:
+            async with sessions[name].get(
+                bases[name] + path, timeout=diagnostic_timeout, allow_redirects=False
+            ) as reply:
+                await reply.read()
+                return ok(reply.status)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    async def diagnose(name: str, due: float) -> None:
+        hub, proxy = await asyncio.gather(
+            answered(name, DIAGNOSTIC_PATH_HUB, lambda status: status == 200),
+            # anything the proxy itself answers; 502/503 is the proxy failing to reach a target
+            answered(name, DIAGNOSTIC_PATH_PROXY, lambda status: status < 500),
+        )
+        diagnostics[name].append((due, hub, proxy))
+
+    bases = {name: url for name, (url, _) in targets.items()}
     urls = {name: f"{url}/hub/api/users/{PROBE_USER}" for name, (url, _) in targets.items()}
+    diagnosing: list[asyncio.Task] = []
     try:
         for n in itertools.count():
             due = n / PROBES_PER_SECOND
@@ -232,16 +325,62 @@ async def _probe(
                 task = asyncio.ensure_future(call(name, due))
                 outstanding[task] = (name, due, time.monotonic())
                 task.add_done_callback(outstanding.pop)
+                if n % PROBES_PER_SECOND == 0:
+                    diagnosing.append(asyncio.ensure_future(diagnose(name, due)))
         # the last calls get their time to answer (or to time out)
         if outstanding:
             await asyncio.wait(list(outstanding), timeout=PROBE_TIMEOUT_SECONDS + 1)
         for task, (name, due, sent) in list(outstanding.items()):
             task.cancel()
             calls[name].append((due, time.monotonic() - sent, False))
+        await asyncio.wait(diagnosing, timeout=DIAGNOSTIC_TIMEOUT_SECONDS + 1)
     finally:
+        for task in diagnosing:
+            task.cancel()
         for session in sessions.values():
             await session.close()
-    return {name: sorted(values) for name, values in calls.items()}
+    return {
+        "calls": {name: sorted(values) for name, values in calls.items()},
+        "diagnostics": {name: sorted(values) for name, values in diagnostics.items()},
+    }
+
+
+class ProxyPatches:
+    """What mybinder's proxy-patches was in 2018: a small server the proxy routes /user/ to
+    (JupyterHub's Proxy.extra_routes), answering for servers that do not exist, so that
+    /user/doesntexist is answered without the hub. One for both hubs, in a thread of the
+    replay's process (the replay stops it; nothing of it outlives the process)."""
+
+    def __init__(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _PatchesHandler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, daemon=True, name="proxy-patches"
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _PatchesHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        body = b"No server here: it may have stopped, or never existed.\n"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 class Flood:
