@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import lifeline
+from . import lifeline, stopflood
 from .figures import cpu_seconds
 
 FLOOD_SERVICE = "flood-culler"
@@ -181,13 +181,8 @@ async def _flood(
 
     async def one(i: int) -> None:
         flood.sent += 1
-        answered = True
-        try:
-            async with session.delete(urls[i % len(urls)], headers=headers) as reply:
-                await reply.read()
-                status = str(reply.status)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            status, answered = type(e).__name__, False
+        status = await stopflood.stop_once(session, urls[i % len(urls)], headers)
+        answered = status.isdigit()
         if flood.window is not None:
             flood.statuses.setdefault(flood.window, Counter())[status] += 1
         if not answered:
@@ -206,22 +201,6 @@ async def _flood(
 
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
 
-    async def open_loop(first: int) -> None:
-        in_flight: set[asyncio.Task] = set()
-        began, i = time.time(), first
-        while sending:
-            due = first + int((time.time() - began) * args.rate) + 1
-            while i < due:
-                task = asyncio.ensure_future(one(i))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-                i += 1
-            await asyncio.sleep(1 / args.rate)
-        if in_flight:
-            await asyncio.wait(in_flight, timeout=5)
-            for task in in_flight:
-                task.cancel()
-
     def enter(window: str | None) -> None:
         now = time.time()
         if flood.window is not None:
@@ -239,7 +218,9 @@ async def _flood(
         if args.closed_loop:
             sender = asyncio.ensure_future(closed_loop(itertools.count(len(urls))))
         else:
-            sender = asyncio.ensure_future(open_loop(len(urls)))
+            sender = asyncio.ensure_future(
+                stopflood.open_loop(args.rate, one, lambda: sending, first=len(urls))
+            )
         await asyncio.sleep(args.seconds)
         enter(None)
         hooks.steady_over()

@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from . import lifeline
+from . import lifeline, stopflood
 from .hubclient import HubClient
 
 FLOOD_USER_PREFIX = "gone-"
@@ -458,29 +458,14 @@ async def _flood_stops(
 
     by_second: dict[int, Counter[str]] = {}
     headers = {"Authorization": f"token {token}"}
-    sent = 0
 
     async def stop(i: int) -> None:
-        try:
-            async with session.delete(urls[i % len(urls)], headers=headers) as reply:
-                await reply.read()
-                status = str(reply.status)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            status = type(e).__name__
+        status = await stopflood.stop_once(session, urls[i % len(urls)], headers)
         by_second.setdefault(int(time.time() - start), Counter())[status] += 1
 
-    in_flight: set[asyncio.Task] = set()
     connector = aiohttp.TCPConnector(limit=256)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.sleep(max(0.0, start - time.time()))
-        while (now := time.time()) < end:
-            while sent < int((now - start) * rate) + 1:
-                task = asyncio.ensure_future(stop(sent))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-                sent += 1
-            await asyncio.sleep(1 / rate)
-        if in_flight:
-            await asyncio.wait(in_flight, timeout=5)
+        sent = await stopflood.open_loop(rate, stop, lambda: time.time() < end)
     return {"sent": sent, "by_second": {s: dict(c) for s, c in by_second.items()}}
