@@ -29,6 +29,9 @@ MAX_TOP = 1000
 MAX_FRAMES = 100
 #: report bodies kept for reuse (see GuardReport.body), one per query
 MAX_BODIES = 8
+# the report's sections written for each caller of a shared body: counters a caller who has
+# just stopped a server or started a spawn must see move
+LIVE_SECTIONS = ("time", "ledger", "stop_guard", "expensive_views")
 
 
 class GuardReport(LoggingConfigurable):
@@ -313,11 +316,12 @@ class GuardReport(LoggingConfigurable):
         A report is built from the latest sample and the expensive views' latest results:
         until one of them changes, building it again gives the same figures, and with
         tracemalloc on that costs each caller tens of milliseconds of the event loop
-        (every allocation of the build and of json.dumps traced). "time" and the expensive
-        views' counters are written for each caller; the rest is as of the build, at most
-        sample_interval earlier (the stop guard's counters, the views' "age_seconds"; each
-        section's own timestamps say when). A caller who waited for a computation gets a
-        body of its own ("fresh": true)."""
+        (every allocation of the build and of json.dumps traced). What moves between two
+        samples and is cheap to write is written for each caller: "time", the stop guard's
+        and the ledger's counters, the expensive views' counters; the rest is as of the
+        build, at most sample_interval earlier (the views' "age_seconds"; each section's own
+        timestamps say when). A caller who waited for a computation gets a body of its own
+        ("fresh": true)."""
         top = top or self.top_types
         scan = await self.scan() if full else self.heap_view.latest
         traced = await self.tracemalloc_view.get() if self.tracemalloc.enabled else None
@@ -334,9 +338,10 @@ class GuardReport(LoggingConfigurable):
         now = time.monotonic()
         if cached is not None and cached[0] == inputs and now - cached[1] < self.sample_interval:
             self.bodies_reused += 1
-            return self._live_head() + cached[2]
+            return self._live_head(top) + cached[2]
         report = self._assemble(scan if full else _not_fresh(scan), traced, top, history)
-        del report["time"], report["expensive_views"]
+        for live in LIVE_SECTIONS:
+            del report[live]
         # the report without its opening brace, for _live_head to open
         body = json.dumps(report).encode()[1:]
         self.bodies_built += 1
@@ -345,11 +350,16 @@ class GuardReport(LoggingConfigurable):
         while len(self._bodies) >= MAX_BODIES:
             self._bodies.pop(next(iter(self._bodies)))
         self._bodies[key] = (inputs, now, body)
-        return self._live_head() + body
+        return self._live_head(top) + body
 
-    def _live_head(self) -> bytes:
-        """The opening of a report body: what is written for each caller."""
-        live = {"time": time.time(), "expensive_views": self.expensive_views_section()}
+    def _live_head(self, top: int) -> bytes:
+        """The opening of a report body: `LIVE_SECTIONS`, written for each caller."""
+        live = {
+            "time": time.time(),
+            "ledger": self.ledger_section(),
+            "stop_guard": sources.stop_guard_section(self.stop_guard, top),
+            "expensive_views": self.expensive_views_section(),
+        }
         return json.dumps(live).encode()[:-1] + b", "
 
     async def build(
