@@ -26,8 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import errno
-import ipaddress
 import json
 import logging
 import uuid
@@ -39,21 +37,17 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from binderhub_guard.lab.kubesim.kubelet import (
-    _POD_IPS_END,
-    _POD_IPS_FIRST,
+    PodIPs,
     Responder,
     _condition,
     _container_status,
     notebook_port,
-    random_pod_ip_base,
 )
 
 log = logging.getLogger(__name__)
 
 NODE_NAME = "controlplane-node"
 HOST_IP = "127.0.0.1"
-# addresses tried when the next pod IP is taken, e.g. by a simulator on this machine
-BIND_ATTEMPTS = 16
 # a relisted watch after an error waits this long first, so a down apiserver is not hammered
 RELIST_DELAY = 0.5
 WATCH_TIMEOUT_SECONDS = 300
@@ -106,7 +100,7 @@ class NodeAgent:
         self.kubeconfig = kubeconfig
         self.node_name = node_name
         self.container_exit_seconds = container_exit_seconds
-        self._next_ip = int(ipaddress.IPv4Address(pod_ip_base or random_pod_ip_base()))
+        self.pod_ips = PodIPs(pod_ip_base)
         self._api_client: client.ApiClient | None = None
         self.core: client.CoreV1Api | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}  # by pod uid: starting or stopping
@@ -353,28 +347,12 @@ class NodeAgent:
             },
         )
 
-    def _allocate_ip(self) -> str:
-        while True:
-            self._next_ip += 1
-            if self._next_ip >= _POD_IPS_END:
-                self._next_ip = _POD_IPS_FIRST
-            if self._next_ip % 256 not in (0, 255):
-                return str(ipaddress.IPv4Address(self._next_ip))
-
     async def _bind_responder(self, pod: dict[str, Any]) -> str | None:
         meta = pod["metadata"]
         port = notebook_port(pod)
         responder = SingleUserResponder(meta["name"], service_prefix(pod))
-        error: OSError | None = None
-        for _ in range(BIND_ATTEMPTS):
-            ip = self._allocate_ip()
-            try:
-                await responder.bind(ip, port)
-            except OSError as bind_error:
-                error = bind_error
-                if bind_error.errno != errno.EADDRINUSE:
-                    break
-                continue
+        ip, error = await self.pod_ips.bind(responder, port)
+        if ip is not None:
             self._responders[meta["uid"]] = responder
             return ip
         message = f"cannot listen on a pod IP, port {port}: {error}"

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 NODE_NAME = "kubesim-node"
 DEFAULT_NOTEBOOK_PORT = 8888
 # addresses tried when the next pod IP is taken, e.g. by another simulator on this machine
-_BIND_ATTEMPTS = 16
+BIND_ATTEMPTS = 16
 # pod IPs stay in here: 127.0.0.0/8 minus 127.0.0.0/16, where the hub and proxy listen
 _POD_IPS_FIRST = int(ipaddress.IPv4Address("127.1.0.0"))
 _POD_IPS_END = int(ipaddress.IPv4Address("127.255.255.255"))
@@ -40,6 +40,40 @@ def random_pod_ip_base() -> str:
     workers, a benchmark beside a test run) that all counted up from one address would fight
     over the same few IPs, and a pod whose responder cannot bind turns Failed."""
     return str(ipaddress.IPv4Address(random.randrange(_POD_IPS_FIRST, _POD_IPS_END)))
+
+
+class PodIPs:
+    """Pod IPs on loopback, handed out in turn from `base` (a random one by default), skipping
+    .0 and .255, and the binding of each pod's responder on the next free one."""
+
+    def __init__(self, base: str | None = None) -> None:
+        self._next = int(ipaddress.IPv4Address(base or random_pod_ip_base()))
+
+    def allocate(self) -> str:
+        while True:
+            self._next += 1
+            # a base outside loopback's pod range (a test's TEST-NET-1) counts on from there
+            if self._next == _POD_IPS_END:
+                self._next = _POD_IPS_FIRST
+            if self._next % 256 not in (0, 255):
+                return str(ipaddress.IPv4Address(self._next))
+
+    async def bind(self, responder: Any, port: int) -> tuple[str | None, OSError | None]:
+        """Bind `responder` on port of the next IP where it is free: that IP, or None and the
+        error after `BIND_ATTEMPTS` IPs in use or any other error."""
+        error: OSError | None = None
+        for _ in range(BIND_ATTEMPTS):
+            ip = self.allocate()
+            try:
+                await responder.bind(ip, port)
+            except OSError as bind_error:
+                error = bind_error
+                if bind_error.errno != errno.EADDRINUSE:
+                    break
+                log.warning("%s:%s is in use, trying the next pod IP", ip, port)
+                continue
+            return ip, None
+        return None, error
 
 
 def notebook_port(pod: dict[str, Any]) -> int:
@@ -93,7 +127,7 @@ class Kubelet:
         self.store = store
         self.faults = faults
         self.host_ip = host_ip
-        self._next_ip = int(ipaddress.IPv4Address(pod_ip_base or random_pod_ip_base()))
+        self.pod_ips = PodIPs(pod_ip_base)
         # keyed by pod uid: a pod re-created under the same name is a different pod
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._terminating: dict[str, asyncio.Task[None]] = {}
@@ -109,14 +143,6 @@ class Kubelet:
         task = asyncio.create_task(self._start_pod(pod))
         self._starting[uid] = task
         task.add_done_callback(lambda _: self._starting.pop(uid, None))
-
-    def _allocate_ip(self) -> str:
-        while True:
-            self._next_ip += 1
-            if self._next_ip == _POD_IPS_END:
-                self._next_ip = _POD_IPS_FIRST
-            if self._next_ip % 256 not in (0, 255):
-                return str(ipaddress.IPv4Address(self._next_ip))
 
     def _event(self, pod: dict[str, Any], reason: str, message: str, type_: str = "Normal") -> None:
         meta = pod["metadata"]
@@ -243,17 +269,8 @@ class Kubelet:
         meta = pod["metadata"]
         port = notebook_port(pod)
         responder = Responder(meta["name"])
-        error: OSError | None = None
-        for _ in range(_BIND_ATTEMPTS):
-            ip = self._allocate_ip()
-            try:
-                await responder.bind(ip, port)
-            except OSError as bind_error:
-                error = bind_error
-                if bind_error.errno != errno.EADDRINUSE:
-                    break
-                log.warning("kubesim: %s:%s is in use, trying the next pod IP", ip, port)
-                continue
+        ip, error = await self.pod_ips.bind(responder, port)
+        if ip is not None:
             self._responders[meta["uid"]] = responder
             return ip
         self._fail(pod, "KubeSimBindFailed", f"cannot listen on a pod IP, port {port}: {error}")
