@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import logging
-import uuid
 from typing import Any
 
 import jupyterhub
@@ -42,7 +40,9 @@ from binderhub_guard.lab.kubesim.kubelet import (
     _condition,
     _container_status,
     notebook_port,
+    pod_event,
 )
+from binderhub_guard.lab.kubesim.store import now_iso
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,6 @@ HOST_IP = "127.0.0.1"
 # a relisted watch after an error waits this long first, so a down apiserver is not hammered
 RELIST_DELAY = 0.5
 WATCH_TIMEOUT_SECONDS = 300
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def service_prefix(pod: dict[str, Any]) -> str:
@@ -312,7 +308,6 @@ class NodeAgent:
                 pod,
                 "Scheduled",
                 f"Successfully assigned {namespace}/{name} to {self.node_name}",
-                component="default-scheduler",
             )
         containers = pod["spec"]["containers"]
         now = now_iso()
@@ -409,35 +404,10 @@ class NodeAgent:
         )
 
     async def _event(
-        self,
-        pod: dict[str, Any],
-        reason: str,
-        message: str,
-        *,
-        type_: str = "Normal",
-        component: str = "kubelet",
+        self, pod: dict[str, Any], reason: str, message: str, *, type_: str = "Normal"
     ) -> None:
         meta = pod["metadata"]
-        now = now_iso()
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}"},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
-            "reason": reason,
-            "message": message,
-            "type": type_,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "source": {"component": component, "host": self.node_name},
-        }
+        body = pod_event(pod, reason, message, type_, self.node_name)
         try:
             await self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
         except ApiException as error:

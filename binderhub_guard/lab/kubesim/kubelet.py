@@ -42,6 +42,39 @@ def random_pod_ip_base() -> str:
     return str(ipaddress.IPv4Address(random.randrange(_POD_IPS_FIRST, _POD_IPS_END)))
 
 
+def pod_event(
+    pod: dict[str, Any], reason: str, message: str, type_: str, node_name: str
+) -> dict[str, Any]:
+    """A core/v1 Event about `pod`, as the kubelet (or, for "Scheduled", the scheduler) on
+    `node_name` writes it: what kubespawner's progress reads."""
+    meta = pod["metadata"]
+    now = now_iso()
+    component = "default-scheduler" if reason == "Scheduled" else "kubelet"
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}"},
+        "involvedObject": {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"],
+        },
+        "reason": reason,
+        "message": message,
+        "type": type_,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "eventTime": None,
+        "count": 1,
+        "source": {"component": component, "host": node_name},
+        "reportingComponent": component,
+        "reportingInstance": node_name,
+    }
+
+
 class PodIPs:
     """Pod IPs on loopback, handed out in turn from `base` (a random one by default), skipping
     .0 and .255, and the binding of each pod's responder on the next free one."""
@@ -145,34 +178,8 @@ class Kubelet:
         task.add_done_callback(lambda _: self._starting.pop(uid, None))
 
     def _event(self, pod: dict[str, Any], reason: str, message: str, type_: str = "Normal") -> None:
-        meta = pod["metadata"]
-        now = now_iso()
-        component = "default-scheduler" if reason == "Scheduled" else "kubelet"
-        self.store.create(
-            "events",
-            meta["namespace"],
-            {
-                "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}"},
-                "involvedObject": {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "name": meta["name"],
-                    "namespace": meta["namespace"],
-                    "uid": meta["uid"],
-                    "resourceVersion": meta["resourceVersion"],
-                },
-                "reason": reason,
-                "message": message,
-                "type": type_,
-                "firstTimestamp": now,
-                "lastTimestamp": now,
-                "eventTime": None,
-                "count": 1,
-                "source": {"component": component, "host": NODE_NAME},
-                "reportingComponent": component,
-                "reportingInstance": NODE_NAME,
-            },
-        )
+        event = pod_event(pod, reason, message, type_, NODE_NAME)
+        self.store.create("events", pod["metadata"]["namespace"], event)
 
     def _set_status(self, pod: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         meta = pod["metadata"]
