@@ -4,6 +4,7 @@ the 2018 culler bug's flood of stops. Each records what it saw in seconds of the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import multiprocessing
 import signal
@@ -73,7 +74,11 @@ class Users:
     culler), then come back as a new user; at `leave`, stop and launch no more.
 
     A visitor waits for a stop (or the culler) as long as for a launch and no longer, like a
-    user who closes the tab: a hub that cannot stop servers still meets the next launches.
+    user who closes the tab: a hub that cannot stop servers still meets the next launches. A
+    visitor whose launch failed does not wait at all: the stop goes out in the background and
+    the next user arrives at once, as new users kept arriving at a hub that had stopped
+    launching (so that a failing hub meets as many launches as a working one, not one per
+    give-up and stop).
     `names`: visitor -> the users it launches as, in turn (again from the first if it runs
     out)."""
 
@@ -91,6 +96,7 @@ class Users:
         self.give_up = give_up
         self.launches: list[Launch] = []
         self.stopping = threading.Event()
+        self.abandoned: dict[str, threading.Thread] = {}
         self.threads = [
             threading.Thread(target=self._run, args=(users, i), daemon=True, name=users[0])
             for i, users in enumerate(names)
@@ -108,6 +114,8 @@ class Users:
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        for thread in list(self.abandoned.values()):
+            thread.join(max(0.0, deadline - time.monotonic()))
         self.stop()
 
     def _now(self) -> float:
@@ -121,17 +129,23 @@ class Users:
             if self.stopping.is_set() or self._now() >= self.leave:
                 break
             user = users[n % len(users)]
+            if user in self.abandoned:
+                # its earlier launch's stop first (bounded as every stop is)
+                self.abandoned.pop(user).join()
             started = self._now()
             launch = self._launch(user, started)
             if self.stopping.is_set():
                 return
             self.launches.append(launch)
+            if not launch.ready:
+                self._abandon(user)
+                continue
             try:
-                if launch.ready and (i + n) % 4 == 3:
+                if (i + n) % 4 == 3:
                     # left to the culler, waited for as long as for a launch
                     until = min(self.leave, self._now() + self.give_up)
                     self._wait_until_stopped(user, until=until)
-                elif launch.ready:
+                else:
                     self.stopping.wait(HOLD_SECONDS)
                 self._stop(user)
             except requests.RequestException:
@@ -182,6 +196,17 @@ class Users:
         if self._now() - answered >= HUB_SILENT_SECONDS:
             return failed(HUB_ERROR, last or "no answer")
         return failed(TIMEOUT, "gave up")
+
+    def _abandon(self, user: str) -> None:
+        """Stop a failed launch's server from a thread of its own, as `_stop` does."""
+
+        def stop() -> None:
+            with contextlib.suppress(requests.RequestException):
+                self._stop(user)
+
+        thread = threading.Thread(target=stop, daemon=True, name=f"abandon-{user}")
+        self.abandoned[user] = thread
+        thread.start()
 
     def _stop(self, user: str) -> None:
         """Stop the server (a launch given up on included) and wait until it is gone, for as
