@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import sys
@@ -37,6 +38,7 @@ import requests
 
 from ...report.guard_report import GuardReport
 from ...report.signals import rising_evidence
+from . import lifeline
 from .devhub import ADMIN_USER, DevHub
 from .every import Every
 from .figures import cpu_seconds
@@ -436,40 +438,64 @@ def probe_latencies(hub: DevHub, token: str, seconds: float) -> list[float]:
 
 
 class FullCallers:
-    """``count`` threads each asking for ?full=1 back to back while the block runs."""
+    """``count`` callers each asking for ?full=1 back to back while the block runs, from a
+    process of their own: in this one, their threads would hold the GIL while they read the
+    large answers, and the normal call's latency would measure this process, not the hub."""
 
     def __init__(self, hub: DevHub, token: str, count: int) -> None:
-        self.hub = hub
-        self.token = token
-        self.count = count
+        context = multiprocessing.get_context("spawn")
+        self.pipe, child_end = context.Pipe()
+        url = f"{hub.api_url}/guard?full=1"
+        target, args = lifeline.target(_call_back_to_back, url, token, count, child_end)
+        self.process = context.Process(target=target, args=args, daemon=True)
         self.answered = self.failed = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(count)]
 
     def __enter__(self) -> FullCallers:
-        for thread in self._threads:
-            thread.start()
+        lifeline.start(self.process)
+        if not self.pipe.poll(60):
+            self.process.terminate()
+            raise TimeoutError("the callers' process was not ready within 60 s")
+        self.pipe.recv()
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
+        try:
+            self.pipe.send("stop")
+            # never abandoned: the callers finish their requests, each answered in time
+            if self.pipe.poll(600):
+                self.answered, self.failed = self.pipe.recv()
+        finally:
+            self.process.join(10)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join()
 
-    def _run(self) -> None:
+
+def _call_back_to_back(url: str, token: str, count: int, pipe: Any) -> None:
+    stopping = threading.Event()
+    counts = [0, 0]  # answered, failed
+    lock = threading.Lock()
+
+    def call() -> None:
         with requests.Session() as session:
-            session.headers["Authorization"] = f"token {self.token}"
-            url = f"{self.hub.api_url}/guard?full=1"
-            while not self._stop.is_set():
+            session.headers["Authorization"] = f"token {token}"
+            while not stopping.is_set():
                 try:
-                    # never abandoned: an abandoned request still costs the hub, unseen
                     ok = session.get(url, timeout=600).status_code == 200
                 except requests.RequestException:
                     ok = False
-                with self._lock:
-                    self.answered += ok
-                    self.failed += not ok
+                with lock:
+                    counts[not ok] += 1
+
+    threads = [threading.Thread(target=call, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    pipe.send("ready")
+    pipe.recv()
+    stopping.set()
+    for thread in threads:
+        thread.join()
+    pipe.send(tuple(counts))
 
 
 def quantile_with_interval(values: list[float], q: float) -> tuple[float, float, float]:
