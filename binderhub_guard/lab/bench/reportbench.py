@@ -649,7 +649,9 @@ def run_cycles(
             hub.client.start_server(user, timeout=60)
             hub.client.stop_server(user, timeout=60)
             return True
-        except (RuntimeError, TimeoutError):
+        except (RuntimeError, TimeoutError, requests.RequestException):
+            # a failed cycle counts (failed_cycles); a reset connection on a loaded machine
+            # must not end a run of thousands
             return False
 
     with (
@@ -669,6 +671,12 @@ def run_cycles(
                 )
                 hub.restart_hub()
                 restarts += 1
+                print(
+                    f"reportbench: {done}/{cycles} cycles, {failures} failed, "
+                    f"{raised_before} signals raised so far, hub restarted",
+                    file=sys.stderr,
+                    flush=True,
+                )
             deadline = time.monotonic() + (confirm_wait if stop_at_signal else 0)
             time.sleep(sample_interval * 1.5)
             while not (active := hub.api("GET", "/guard").json()["leak_signals"]):
