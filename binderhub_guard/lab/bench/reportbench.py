@@ -651,7 +651,9 @@ def run_cycles(
             return True
         except (RuntimeError, TimeoutError, requests.RequestException):
             # a failed cycle counts (failed_cycles); a reset connection on a loaded machine
-            # must not end a run of thousands
+            # must not end a run of thousands, nor leave the user's server for the next one
+            with contextlib.suppress(RuntimeError, TimeoutError, requests.RequestException):
+                hub.client.stop_server(user, timeout=60)
             return False
 
     with (
