@@ -352,9 +352,15 @@ def run_hubs(hubs: dict[str, DevHub], replay: Replay) -> dict[str, dict[str, Any
     runs: dict[str, dict[str, Any]] = {}
     errors: list[BaseException] = []
 
+    # the flood goes to the hub's own port, as a culler in the cluster reaches the hub
+    floods = {
+        name: Flood(hub.hub_url, replay.flood_token, replay.flood_rate, timeline.flood)
+        for name, hub in hubs.items()
+    }
+
     def run(name: str, t0: float) -> None:
         try:
-            runs[name] = run_hub(name, hubs[name], replay, t0, stopping)
+            runs[name] = run_hub(name, hubs[name], replay, floods[name], t0, stopping)
         except BaseException as e:  # reported in the main thread
             errors.append(e)
             stopping.set()
@@ -362,8 +368,12 @@ def run_hubs(hubs: dict[str, DevHub], replay: Replay) -> dict[str, dict[str, Any
     threads = []
     try:
         prober.start()
+        for flood in floods.values():
+            flood.start()
         t0 = time.monotonic() + 1
         prober.begin(t0)
+        for flood in floods.values():
+            flood.begin(t0)
         threads = [
             threading.Thread(target=run, args=(name, t0), daemon=True, name=f"replay-{name}")
             for name in hubs
@@ -383,6 +393,8 @@ def run_hubs(hubs: dict[str, DevHub], replay: Replay) -> dict[str, dict[str, Any
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         prober.stop()
+        for flood in floods.values():
+            flood.stop()
     for name, run_ in runs.items():
         hub_calls = probed.get("calls", {}).get(name)
         if hub_calls is None:
@@ -406,10 +418,15 @@ def probe_token(hub: DevHub) -> str:
 
 
 def run_hub(
-    name: str, hub: DevHub, replay: Replay, t0: float, stopping: threading.Event
+    name: str,
+    hub: DevHub,
+    replay: Replay,
+    flood: Flood,
+    t0: float,
+    stopping: threading.Event,
 ) -> dict[str, Any]:
-    """The timeline against one started hub, from `t0` (monotonic); the flood goes to the
-    hub's own port, as a culler in the cluster reaches the hub."""
+    """The timeline against one started hub, from `t0` (monotonic), with its `flood` (ready
+    and told when to begin)."""
     timeline = replay.timeline
     client = hub.client
     report_available = client.api("GET", "/guard").status_code == 200
@@ -422,9 +439,7 @@ def run_hub(
         timeline.leave,
         give_up=replay.start_timeout,
     )
-    flood = Flood(hub.hub_url, replay.flood_token, replay.flood_rate, t0, timeline.flood)
     progress = Progress(timeline)
-    flood.start()
     stopping.wait(max(0.0, t0 - time.monotonic()))
     load.start()
     samples = []

@@ -415,20 +415,28 @@ class Flood:
     from a process of its own (in this one it would compete with the users and the probe for
     the GIL). Answers are counted per second of the timeline."""
 
-    def __init__(self, url: str, token: str, rate: float, t0: float, window: tuple[float, float]):
+    def __init__(self, url: str, token: str, rate: float, window: tuple[float, float]) -> None:
         context = multiprocessing.get_context("spawn")
-        self.answers, sender_end = context.Pipe(duplex=False)
-        # the sender keeps wall-clock time, the same in every process
-        start = time.time() + t0 + window[0] - time.monotonic()
+        self.pipe, sender_end = context.Pipe()
         target, args = lifeline.target(
-            _send_flood, url, token, rate, start, window[1] - window[0], sender_end
+            _send_flood, url, token, rate, window[1] - window[0], sender_end
         )
         self.process = context.Process(target=target, args=args, daemon=True)
         self.rate = rate
         self.window = window
 
-    def start(self) -> None:
+    def start(self, timeout: float = 60) -> None:
+        """Start the sender and wait until it is ready to send (spawning a process takes
+        seconds on a loaded machine: started with the timeline, it could miss its window)."""
         lifeline.start(self.process)
+        if not self.pipe.poll(timeout):
+            raise TimeoutError(f"the flood's process was not ready within {timeout} s")
+        self.pipe.recv()
+
+    def begin(self, t0: float) -> None:
+        """The timeline starts at `t0` (this process's monotonic clock); the flood in its
+        window. The sender keeps wall-clock time, the same in every process."""
+        self.pipe.send(time.time() + t0 + self.window[0] - time.monotonic())
 
     def stop(self) -> None:
         if self.process.is_alive():
@@ -441,8 +449,8 @@ class Flood:
         by second of the timeline."""
         seen: dict[str, Any] = {"sent": 0, "by_second": {}}
         try:
-            if self.answers.poll(wait):
-                seen = self.answers.recv()
+            if self.pipe.poll(wait):
+                seen = self.pipe.recv()
         except EOFError:  # the sender died; its traceback is on stderr
             pass
         totals: Counter[str] = Counter()
@@ -466,14 +474,16 @@ class Flood:
         }
 
 
-def _send_flood(
-    url: str, token: str, rate: float, start: float, seconds: float, answers: Any
-) -> None:
+def _send_flood(url: str, token: str, rate: float, seconds: float, pipe: Any) -> None:
     # The replay stops this process itself; a Ctrl-C reaching the whole process group must
     # not print a traceback from here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import aiohttp  # noqa: F401  (imported before saying ready: it takes a while)
+
     urls = [f"{url}/hub/api/users/{user}/server" for user in flood_targets()]
-    answers.send(asyncio.run(_flood_stops(urls, token, rate, start, start + seconds)))
+    pipe.send("ready")
+    start = pipe.recv()
+    pipe.send(asyncio.run(_flood_stops(urls, token, rate, start, start + seconds)))
 
 
 async def _flood_stops(
