@@ -27,6 +27,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -803,6 +804,12 @@ def events_list(run: Run) -> None:
         "source": {"component": "fidelity"},
     }
     run.names.add(pod["metadata"]["uid"], "<pod uid>")
+    # the pod's server, as the hub and the proxy reach it (its prefix is /user/ev/)
+    server = f"http://{pod['status']['podIP']}:8888"
+    root = requests.get(f"{server}/", allow_redirects=False, timeout=REQUEST_TIMEOUT)
+    run.record("server root", root.status_code, root.headers.get("Location"))
+    api = requests.get(f"{server}/user/ev/api", timeout=REQUEST_TIMEOUT)
+    run.record("server api", api.status_code, "X-JupyterHub-Version" in api.headers)
     run.call("create event", "POST", f"{run.ns}/events", json=event)
     status, body = run.backend.json(
         "GET", f"{run.ns}/events", params={"fieldSelector": "reason=Testing"}
@@ -827,6 +834,10 @@ SEQUENCES: dict[str, Callable[[Run], None]] = {
 }
 
 
+# pushes every resourceVersion out of history, for all sequences: run it after the others
+LAST = "watch_expired"
+
+
 def run_sequence(backend: Backend, name: str) -> list[Step]:
     run = Run(backend, name)
     try:
@@ -834,3 +845,25 @@ def run_sequence(backend: Backend, name: str) -> list[Step]:
     finally:
         backend.request("DELETE", run.ns)
     return run.steps
+
+
+def run_all(kubesim: Backend, apiserver: Backend, names: list[str] | None = None) -> Comparison:
+    """Every sequence (or those named) against both backends, side by side, compared: all
+    at once in threads (each in its own namespace), `LAST` after the rest."""
+    names = names or list(SEQUENCES)
+    comparison = Comparison()
+    first = [name for name in names if name != LAST]
+    for batch in (first, [LAST] if LAST in names else []):
+        if not batch:
+            continue
+        with ThreadPoolExecutor(2 * len(batch)) as pool:
+            runs = {
+                name: (
+                    pool.submit(run_sequence, kubesim, name),
+                    pool.submit(run_sequence, apiserver, name),
+                )
+                for name in batch
+            }
+            for name, (ours, theirs) in runs.items():
+                compare(name, ours.result(), theirs.result(), comparison)
+    return comparison

@@ -294,8 +294,8 @@ class KubeApi:
         labels = parse_label_selector(request.query.get("labelSelector"))
         fields = parse_field_selector(
             request.query.get("fieldSelector"),
-            resource in _FIELD_LABELS,
             _FIELD_LABELS.get(resource, set()),
+            converted=resource in _FIELD_LABELS,
         )
         return lambda obj: labels(obj) and fields(obj)
 

@@ -76,22 +76,21 @@ _FIELD_ALIASES = {"source": "source.component"}
 
 
 def parse_field_selector(
-    selector: str | None,
-    converted: bool = False,
-    supported: frozenset[str] | set[str] = frozenset(),
+    selector: str | None, supported: set[str] | None = None, converted: bool = False
 ) -> Predicate:
     """Return a predicate for ``path=value`` / ``path!=value`` terms on dotted field paths.
 
-    A path other than metadata.name, metadata.namespace and `supported` is an error, worded
-    as the API server words it: kinds with a field label conversion of their own
-    (`converted`: pods, events, secrets, namespaces) and the others differ."""
+    With `supported` (a kind's field labels besides metadata.name and metadata.namespace),
+    another path is an error, worded as the API server words it: kinds with a field label
+    conversion of their own (`converted`: pods, events, secrets, namespaces) and the others
+    differ."""
     checks = []
     for term in _split_terms(selector or ""):
         match = _EQ_RE.match(term)
         if not match:
             raise SelectorError(f"invalid selector: '{selector}'; can't understand '{term}'")
         path, operator, value = match.groups()
-        if path not in _METADATA_FIELDS and path not in supported:
+        if supported is not None and path not in _METADATA_FIELDS | supported:
             if converted:
                 raise SelectorError(f"field label not supported: {path}")
             raise SelectorError(
