@@ -33,23 +33,17 @@ pytestmark = pytest.mark.hub
 HISTORY_LIMIT = 300
 
 
-def _start(command: list[str], log: Path, what: str) -> tuple[subprocess.Popen, str]:
-    """A child under a lifeline in its own process group, once it printed ``ready <url>``."""
+def _launch(command: list[str], log: Path) -> subprocess.Popen:
+    """A child under a lifeline in its own process group."""
     with open(log, "ab") as stderr:
-        proc = lifeline.popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            start_new_session=True,
+        return lifeline.popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
         )
-    try:
-        line = read_line(proc.stdout, timeout=READY_TIMEOUT, what=f"ready line from {what}")
-        assert line.startswith("ready "), line
-    except BaseException:
-        _stop(proc)
-        raise
-    return proc, line.split()[1]
+
+
+def _ready(proc: subprocess.Popen, what: str) -> None:
+    line = read_line(proc.stdout, timeout=READY_TIMEOUT, what=f"ready line from {what}")
+    assert line.startswith("ready "), line
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -70,35 +64,34 @@ def comparison(tmp_path_factory: pytest.TempPathFactory) -> Iterator[fidelity.Co
     workdir = base / "work"
     cli = [sys.executable, "-m", "binderhub_guard.cli"]
     plane_args = [f"--apiserver-arg={arg}" for arg in fidelity.APISERVER_ARGS]
-    plane, _ = _start(
+    # both start side by side: the simulator is ready long before the control plane
+    plane = _launch(
         [*cli, "control-plane", "--no-build", "--kubeconfig", str(base / "apiserver")]
         + ["--workdir", str(workdir), *plane_args],
         base / "work.log",
-        "control-plane",
+    )
+    sim = _launch(
+        [*cli, "kubesim", "--kubeconfig", str(base / "kubesim")]
+        + ["--history-limit", str(HISTORY_LIMIT)],
+        base / "kubesim.log",
     )
     backends: list[fidelity.Backend] = []
     try:
-        sim, _ = _start(
-            [*cli, "kubesim", "--kubeconfig", str(base / "kubesim")]
-            + ["--history-limit", str(HISTORY_LIMIT)],
-            base / "kubesim.log",
-            "kubesim",
+        _ready(sim, "kubesim")
+        _ready(plane, "control-plane")
+        kubesim = fidelity.Backend("kubesim", base / "kubesim", history_limit=HISTORY_LIMIT)
+        apiserver = fidelity.Backend(
+            "apiserver", base / "apiserver", etcd_url=fidelity.etcd_url_from(workdir)
         )
-        try:
-            kubesim = fidelity.Backend("kubesim", base / "kubesim", history_limit=HISTORY_LIMIT)
-            apiserver = fidelity.Backend(
-                "apiserver", base / "apiserver", etcd_url=fidelity.etcd_url_from(workdir)
-            )
-            backends = [kubesim, apiserver]
-            result = fidelity.run_all(kubesim, apiserver)
-            ARTIFACTS.mkdir(exist_ok=True)
-            (ARTIFACTS / "fidelity.json").write_text(json.dumps(result.summary(), indent=1))
-            yield result
-        finally:
-            for backend in backends:
-                backend.close()
-            _stop(sim)
+        backends = [kubesim, apiserver]
+        result = fidelity.run_all(kubesim, apiserver)
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "fidelity.json").write_text(json.dumps(result.summary(), indent=1))
+        yield result
     finally:
+        for backend in backends:
+            backend.close()
+        _stop(sim)
         _stop(plane)
         keep_control_plane_logs(workdir, "test_fidelity")
 
