@@ -13,8 +13,8 @@ kubelet (`lab.kubesim.kubelet`) does it inside the simulator:
   writes the Events a kubelet writes (Scheduled, Pulling, Pulled, Created, Started), which
   KubeSpawner's progress page reads;
 - opens a responder on a pod IP of its own in 127.0.0.0/8 at the pod's ``notebook-port``
-  that answers like a single-user server (`SingleUserResponder`), then sets the pod Running
-  and Ready with that IP through the ``pods/NAME/status`` subresource;
+  that answers like a single-user server (`kubesim.kubelet.Responder`), then sets the pod
+  Running and Ready with that IP through the ``pods/NAME/status`` subresource;
 - when a bound pod is deleted gracefully (``deletionTimestamp`` set), writes a Killing Event,
   closes the responder after the container's exit time (at most the grace period), and
   confirms with a delete at grace 0 (uid precondition), as a kubelet does once its containers
@@ -29,8 +29,6 @@ import json
 import logging
 from typing import Any
 
-import jupyterhub
-from aiohttp import web
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -41,6 +39,7 @@ from binderhub_guard.lab.kubesim.kubelet import (
     _container_status,
     notebook_port,
     pod_event,
+    service_prefix,
 )
 from binderhub_guard.lab.kubesim.store import now_iso
 
@@ -51,35 +50,6 @@ HOST_IP = "127.0.0.1"
 # a relisted watch after an error waits this long first, so a down apiserver is not hammered
 RELIST_DELAY = 0.5
 WATCH_TIMEOUT_SECONDS = 300
-
-
-def service_prefix(pod: dict[str, Any]) -> str:
-    """The server's base URL, from the environment KubeSpawner gives the container."""
-    for container in pod["spec"].get("containers", []):
-        for variable in container.get("env") or []:
-            if variable.get("name") == "JUPYTERHUB_SERVICE_PREFIX" and variable.get("value"):
-                return "/" + variable["value"].strip("/") + "/"
-    return "/"
-
-
-class SingleUserResponder(Responder):
-    """Answers as a jupyterhub-singleuser server does, as far as the hub and a browser probe
-    it: ``/`` and the server's prefix redirect (302) into the server, the API paths answer
-    200 with JSON and the ``X-JupyterHub-Version`` header, anything else 200."""
-
-    def __init__(self, pod_name: str, prefix: str) -> None:
-        super().__init__(pod_name)
-        self.prefix = prefix
-
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        headers = {"X-JupyterHub-Version": jupyterhub.__version__}
-        path = request.path
-        if path in ("/", self.prefix, self.prefix.rstrip("/")):
-            raise web.HTTPFound(self.prefix + "lab", headers=headers)
-        if path.startswith(self.prefix + "api") or path.startswith("/api"):
-            body = {"version": "2.14.0", "pod": self.pod_name, "path": path}
-            return web.json_response(body, headers=headers)
-        return web.Response(text=f"{self.pod_name}: {path}\n", headers=headers)
 
 
 class NodeAgent:
@@ -345,7 +315,7 @@ class NodeAgent:
     async def _bind_responder(self, pod: dict[str, Any]) -> str | None:
         meta = pod["metadata"]
         port = notebook_port(pod)
-        responder = SingleUserResponder(meta["name"], service_prefix(pod))
+        responder = Responder(meta["name"], service_prefix(pod))
         ip, error = await self.pod_ips.bind(responder, port)
         if ip is not None:
             self._responders[meta["uid"]] = responder

@@ -11,6 +11,7 @@ API server.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
@@ -27,6 +28,7 @@ from .store import (
     AlreadyExists,
     Conflict,
     Expired,
+    Keep,
     NotFound,
     Store,
     StoreError,
@@ -43,6 +45,8 @@ KUBE_VERSION = {
 }
 # how often a watch with allowWatchBookmarks=true gets a BOOKMARK while idle
 BOOKMARK_INTERVAL_SECONDS = 5.0
+# a watch with allowWatchBookmarks=true gets one this long before its timeoutSeconds end it
+_BOOKMARK_BEFORE_TIMEOUT_SECONDS = 2.0
 # an idle watch re-reads the fault knobs at least this often
 _WATCH_TICK_SECONDS = 1.0
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -60,6 +64,44 @@ _REASONS = {
 }
 # what a request meant when its HTTP status does not say it (an expired watch is a 200)
 _OUTCOME = web.RequestKey("kubesim_outcome", int)
+# kinds with a status subresource: a write to the object keeps its status, a write to
+# NAME/status keeps everything else
+_STATUS_SUBRESOURCE = {"pods", "services", "persistentvolumeclaims", "namespaces"}
+# kinds whose delete answers the deleted object, as their kube-apiserver registries do;
+# others answer a Status
+_RETURNS_DELETED_OBJECT = {"pods", "services", "persistentvolumeclaims", "namespaces"}
+# field selectors kube-apiserver accepts, per kind (besides metadata.name and
+# metadata.namespace); any other field is a 400
+_FIELD_LABELS = {
+    "pods": {
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "status.podIPs",
+        "status.nominatedNodeName",
+    },
+    "events": {
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    },
+    "secrets": {"type"},
+    "namespaces": {"status.phase"},
+}
+# empty maps Go's omitempty leaves out of what the API server stores and answers
+_OMITTED_WHEN_EMPTY = (("metadata", "labels"), ("metadata", "annotations"), ("data",))
 _MERGE_PATCH_TYPES = {
     "application/merge-patch+json",
     "application/strategic-merge-patch+json",
@@ -70,15 +112,24 @@ _MERGE_PATCH_TYPES = {
 class ApiError(Exception):
     """Raised by handlers; becomes a JSON Status response."""
 
-    def __init__(self, code: int, message: str, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason or _REASONS[code]
+        self.details = details
 
 
-def status_body(code: int, message: str, reason: str | None = None) -> dict[str, Any]:
-    return {
+def status_body(
+    code: int, message: str, reason: str | None = None, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body = {
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
@@ -87,13 +138,16 @@ def status_body(code: int, message: str, reason: str | None = None) -> dict[str,
         "reason": reason or _REASONS[code],
         "code": code,
     }
+    if details:
+        # which object the error is about: {"name": ..., "kind": <plural>}, as kube-apiserver
+        body["details"] = details
+    return body
 
 
 def status_response(error: ApiError) -> web.Response:
     headers = {"Retry-After": "1"} if error.code == 429 else None
-    return web.json_response(
-        status_body(error.code, error.message, error.reason), status=error.code, headers=headers
-    )
+    body = status_body(error.code, error.message, error.reason, error.details)
+    return web.json_response(body, status=error.code, headers=headers)
 
 
 def _is_true(value: str | None) -> bool:
@@ -144,19 +198,29 @@ class KubeApi:
         finally:
             self.request_counts[f"{verb} {resource} {status}"] += 1
 
-    def _route(self, request: web.Request) -> tuple[str, str, str | None, str | None]:
-        """(verb, resource, namespace, name) for a path, or ApiError 404/405."""
+    def _route(self, request: web.Request) -> tuple[str, str, str | None, str | None, bool]:
+        """(verb, resource, namespace, name, status subresource?) for a path, or ApiError
+        404/405."""
         parts = [part for part in request.path.split("/") if part]
         method = request.method
         if parts in (["version"], ["api"], ["api", "v1"], ["apis"]):
             if method != "GET":
                 raise ApiError(405, f"{method} is not supported on {request.path}")
-            return ("get", "discovery", None, None)
+            return ("get", "discovery", None, None, False)
         if parts[:2] != ["api", "v1"] or len(parts) < 3:
             raise ApiError(
                 404, f"the server could not find the requested resource ({request.path})"
             )
         rest = parts[2:]
+        status = False
+        if rest[-1] == "status" and (
+            (len(rest) == 5 and rest[0] == "namespaces" and rest[2] in _STATUS_SUBRESOURCE)
+            or rest[:1] == ["namespaces"]
+            and len(rest) == 3
+        ):
+            rest, status = rest[:-1], True
+            if method not in ("GET", "PUT", "PATCH"):
+                raise ApiError(405, f"{method} is not supported on {request.path}")
         if rest[0] == "namespaces" and len(rest) <= 2:
             resource, namespace, name = "namespaces", None, rest[1] if len(rest) == 2 else None
         elif rest[0] == "namespaces" and len(rest) in (3, 4):
@@ -191,7 +255,7 @@ class KubeApi:
             verb = verbs.get(method, "")
         if not verb:
             raise ApiError(405, f"{method} is not supported on {request.path}")
-        return (verb, resource, namespace, name)
+        return (verb, resource, namespace, name, status)
 
     async def _serve(
         self,
@@ -200,6 +264,7 @@ class KubeApi:
         resource: str,
         namespace: str | None,
         name: str | None,
+        status: bool = False,
     ) -> web.StreamResponse:
         if resource == "discovery":
             return web.json_response(_discovery(request))
@@ -216,16 +281,22 @@ class KubeApi:
         if verb == "update":
             body = await _json_body(request)
             _check_identity(body, resource, namespace, name)
-            return web.json_response(self.store.replace(resource, namespace, name, body))
+            _omit_empty(body)
+            keep = _kept_by_write(resource, status)
+            return web.json_response(self.store.replace(resource, namespace, name, body, keep))
         if verb == "patch":
-            return web.json_response(await self._patch(request, resource, namespace, name))
+            return web.json_response(await self._patch(request, resource, namespace, name, status))
         if verb == "delete":
             return web.json_response(await self._delete(request, resource, namespace, name))
         return web.json_response(await self._delete_collection(request, resource, namespace))
 
-    def _selectors(self, request: web.Request):
+    def _selectors(self, request: web.Request, resource: str):
         labels = parse_label_selector(request.query.get("labelSelector"))
-        fields = parse_field_selector(request.query.get("fieldSelector"))
+        fields = parse_field_selector(
+            request.query.get("fieldSelector"),
+            _FIELD_LABELS.get(resource, set()),
+            converted=resource in _FIELD_LABELS,
+        )
         return lambda obj: labels(obj) and fields(obj)
 
     def _list(self, request: web.Request, resource: str, namespace: str | None) -> dict[str, Any]:
@@ -236,10 +307,13 @@ class KubeApi:
         if wanted not in (None, "", "0"):
             version = _parse_version(wanted)
             if match == "Exact" and version != current:
-                raise ApiError(410, f"too old resource version: {version} ({current})")
+                raise ApiError(410, "The resourceVersion for the provided list is too old.")
             if version > current:
                 raise ApiError(504, f"Too large resource version: {version}, current: {current}")
-        items, version = self.store.list(resource, namespace, self._selectors(request))
+        items, version = self.store.list(resource, namespace, self._selectors(request, resource))
+        for item in items:
+            # a list's items carry no kind and apiVersion of their own: the list's say it
+            del item["kind"], item["apiVersion"]
         kind = RESOURCES[resource][0]
         return {
             "kind": f"{kind}List",
@@ -252,7 +326,7 @@ class KubeApi:
         self, request: web.Request, resource: str, namespace: str | None
     ) -> web.StreamResponse:
         params = request.query
-        matches = self._selectors(request)
+        matches = self._selectors(request, resource)
         since = params.get("resourceVersion")
         since_version = _parse_version(since) if since not in (None, "") else None
         timeout = _parse_float(params.get("timeoutSeconds"), "timeoutSeconds")
@@ -274,6 +348,7 @@ class KubeApi:
         started = loop.time()
         deadline = started + timeout if timeout else None
         next_bookmark = started + BOOKMARK_INTERVAL_SECONDS if bookmarks else None
+        bookmarked_before_timeout = False
         sent = 0
         try:
             while True:
@@ -284,6 +359,16 @@ class KubeApi:
                     return _drop(request, response)
                 if deadline is not None and now >= deadline:
                     break
+                if (
+                    next_bookmark is not None
+                    and deadline is not None
+                    and deadline - now <= _BOOKMARK_BEFORE_TIMEOUT_SECONDS
+                    and not bookmarked_before_timeout
+                ):
+                    # kube-apiserver's watch cache sends one 2 s before the watch times out,
+                    # so that the client resumes from a recent resourceVersion
+                    next_bookmark = now
+                    bookmarked_before_timeout = True
                 if next_bookmark is not None and now >= next_bookmark and watcher.queue.empty():
                     bookmark = {
                         "kind": RESOURCES[resource][0],
@@ -292,8 +377,21 @@ class KubeApi:
                     }
                     await _send(response, "BOOKMARK", bookmark)
                     next_bookmark = now + BOOKMARK_INTERVAL_SECONDS
+                before_timeout = (
+                    deadline - _BOOKMARK_BEFORE_TIMEOUT_SECONDS
+                    if bookmarks and deadline is not None and not bookmarked_before_timeout
+                    else None
+                )
                 wake = min(
-                    t for t in (deadline, drop_at, next_bookmark, now + _WATCH_TICK_SECONDS) if t
+                    t
+                    for t in (
+                        deadline,
+                        drop_at,
+                        next_bookmark,
+                        before_timeout,
+                        now + _WATCH_TICK_SECONDS,
+                    )
+                    if t
                 )
                 try:
                     item = await asyncio.wait_for(watcher.queue.get(), max(wake - now, 0))
@@ -329,6 +427,8 @@ class KubeApi:
             )
         if meta.get("name"):
             _check_name(kind, meta["name"])
+        _omit_empty(body)
+        _fill_in(resource, body)
         if namespace is not None and meta.get("namespace") not in (None, "", namespace):
             raise ApiError(
                 400,
@@ -340,6 +440,7 @@ class KubeApi:
             body["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
             body["spec"].setdefault("restartPolicy", "Always")
             body["spec"].setdefault("terminationGracePeriodSeconds", 30)
+            meta["generation"] = 1
         if namespace is not None:
             self.ensure_namespace(namespace)
         created = self.store.create(resource, namespace, body)
@@ -351,14 +452,17 @@ class KubeApi:
         """Namespaces spring into existence on first use: spawners create them only with
         enable_user_namespaces, and a 404 here would only test the simulator's setup."""
         if not self.store.exists("namespaces", None, namespace):
-            self.store.create(
-                "namespaces",
-                None,
-                {"metadata": {"name": namespace}, "spec": {}, "status": {"phase": "Active"}},
-            )
+            body: dict[str, Any] = {"metadata": {"name": namespace}}
+            _fill_in("namespaces", body)
+            self.store.create("namespaces", None, body)
 
     async def _patch(
-        self, request: web.Request, resource: str, namespace: str | None, name: str
+        self,
+        request: web.Request,
+        resource: str,
+        namespace: str | None,
+        name: str,
+        status: bool = False,
     ) -> dict[str, Any]:
         content_type = request.content_type
         if content_type not in _MERGE_PATCH_TYPES:
@@ -366,9 +470,12 @@ class KubeApi:
                 415, f"the body of the request was in an unsupported format: {content_type}"
             )
         patch = await _json_body(request)
-        return self.store.modify(
-            resource, namespace, name, lambda current: merge_patch(current, patch)
-        )
+        keep = _kept_by_write(resource, status)
+
+        def patched(current: dict[str, Any]) -> dict[str, Any]:
+            return _omit_empty(keep(current, merge_patch(current, patch)))
+
+        return self.store.modify(resource, namespace, name, patched)
 
     async def _delete(
         self, request: web.Request, resource: str, namespace: str | None, name: str
@@ -384,7 +491,17 @@ class KubeApi:
         if resource == "namespaces":
             await self._delete_contents(name)
         if resource != "pods":
-            return self.store.delete(resource, namespace, name)
+            deleted = self.store.delete(resource, namespace, name)
+            if resource in _RETURNS_DELETED_OBJECT:
+                return deleted
+            details = {"name": name, "kind": resource, "uid": deleted["metadata"]["uid"]}
+            return {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": details,
+            }
         if grace is None:
             grace = self.store.get("pods", namespace, name)["spec"].get(
                 "terminationGracePeriodSeconds", 30
@@ -409,7 +526,7 @@ class KubeApi:
     async def _delete_collection(
         self, request: web.Request, resource: str, namespace: str | None
     ) -> dict[str, Any]:
-        items, version = self.store.list(resource, namespace, self._selectors(request))
+        items, version = self.store.list(resource, namespace, self._selectors(request, resource))
         for obj in items:
             name = obj["metadata"]["name"]
             if resource == "pods":
@@ -440,15 +557,69 @@ def _propagation_policy(request: web.Request, options: dict[str, Any]) -> str:
 
 
 def _store_error(error: Exception) -> ApiError:
+    details = None
+    if isinstance(error, StoreError) and error.name is not None:
+        details = {"name": error.name, "kind": error.resource}
     if isinstance(error, NotFound):
-        return ApiError(404, str(error))
+        return ApiError(404, str(error), details=details)
     if isinstance(error, AlreadyExists):
-        return ApiError(409, str(error))
+        return ApiError(409, str(error), details=details)
     if isinstance(error, Conflict):
-        return ApiError(409, str(error), reason="Conflict")
+        return ApiError(409, str(error), reason="Conflict", details=details)
     if isinstance(error, Expired):
         return ApiError(410, str(error))
     return ApiError(400, str(error))
+
+
+def _kept_by_write(resource: str, status: bool) -> Keep:
+    """What a write keeps of the current object: for a kind with a status subresource, a
+    write to the object keeps the current status, and a write to NAME/status the current
+    spec (its metadata is written, as kube-apiserver's status strategies let it be)."""
+    if resource not in _STATUS_SUBRESOURCE:
+        return lambda current, written: written
+    if status:
+        return lambda current, written: {**written, "spec": current.get("spec")}
+
+    def keep_status(current: dict[str, Any], written: dict[str, Any]) -> dict[str, Any]:
+        written.pop("status", None)
+        if "status" in current:
+            written["status"] = current["status"]
+        return written
+
+    return keep_status
+
+
+def _omit_empty(obj: dict[str, Any]) -> dict[str, Any]:
+    for path in _OMITTED_WHEN_EMPTY:
+        parent = obj
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and parent.get(path[-1]) in ({}, None):
+            parent.pop(path[-1], None)
+    return obj
+
+
+def _fill_in(resource: str, body: dict[str, Any]) -> None:
+    """What kube-apiserver's registry fills in on create (besides pods'), which clients see."""
+    meta = body["metadata"]
+    if resource == "namespaces":
+        labels = meta.setdefault("labels", {})
+        labels["kubernetes.io/metadata.name"] = meta["name"]
+        body["spec"] = {"finalizers": ["kubernetes"]}
+        body["status"] = {"phase": "Active"}
+    elif resource == "persistentvolumeclaims":
+        body["status"] = {"phase": "Pending"}
+    elif resource == "secrets":
+        # stringData is write-only: merged into data, base64-encoded
+        for key, value in (body.pop("stringData", None) or {}).items():
+            body.setdefault("data", {})[key] = base64.b64encode(value.encode()).decode()
+        body.setdefault("type", "Opaque")
+    elif resource == "events":
+        # Go fields without omitempty: a client that sends none reads them back empty
+        for key in ("eventTime", "firstTimestamp", "lastTimestamp"):
+            body.setdefault(key, None)
+        for key in ("reportingComponent", "reportingInstance"):
+            body.setdefault(key, "")
 
 
 async def _send(response: web.StreamResponse, type_: str, obj: dict[str, Any]) -> None:
@@ -499,10 +670,17 @@ def _parse_float(value: str | None, name: str) -> float | None:
 
 def _check_name(kind: str, name: str) -> None:
     if not isinstance(name, str) or not _NAME_RE.match(name):
+        invalid = (
+            f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower '
+            "case alphanumeric characters, '-' or '.', and must start and end with an "
+            "alphanumeric character (e.g. 'example.com', regex used for validation is "
+            "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+        )
+        cause = {"reason": "FieldValueInvalid", "message": invalid, "field": "metadata.name"}
         raise ApiError(
             422,
-            f'{kind} "{name}" is invalid: metadata.name: Invalid value: "{name}": a lowercase '
-            "RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'",
+            f'{kind} "{name}" is invalid: metadata.name: {invalid}',
+            details={"name": name, "kind": kind, "causes": [cause]},
         )
 
 

@@ -118,19 +118,35 @@ def notebook_port(pod: dict[str, Any]) -> int:
     return DEFAULT_NOTEBOOK_PORT
 
 
-class Responder:
-    """An HTTP server on podIP:port that answers every request like a healthy single-user
-    server, with the header the hub checks its version against."""
+def service_prefix(pod: dict[str, Any]) -> str:
+    """The server's base URL, from the environment KubeSpawner gives the container."""
+    for container in pod["spec"].get("containers", []):
+        for variable in container.get("env") or []:
+            if variable.get("name") == "JUPYTERHUB_SERVICE_PREFIX" and variable.get("value"):
+                return "/" + variable["value"].strip("/") + "/"
+    return "/"
 
-    def __init__(self, pod_name: str) -> None:
+
+class Responder:
+    """An HTTP server on podIP:port that answers like a healthy jupyterhub-singleuser server,
+    as far as the hub, the proxy and a browser probe it: ``/`` and the server's prefix
+    (`prefix`, its base URL) redirect (302) to the prefix's ``lab``, as jupyter-server's
+    default_url does; every other path answers 200 with JSON. Each answer has the
+    ``X-JupyterHub-Version`` header the hub checks its version against."""
+
+    def __init__(self, pod_name: str, prefix: str = "/") -> None:
         self.pod_name = pod_name
+        self.prefix = prefix
         self._server = web.Server(self._handle)
         self._listener: asyncio.Server | None = None
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        headers = {"X-JupyterHub-Version": jupyterhub.__version__}
+        if request.path in ("/", self.prefix, self.prefix.rstrip("/")):
+            raise web.HTTPFound(self.prefix + "lab", headers=headers)
         return web.json_response(
             {"pod": self.pod_name, "path": request.path, "version": jupyterhub.__version__},
-            headers={"X-JupyterHub-Version": jupyterhub.__version__},
+            headers=headers,
         )
 
     async def bind(self, ip: str, port: int) -> None:
@@ -275,7 +291,7 @@ class Kubelet:
         """Bind the pod's responder on a fresh IP; None (pod marked Failed) if impossible."""
         meta = pod["metadata"]
         port = notebook_port(pod)
-        responder = Responder(meta["name"])
+        responder = Responder(meta["name"], service_prefix(pod))
         ip, error = await self.pod_ips.bind(responder, port)
         if ip is not None:
             self._responders[meta["uid"]] = responder
@@ -315,7 +331,7 @@ class Kubelet:
             return await self._remove(pod)
         if terminating:
             return pod
-        pod = self.store.mark_deleting("pods", namespace, name)
+        pod = self.store.mark_deleting("pods", namespace, name, grace_seconds)
         delay = min(grace_seconds, self.faults.container_exit_seconds)
         task = asyncio.create_task(self._remove_later(pod, delay))
         self._terminating[uid] = task
@@ -339,7 +355,7 @@ class Kubelet:
         current = self.store.get("pods", meta["namespace"], meta["name"])
         if current["metadata"]["uid"] != uid:
             return current
-        return self.store.delete("pods", meta["namespace"], meta["name"])
+        return self.store.delete("pods", meta["namespace"], meta["name"], marked=True)
 
     async def stop(self) -> None:
         """Cancel lifecycle tasks and close every responder (simulator shutdown)."""

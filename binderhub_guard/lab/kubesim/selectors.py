@@ -34,6 +34,9 @@ def _split_terms(selector: str) -> list[str]:
             current = []
         else:
             current.append(char)
+    if depth > 0:
+        # kube-apiserver's lexer reaches the end looking for the set's next value or its end
+        raise SelectorError("unable to parse requirement: found '', expected: ',' or ')'")
     terms.append("".join(current))
     return [term for term in terms if term.strip()]
 
@@ -67,15 +70,34 @@ def _label_term(term: str) -> Callable[[dict[str, str]], bool]:
     raise SelectorError(f"unable to parse requirement: {term!r}")
 
 
-def parse_field_selector(selector: str | None) -> Predicate:
-    """Return a predicate for ``path=value`` / ``path!=value`` terms on dotted field paths."""
+_METADATA_FIELDS = {"metadata.name", "metadata.namespace"}
+# field selector labels that name another field than their path says
+_FIELD_ALIASES = {"source": "source.component"}
+
+
+def parse_field_selector(
+    selector: str | None, supported: set[str] | None = None, converted: bool = False
+) -> Predicate:
+    """Return a predicate for ``path=value`` / ``path!=value`` terms on dotted field paths.
+
+    With `supported` (a kind's field labels besides metadata.name and metadata.namespace),
+    another path is an error, worded as the API server words it: kinds with a field label
+    conversion of their own (`converted`: pods, events, secrets, namespaces) and the others
+    differ."""
     checks = []
     for term in _split_terms(selector or ""):
         match = _EQ_RE.match(term)
         if not match:
-            raise SelectorError(f"invalid field selector: {term!r}")
+            raise SelectorError(f"invalid selector: '{selector}'; can't understand '{term}'")
         path, operator, value = match.groups()
-        checks.append((path.split("."), operator == "!=", value))
+        if supported is not None and path not in _METADATA_FIELDS | supported:
+            if converted:
+                raise SelectorError(f"field label not supported: {path}")
+            raise SelectorError(
+                f'"{path}" is not a known field selector: only "metadata.name", '
+                '"metadata.namespace"'
+            )
+        checks.append((_FIELD_ALIASES.get(path, path).split("."), operator == "!=", value))
 
     def predicate(obj: dict[str, Any]) -> bool:
         return all((field_value(obj, path) == value) != negate for path, negate, value in checks)

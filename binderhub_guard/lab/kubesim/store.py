@@ -21,7 +21,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .faults import Faults
@@ -39,12 +39,21 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "configmaps": ("ConfigMap", True),
 }
 
+# (current object, written object) -> the object to store
+Keep = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+
 # kube-apiserver's generateName alphabet: no vowels, no look-alike digits
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
 class StoreError(Exception):
-    """Base for errors that map onto a Kubernetes Status."""
+    """Base for errors that map onto a Kubernetes Status; `resource` and `name` become its
+    ``details``, as the API server gives them."""
+
+    def __init__(self, message: str, resource: str | None = None, name: str | None = None) -> None:
+        super().__init__(message)
+        self.resource = resource
+        self.name = name
 
 
 class NotFound(StoreError):
@@ -63,8 +72,16 @@ class Expired(StoreError):
     pass
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def now_iso(after_seconds: float = 0) -> str:
+    moment = datetime.now(timezone.utc) + timedelta(seconds=after_seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _mark_deleted(meta: dict[str, Any], grace_seconds: float) -> None:
+    """What a delete writes into metadata, as the API server does it: the time the object is
+    due to go (now + grace) and the grace period (`Store.modify` counts the generation)."""
+    meta["deletionTimestamp"] = now_iso(grace_seconds)
+    meta["deletionGracePeriodSeconds"] = int(grace_seconds)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -219,10 +236,13 @@ class Store:
             meta.pop("namespace", None)
         key = self._key(resource, namespace, meta["name"])
         if key in self._objects[resource]:
-            raise AlreadyExists(f'{resource} "{meta["name"]}" already exists')
+            raise AlreadyExists(
+                f'{resource} "{meta["name"]}" already exists', resource, meta["name"]
+            )
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_iso()
         meta.pop("deletionTimestamp", None)
+        meta.pop("deletionGracePeriodSeconds", None)
         self._stamp(obj)
         self._objects[resource][key] = obj
         self._record(resource, "ADDED", obj, None)
@@ -238,7 +258,7 @@ class Store:
     def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any]:
         obj = self._objects[resource].get(self._key(resource, namespace, name))
         if obj is None:
-            raise NotFound(f'{resource} "{name}" not found')
+            raise NotFound(f'{resource} "{name}" not found', resource, name)
         return copy.deepcopy(obj)
 
     def exists(self, resource: str, namespace: str | None, name: str) -> bool:
@@ -256,19 +276,29 @@ class Store:
         return items, str(self._resource_version)
 
     def replace(
-        self, resource: str, namespace: str | None, name: str, obj: dict[str, Any]
+        self,
+        resource: str,
+        namespace: str | None,
+        name: str,
+        obj: dict[str, Any],
+        keep: Keep | None = None,
     ) -> dict[str, Any]:
-        """PUT semantics: a stale metadata.resourceVersion in the body is a 409 Conflict."""
+        """PUT semantics: a stale metadata.resourceVersion in the body is a 409 Conflict.
+        `keep(current, obj)` says what is stored (what a subresource rule keeps of current)."""
         current = self._objects[resource].get(self._key(resource, namespace, name))
         if current is None:
-            raise NotFound(f'{resource} "{name}" not found')
+            raise NotFound(f'{resource} "{name}" not found', resource, name)
         wanted = obj.get("metadata", {}).get("resourceVersion")
         if wanted and wanted != current["metadata"]["resourceVersion"]:
             raise Conflict(
                 f'Operation cannot be fulfilled on {resource} "{name}": the object has been '
-                "modified; please apply your changes to the latest version and try again"
+                "modified; please apply your changes to the latest version and try again",
+                resource,
+                name,
             )
-        return self.modify(resource, namespace, name, lambda _: copy.deepcopy(obj))
+        if keep is None:
+            return self.modify(resource, namespace, name, lambda _: copy.deepcopy(obj))
+        return self.modify(resource, namespace, name, lambda now: keep(now, copy.deepcopy(obj)))
 
     def modify(
         self,
@@ -281,10 +311,23 @@ class Store:
         key = self._key(resource, namespace, name)
         current = self._objects[resource].get(key)
         if current is None:
-            raise NotFound(f'{resource} "{name}" not found')
+            raise NotFound(f'{resource} "{name}" not found', resource, name)
         updated = change(copy.deepcopy(current))
         meta = updated.setdefault("metadata", {})
-        for kept in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp"):
+        if "generation" in current["metadata"]:
+            # counted by the server alone: a delete adds one (mark_deleting)
+            meta["generation"] = current["metadata"]["generation"] + int(
+                bool(meta.get("deletionTimestamp"))
+                and "deletionTimestamp" not in current["metadata"]
+            )
+        for kept in (
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ):
             if kept in current["metadata"]:
                 meta[kept] = current["metadata"][kept]
         updated["kind"], updated["apiVersion"] = current["kind"], current["apiVersion"]
@@ -293,11 +336,13 @@ class Store:
         self._record(resource, "MODIFIED", updated, current)
         return copy.deepcopy(updated)
 
-    def mark_deleting(self, resource: str, namespace: str | None, name: str) -> dict[str, Any]:
+    def mark_deleting(
+        self, resource: str, namespace: str | None, name: str, grace_seconds: float
+    ) -> dict[str, Any]:
         """Set metadata.deletionTimestamp (once), as a graceful delete does."""
 
         def mark(obj: dict[str, Any]) -> dict[str, Any]:
-            obj["metadata"]["deletionTimestamp"] = now_iso()
+            _mark_deleted(obj["metadata"], grace_seconds)
             return obj
 
         current = self.get(resource, namespace, name)
@@ -305,13 +350,21 @@ class Store:
             return current
         return self.modify(resource, namespace, name, mark)
 
-    def delete(self, resource: str, namespace: str | None, name: str) -> dict[str, Any]:
+    def delete(
+        self, resource: str, namespace: str | None, name: str, *, marked: bool = False
+    ) -> dict[str, Any]:
+        """Remove an object; with `marked`, its last state carries the deletion metadata of a
+        delete at grace 0 (unless a graceful delete set it before), as a pod's does."""
         key = self._key(resource, namespace, name)
         current = self._objects[resource].pop(key, None)
         if current is None:
-            raise NotFound(f'{resource} "{name}" not found')
+            raise NotFound(f'{resource} "{name}" not found', resource, name)
         self._event_born.pop(key, None)
         final = copy.deepcopy(current)
+        if marked and "deletionTimestamp" not in final["metadata"]:
+            _mark_deleted(final["metadata"], 0)
+            if "generation" in final["metadata"]:
+                final["metadata"]["generation"] += 1
         self._stamp(final)
         self._record(resource, "DELETED", final, current)
         self._collect_garbage_soon()

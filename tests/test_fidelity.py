@@ -1,0 +1,112 @@
+"""kubesim's fidelity to a real kube-apiserver: the same request sequences against both.
+
+`binderhub_guard.lab.controlplane.fidelity` holds the sequences, the normaliser and the
+comparer; here one simulator and one control plane (with its node agent) are started for the
+module, every sequence runs against both, and each test checks one sequence: no difference but
+those `fidelity.KNOWN_DIFFERENCES` names with a reason. The counts go to
+test-artifacts/fidelity.json. Without the control plane binary these tests skip outside CI and
+fail under CI=true, as tests/test_control_plane.py's do.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from artifacts import ARTIFACTS
+from test_control_plane import READY_TIMEOUT, keep_control_plane_logs, require_binary
+from waiting import read_line
+
+from binderhub_guard.lab.bench import lifeline
+from binderhub_guard.lab.bench.devhub import stop_process_group
+from binderhub_guard.lab.controlplane import fidelity
+
+pytestmark = pytest.mark.hub
+
+# kubesim's watch history: long enough for the sequences that run side by side, short enough
+# for `Backend.expire_history` to push it out quickly
+HISTORY_LIMIT = 300
+
+
+def _launch(command: list[str], log: Path) -> subprocess.Popen:
+    """A child under a lifeline in its own process group."""
+    with open(log, "ab") as stderr:
+        return lifeline.popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True
+        )
+
+
+def _ready(proc: subprocess.Popen, what: str) -> None:
+    line = read_line(proc.stdout, timeout=READY_TIMEOUT, what=f"ready line from {what}")
+    assert line.startswith("ready "), line
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        stop_process_group(proc, timeout=5)
+        proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory: pytest.TempPathFactory) -> Iterator[fidelity.Comparison]:
+    require_binary()
+    base = tmp_path_factory.mktemp("fidelity")
+    workdir = base / "work"
+    cli = [sys.executable, "-m", "binderhub_guard.cli"]
+    plane_args = [f"--apiserver-arg={arg}" for arg in fidelity.APISERVER_ARGS]
+    # both start side by side: the simulator is ready long before the control plane
+    plane = _launch(
+        [*cli, "control-plane", "--no-build", "--kubeconfig", str(base / "apiserver")]
+        + ["--workdir", str(workdir), *plane_args],
+        base / "work.log",
+    )
+    sim = _launch(
+        [*cli, "kubesim", "--kubeconfig", str(base / "kubesim")]
+        + ["--history-limit", str(HISTORY_LIMIT)],
+        base / "kubesim.log",
+    )
+    backends: list[fidelity.Backend] = []
+    try:
+        _ready(sim, "kubesim")
+        _ready(plane, "control-plane")
+        kubesim = fidelity.Backend("kubesim", base / "kubesim", history_limit=HISTORY_LIMIT)
+        apiserver = fidelity.Backend(
+            "apiserver", base / "apiserver", etcd_url=fidelity.etcd_url_from(workdir)
+        )
+        backends = [kubesim, apiserver]
+        result = fidelity.run_all(kubesim, apiserver)
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "fidelity.json").write_text(json.dumps(result.summary(), indent=1))
+        yield result
+    finally:
+        for backend in backends:
+            backend.close()
+        _stop(sim)
+        _stop(plane)
+        keep_control_plane_logs(workdir, "test_fidelity")
+
+
+@pytest.mark.parametrize("sequence", list(fidelity.SEQUENCES))
+def test_kubesim_answers_as_the_apiserver_does(
+    comparison: fidelity.Comparison, sequence: str
+) -> None:
+    unexpected = [str(d) for d in comparison.unexpected if d.sequence == sequence]
+    assert unexpected == []
+
+
+def test_every_known_difference_still_occurs(comparison: fidelity.Comparison) -> None:
+    """A known difference that no longer shows is fixed: take it off the list."""
+    seen = {(d.sequence, d.known) for d in comparison.differences if d.known}
+    listed = {(sequence, reason) for (sequence, _, _), reason in fidelity.KNOWN_DIFFERENCES.items()}
+    assert listed - seen == set()
+    assert comparison.sequences == len(fidelity.SEQUENCES)
