@@ -207,7 +207,8 @@ def test_cli_prints_the_table(dev_hub, tokens, capsys):
 def test_concurrent_full_callers_cost_one_scan_and_all_get_an_answer(dev_hub, tokens):
     """Twenty admins' ?full=1 at once, while a user without the scope asks too: one heap scan
     at most (one per expensive_view_interval, 30 s here), the same census for all, every one
-    answered; the user still gets 403 and nothing more, without waiting in their queue."""
+    answered; the user, paced with them (before JupyterHub checks a token, every caller is
+    alike), still gets 403 and nothing more."""
     from concurrent.futures import ThreadPoolExecutor
 
     before = get(dev_hub, "/guard", tokens["service"]).json()["expensive_views"]

@@ -27,8 +27,7 @@ _HUB_PARAMETERS = {"token", "_xsrf"}
 
 
 def guard_scope(scope: str) -> Callable:
-    """``needs_scope(scope)``, applied at the first request rather than at import, with the
-    accepted caller's work paced by the hub's `RequestPacer`.
+    """``needs_scope(scope)``, applied at the first request rather than at import.
 
     ``needs_scope`` refuses scopes it does not know yet, and the custom guard scopes are only
     defined when the hub loads its roles, after this module was imported by the config.
@@ -38,22 +37,10 @@ def guard_scope(scope: str) -> Callable:
         checked: Callable | None = None
 
         @functools.wraps(method)
-        async def paced(self, *args, **kwargs):
-            pacer = self.pacer
-            # what the hub spent on this request before it reached the pacer: JupyterHub's
-            # token and scope checks (and any wait for the event loop meanwhile)
-            before = self.request.request_time()
-            entered = await pacer.enter()
-            try:
-                return await method(self, *args, **kwargs)
-            finally:
-                pacer.leave(entered, before)
-
-        @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
             nonlocal checked
             if checked is None:
-                checked = needs_scope(scope)(paced)
+                checked = needs_scope(scope)(method)
             return checked(self, *args, **kwargs)
 
         return wrapper
@@ -63,15 +50,16 @@ def guard_scope(scope: str) -> Callable:
 
 class RequestPacer:
     """One guard request at a time, each after a pause: the guard's callers get at most
-    ``share`` of the event loop, however many they are. Only callers JupyterHub accepted
-    queue here: a refused one never waits, nor holds up others.
+    ``share`` of the event loop, however many they are.
 
-    A request's cost is its whole time in the hub, from its arrival: JupyterHub's checks of
-    its token and scopes (before the pacer) as well as its answer. Counting the answer alone
-    would let cheap answers (a report body built for an earlier caller) bring callers back
-    as fast as the hub can check their tokens, and those checks would take the event loop.
-    Callers held here cost the hub nothing while they wait; a caller answered 429 at once
-    would come back at once, and each return costs a token check."""
+    Requests queue here before JupyterHub checks their tokens (`GuardHandler.prepare`), and a
+    request's cost is its whole time in the hub: the token and scope checks as well as the
+    answer. Fifty callers arriving at once would otherwise have fifty tokens checked back to
+    back (with tracemalloc on, over a second of event loop) before any of them reached a
+    pacer. Callers held here cost the hub nothing while they wait; a caller answered 429 at
+    once would come back at once, and each return costs a token check. The price: a caller
+    JupyterHub will refuse waits its turn too, so callers without the guard's scopes can delay
+    an admin's report (never the hub's other requests), and learn nothing but a 403."""
 
     def __init__(self, share: float = 0.5) -> None:
         if not 0 < share <= 1:
@@ -99,7 +87,24 @@ class RequestPacer:
 
 
 class GuardHandler(APIHandler):
-    """Shared by the guard's handlers: the report state, parameters, discreet refusals."""
+    """Shared by the guard's handlers: the report state, the pacer, parameters, discreet
+    refusals."""
+
+    _entered_pacer: float | None = None
+
+    async def prepare(self) -> None:
+        # the pacer first: JupyterHub's token check (in its prepare) is part of the cost
+        before = self.request.request_time()
+        self._entered_pacer = await self.pacer.enter()
+        self._before_pacer = before
+        await super().prepare()
+
+    def on_finish(self) -> None:
+        # the answer is written by now (finish() calls this), however it ended: 200, 4xx, 5xx
+        if self._entered_pacer is not None:
+            entered, self._entered_pacer = self._entered_pacer, None
+            self.pacer.leave(entered, self._before_pacer)
+        super().on_finish()
 
     @property
     def guard_state(self) -> GuardState:
@@ -175,8 +180,8 @@ class GuardAPIHandler(GuardHandler):
         top = self.int_argument("top", self.report.top_types, 1, MAX_TOP)
         body = await self.report.body(full=full, top=top, history=history)
         self.set_header("Content-Type", "application/json")
-        # finished here, inside the pacer, so that writing the answer and logging it count in
-        # its cost (not awaited: a slow reader must not hold the pacer)
+        # finished here so that writing the answer and logging it count in its cost (not
+        # awaited: a slow reader must not hold the pacer)
         self.finish(body)
 
 
