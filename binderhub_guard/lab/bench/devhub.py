@@ -6,7 +6,10 @@
    default) the API simulator (`python -m binderhub_guard.lab.kubesim`), serving HTTPS under a
    CA its kubeconfig names as a cluster's does; with ``backend="apiserver"`` a real control
    plane on loopback (``binderhub-guard control-plane``: etcd, kube-apiserver,
-   kube-controller-manager and a node agent, `lab.controlplane`), built once and cached;
+   kube-controller-manager and a node agent, `lab.controlplane`), built once and cached, with
+   the hub's kubeconfig naming a fault proxy in front of the apiserver
+   (`lab.controlplane.faultproxy`) that answers the simulator's ``/_sim/faults`` and
+   ``/_sim/state``, so that `set_faults` and `sim_state` work on both backends;
 2. a real `jupyterhub` process, which starts the real configurable-http-proxy.
 
 The hub is configured the way Zero to JupyterHub configures it: every snippet in the package's
@@ -454,7 +457,7 @@ class DevHub:
             self.cluster_proc = lifeline.popen(
                 [sys.executable, "-m", "binderhub_guard.cli", "control-plane"]
                 + ["--kubeconfig", kubeconfig, "--namespace", self.namespace]
-                + ["--workdir", str(self.workdir / "control-plane")],
+                + ["--workdir", str(self.workdir / "control-plane"), "--fault-proxy"],
                 cwd=self.workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -467,7 +470,12 @@ class DevHub:
         line = self.cluster_proc.stdout.readline()
         if not line.startswith("ready "):
             raise DevHubError(f"the control plane did not start:\n{log_path.read_text()[-3000:]}")
-        self.cluster_url = line.split()[1]
+        # ready <proxy url> apiserver=<apiserver url>: the proxy takes the simulator's part
+        # for the /_sim endpoints
+        self.sim_url = line.split()[1]
+        self.cluster_url = line.split()[2].removeprefix("apiserver=")
+        self.sim_ca_path = self.workdir / "fault-proxy-ca.pem"
+        self.sim_ca_path.write_bytes(kubeconfig_ca(kubeconfig))
 
     def _wait_for_hub(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -543,9 +551,10 @@ class DevHub:
         return self.client.api(method, path, **kwargs)
 
     def sim_request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """Call the embedded simulator (its ``/_sim/*`` endpoints or its Kubernetes API),
-        trusting only its CA."""
-        assert self.sim_url, "this needs the embedded simulator"
+        """Call the embedded simulator (its ``/_sim/*`` endpoints or its Kubernetes API) or,
+        on the apiserver backend, the fault proxy (its ``/_sim/*`` endpoints), trusting only
+        its CA."""
+        assert self.sim_url, "this needs the embedded simulator or the fault proxy"
         kwargs.setdefault("timeout", 10)
         # a str: requests ignores a Path here and verifies against the system's CAs instead
         return requests.request(method, self.sim_url + path, verify=str(self.sim_ca_path), **kwargs)
@@ -560,7 +569,9 @@ class DevHub:
         return self._kube.request(method, path, **kwargs)
 
     def sim_state(self) -> dict:
-        """The simulator's own view (pods, open watches, requests), not the hub's opinion."""
+        """The simulator's own view (pods, open watches, requests), not the hub's opinion;
+        on the apiserver backend, the fault proxy's (the apiserver's pods, the hub's watches
+        and requests through the proxy; only those keys)."""
         return self.sim_request("GET", "/_sim/state").json()
 
     def set_faults(self, **faults: Any) -> dict:
