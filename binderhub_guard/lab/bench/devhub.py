@@ -271,7 +271,8 @@ class DevHub:
 
     backend: "sim" (the embedded simulator) or "apiserver" (a real control plane on loopback);
     with `kubeconfig`, the hub uses that cluster and starts no backend of its own (`backend`
-    then says what the kubeconfig points at)."""
+    then says what the kubeconfig points at). `sim_args` go to the simulator,
+    `apiserver_args` to kube-apiserver."""
 
     def __init__(
         self,
@@ -286,6 +287,7 @@ class DevHub:
         token: str | None = None,
         extra_config: str = "",
         sim_args: list[str] | None = None,
+        apiserver_args: list[str] | None = None,
         workdir: str | None = None,
         start_timeout: float = 60,
     ) -> None:
@@ -302,6 +304,7 @@ class DevHub:
         self.token = token or secrets.token_hex(16)
         self.extra_config = extra_config
         self.sim_args = sim_args or []
+        self.apiserver_args = apiserver_args or []
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="devhub-"))
         self.start_timeout = start_timeout
@@ -457,7 +460,8 @@ class DevHub:
             self.cluster_proc = lifeline.popen(
                 [sys.executable, "-m", "binderhub_guard.cli", "control-plane"]
                 + ["--kubeconfig", kubeconfig, "--namespace", self.namespace]
-                + ["--workdir", str(self.workdir / "control-plane"), "--fault-proxy"],
+                + ["--workdir", str(self.workdir / "control-plane"), "--fault-proxy"]
+                + [f"--apiserver-arg={arg}" for arg in self.apiserver_args],
                 cwd=self.workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -578,17 +582,23 @@ class DevHub:
         return self.sim_request("PATCH", "/_sim/faults", json=faults).json()
 
 
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """``--backend sim|apiserver``, for every tool that starts dev hubs."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="sim",
+        help="sim: the embedded simulator; apiserver: a real control plane on loopback, behind"
+        " the fault proxy",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hub-port", type=int, default=0, help="public port (default: a free one)")
     parser.add_argument("--api-token", help="token of the dev-client service (default: random)")
     parser.add_argument("--stock", action="store_true", help="plain KubeSpawner, no guard")
     parser.add_argument("--leaky", action="store_true", help="replay the 2018 per-spawn leak")
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="sim",
-        help="sim: the embedded simulator; apiserver: a real control plane on loopback",
-    )
+    add_backend_argument(parser)
     parser.add_argument("--kubeconfig", help="use this cluster instead of starting a backend")
     parser.add_argument("--namespace", default="default")
 
