@@ -23,6 +23,9 @@ The pod knobs (``pods_*``, ``pending_delay_seconds``, ``container_exit_seconds``
 agent's (`nodeagent.NodeAgent`), which shares the one `Faults` instance and talks to the
 apiserver directly, as the simulator's kubelet is never subject to the API faults.
 
+Connection upgrades (``pods/exec``, ``attach``, ``portforward``) are not proxied: a hub does
+not use them.
+
 The proxy answers the simulator's ``GET``/``PATCH /_sim/faults`` and a ``GET /_sim/state``
 with the keys the fault tests read (``pods``, ``watches``, ``watch_requests``, ``requests``,
 counted for what passed through the proxy, by "verb resource status" as the simulator counts),
@@ -67,6 +70,8 @@ HOP_BY_HOP = frozenset(
         "host",
     }
 )
+# what a request meant when its HTTP status does not say it (an expired watch is a 200)
+_OUTCOME = web.RequestKey("fault_proxy_outcome", int)
 # an idle watch re-reads the fault knobs at least this often, as the simulator's watches do
 WATCH_TICK_SECONDS = 1.0
 CHUNK = 64 * 1024
@@ -228,6 +233,7 @@ class FaultProxy:
                 else:
                     upstream.release()  # read to the end: the connection is reused
         finally:
+            status = request.get(_OUTCOME, status)
             self.request_counts[f"{verb} {resource} {status}"] += 1
 
     def _injected(self, code: int) -> web.Response:
@@ -266,8 +272,9 @@ class FaultProxy:
     async def _invalid_pod(self, upstream: aiohttp.ClientResponse) -> web.Response:
         raw = await upstream.read()
         headers = _end_to_end(upstream.headers)
-        headers.popall("Content-Encoding", None)
-        if upstream.status == 200:
+        # a compressed answer (the apiserver compresses only large ones, never a pod) stays as
+        # it is
+        if upstream.status == 200 and "Content-Encoding" not in upstream.headers:
             pod = json.loads(raw)
             if pod.get("kind") == "Pod":
                 # a container without a name fails V1Container's client-side validation
@@ -316,9 +323,7 @@ class FaultProxy:
                     *lines, pending = pending.split(b"\n")
                     for line in lines:
                         if sent == 0 and b'"ERROR"' in line and b'"code":410' in line:
-                            # an expired resourceVersion: the apiserver's 200 means 410
-                            self.request_counts[f"watch {resource} 200"] -= 1
-                            self.request_counts[f"watch {resource} 410"] += 1
+                            request[_OUTCOME] = 410  # an expired resourceVersion
                         await response.write(line + b"\n")
                         sent += 1
                         drop_events = self.faults.watch_drop_after_events
