@@ -2,9 +2,9 @@
 
 A real apiserver does not drop a watch or answer 500 on request. `FaultProxy` sits between a
 hub and the apiserver on a free port of 127.0.0.1 and passes every request through untouched
-(method, path, query, headers, body; status, headers and body back, watch streams chunk by
-chunk as the apiserver sends them), unless one of the simulator's `Faults` knobs says
-otherwise, applied the way the simulator applies them:
+(method, path, query, headers, body; status, headers and body back, watch streams event by
+event as the apiserver sends them; the one header added is aiohttp's ``Server``), unless one
+of the simulator's `Faults` knobs says otherwise, applied the way the simulator applies them:
 
 - ``latency_seconds`` before each API request is forwarded;
 - ``error_rate_500`` / ``error_rate_429``: the request is not forwarded and answers a
@@ -261,7 +261,8 @@ class FaultProxy:
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(_end_to_end(upstream.headers, keep_length=True))
-        if "Content-Length" not in upstream.headers:
+        bodiless = request.method == "HEAD" or upstream.status in (204, 304)
+        if "Content-Length" not in upstream.headers and not bodiless:
             response.enable_chunked_encoding()
         await response.prepare(request)
         async for chunk in upstream.content.iter_chunked(CHUNK):
