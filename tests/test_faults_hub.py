@@ -1,7 +1,12 @@
-"""The fault suite: a real guarded hub on the simulator while the API server misbehaves.
+"""The fault suite: a real guarded hub while the API server misbehaves, on both backends.
 
-Every test asserts on the simulator's own pods and watches (and on the hub's ledger), not
-only on what the hub's API answers.
+On the simulator the faults are its own; on the real control plane (``backend="apiserver"``)
+the fault proxy in front of kube-apiserver (`lab.controlplane.faultproxy`) injects them, and
+the node agent honours the pod knobs. Every test asserts on the backend's own pods and watches
+(``DevHub.sim_state``: the simulator's view, or the apiserver's pods and the hub's watches and
+requests as the proxy saw them) and on the hub's ledger, not only on what the hub's API answers.
+A 410 comes from compaction on both: the simulator compacts its history, the proxy answers
+410 Expired to watches from before the version current at ``POST /_sim/compact``.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
-from artifacts import keep_logs
+from artifacts import ARTIFACTS, keep_logs
+from tools import skip_missing_tool
 from waiting import DEADLINE, eventually
 
-from binderhub_guard.lab.bench.devhub import DevHub
+from binderhub_guard.lab.bench.devhub import BACKENDS, DevHub
+from binderhub_guard.lab.controlplane import build
 
 pytestmark = pytest.mark.hub
 
@@ -39,17 +47,29 @@ c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0, "slow_stop_timeout": 
 """
 
 
-@pytest.fixture(scope="module")
-def hub() -> Iterator[DevHub]:
-    workdir = tempfile.mkdtemp(prefix="faults-hub-")
+@pytest.fixture(scope="module", params=BACKENDS)
+def hub(request: pytest.FixtureRequest) -> Iterator[DevHub]:
+    backend = request.param
+    if backend == "apiserver" and build.cached_binary() is None:
+        skip_missing_tool(
+            f"the control plane binary for Kubernetes {build.KUBERNETES_VERSION}",
+            "bash scripts/bootstrap-control-plane.sh builds it, about 10 min once",
+        )
+    workdir = Path(tempfile.mkdtemp(prefix=f"faults-hub-{backend}-"))
     try:
-        with DevHub(workdir=workdir, extra_config=SETTINGS) as hub:
+        with DevHub(backend=backend, workdir=str(workdir), extra_config=SETTINGS) as hub:
             hub.client.create_users(
                 ["halting", "invalid", "dropped"] + [f"burst{i}" for i in range(6)]
             )
             yield hub
     finally:
-        keep_logs(workdir, "faults-hub-guarded")
+        name = f"faults-hub-guarded-{backend}"
+        keep_logs(workdir, name)
+        if (workdir / "control-plane.log").exists():  # the node agent's and the proxy's
+            ARTIFACTS.mkdir(exist_ok=True)
+            (ARTIFACTS / f"{name}-control-plane.log").write_bytes(
+                (workdir / "control-plane.log").read_bytes()
+            )
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -158,7 +178,8 @@ def test_spawns_and_stops_under_api_errors_and_latency_leave_nothing(hub: DevHub
 
 
 class WatchCounter:
-    """The most watches the simulator had open at once, by resource, while it runs."""
+    """The most watches the backend had open at once, by resource, while it runs (on the
+    apiserver: those through the proxy, the hub's; the node agent's own watch goes direct)."""
 
     def __init__(self, hub: DevHub) -> None:
         self.hub = hub
@@ -182,7 +203,8 @@ class WatchCounter:
 
 
 def pod_requests(hub: DevHub) -> dict[str, int]:
-    """The simulator's own count of the pod reflector's list and watch requests, and 410s."""
+    """The backend's own count of the pod reflector's list and watch requests, and 410s (on
+    the apiserver: the proxy's count of what passed through it)."""
     counts = hub.sim_state()["requests"]
     return {
         "lists": counts.get("list pods 200", 0),
@@ -251,7 +273,7 @@ def test_a_resumed_watch_that_gets_410_relists_within_the_bound(hub: DevHub):
         # a change, then compaction: a watch resuming from before it gets 410 Expired
         nonlocal bumps
         bumps += 1
-        hub.sim_request(
+        hub.kube_request(
             "POST", "/api/v1/namespaces", json={"metadata": {"name": f"bump-{bumps}"}}, timeout=30
         )
         hub.sim_request("POST", "/_sim/compact", timeout=30)

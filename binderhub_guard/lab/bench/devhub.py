@@ -6,7 +6,10 @@
    default) the API simulator (`python -m binderhub_guard.lab.kubesim`), serving HTTPS under a
    CA its kubeconfig names as a cluster's does; with ``backend="apiserver"`` a real control
    plane on loopback (``binderhub-guard control-plane``: etcd, kube-apiserver,
-   kube-controller-manager and a node agent, `lab.controlplane`), built once and cached;
+   kube-controller-manager and a node agent, `lab.controlplane`), built once and cached, with
+   the hub's kubeconfig naming a fault proxy in front of the apiserver
+   (`lab.controlplane.faultproxy`) that answers the simulator's ``/_sim/faults`` and
+   ``/_sim/state``, so that `set_faults` and `sim_state` work on both backends;
 2. a real `jupyterhub` process, which starts the real configurable-http-proxy.
 
 The hub is configured the way Zero to JupyterHub configures it: every snippet in the package's
@@ -268,7 +271,8 @@ class DevHub:
 
     backend: "sim" (the embedded simulator) or "apiserver" (a real control plane on loopback);
     with `kubeconfig`, the hub uses that cluster and starts no backend of its own (`backend`
-    then says what the kubeconfig points at)."""
+    then says what the kubeconfig points at). `sim_args` go to the simulator,
+    `apiserver_args` to kube-apiserver."""
 
     def __init__(
         self,
@@ -283,6 +287,7 @@ class DevHub:
         token: str | None = None,
         extra_config: str = "",
         sim_args: list[str] | None = None,
+        apiserver_args: list[str] | None = None,
         workdir: str | None = None,
         start_timeout: float = 60,
     ) -> None:
@@ -299,6 +304,7 @@ class DevHub:
         self.token = token or secrets.token_hex(16)
         self.extra_config = extra_config
         self.sim_args = sim_args or []
+        self.apiserver_args = apiserver_args or []
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="devhub-"))
         self.start_timeout = start_timeout
@@ -454,7 +460,8 @@ class DevHub:
             self.cluster_proc = lifeline.popen(
                 [sys.executable, "-m", "binderhub_guard.cli", "control-plane"]
                 + ["--kubeconfig", kubeconfig, "--namespace", self.namespace]
-                + ["--workdir", str(self.workdir / "control-plane")],
+                + ["--workdir", str(self.workdir / "control-plane"), "--fault-proxy"]
+                + [f"--apiserver-arg={arg}" for arg in self.apiserver_args],
                 cwd=self.workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -467,7 +474,12 @@ class DevHub:
         line = self.cluster_proc.stdout.readline()
         if not line.startswith("ready "):
             raise DevHubError(f"the control plane did not start:\n{log_path.read_text()[-3000:]}")
-        self.cluster_url = line.split()[1]
+        # ready <proxy url> apiserver=<apiserver url>: the proxy takes the simulator's part
+        # for the /_sim endpoints
+        self.sim_url = line.split()[1]
+        self.cluster_url = line.split()[2].removeprefix("apiserver=")
+        self.sim_ca_path = self.workdir / "fault-proxy-ca.pem"
+        self.sim_ca_path.write_bytes(kubeconfig_ca(kubeconfig))
 
     def _wait_for_hub(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -543,9 +555,10 @@ class DevHub:
         return self.client.api(method, path, **kwargs)
 
     def sim_request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """Call the embedded simulator (its ``/_sim/*`` endpoints or its Kubernetes API),
-        trusting only its CA."""
-        assert self.sim_url, "this needs the embedded simulator"
+        """Call the embedded simulator (its ``/_sim/*`` endpoints or its Kubernetes API) or,
+        on the apiserver backend, the fault proxy (its ``/_sim/*`` endpoints), trusting only
+        its CA."""
+        assert self.sim_url, "this needs the embedded simulator or the fault proxy"
         kwargs.setdefault("timeout", 10)
         # a str: requests ignores a Path here and verifies against the system's CAs instead
         return requests.request(method, self.sim_url + path, verify=str(self.sim_ca_path), **kwargs)
@@ -560,11 +573,24 @@ class DevHub:
         return self._kube.request(method, path, **kwargs)
 
     def sim_state(self) -> dict:
-        """The simulator's own view (pods, open watches, requests), not the hub's opinion."""
+        """The simulator's own view (pods, open watches, requests), not the hub's opinion;
+        on the apiserver backend, the fault proxy's (the apiserver's pods, the hub's watches
+        and requests through the proxy; only those keys)."""
         return self.sim_request("GET", "/_sim/state").json()
 
     def set_faults(self, **faults: Any) -> dict:
         return self.sim_request("PATCH", "/_sim/faults", json=faults).json()
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """``--backend sim|apiserver``, for every tool that starts dev hubs."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="sim",
+        help="sim: the embedded simulator; apiserver: a real control plane on loopback, behind"
+        " the fault proxy",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -572,12 +598,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-token", help="token of the dev-client service (default: random)")
     parser.add_argument("--stock", action="store_true", help="plain KubeSpawner, no guard")
     parser.add_argument("--leaky", action="store_true", help="replay the 2018 per-spawn leak")
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="sim",
-        help="sim: the embedded simulator; apiserver: a real control plane on loopback",
-    )
+    add_backend_argument(parser)
     parser.add_argument("--kubeconfig", help="use this cluster instead of starting a backend")
     parser.add_argument("--namespace", default="default")
 

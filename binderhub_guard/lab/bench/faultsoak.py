@@ -214,7 +214,9 @@ def _guard_report(client: HubClient) -> dict[str, Any]:
 def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix=f"faultsoak-{variant}-")
     try:
-        with DevHub(workdir=workdir, extra_config=_hub_settings(VARIANTS[variant])) as hub:
+        with DevHub(
+            backend=args.backend, workdir=workdir, extra_config=_hub_settings(VARIANTS[variant])
+        ) as hub:
             client = hub.client
             process = psutil.Process(hub.hub_pid)
             names = [f"cycle-{i:03d}" for i in range(args.users)]

@@ -99,6 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hub-pid", type=int, help="with --hub-url: the hub's PID, for its CPU")
     parser.add_argument("--hub-log", help="with --hub-url: the hub's log file, for log lines")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    from .devhub import add_backend_argument
+
+    add_backend_argument(parser)
 
 
 @dataclass
@@ -565,7 +568,12 @@ def _flood_dev_hub(stock: bool, args: argparse.Namespace, mode: str) -> Result:
     workdir = Path(tempfile.mkdtemp(prefix="flood-"))
     token = secrets.token_hex(16)
     name = "stock" if stock else "guarded"
-    hub = DevHub(stock=stock, workdir=str(workdir), extra_config=_flood_config(token, workdir))
+    hub = DevHub(
+        backend=args.backend,
+        stock=stock,
+        workdir=str(workdir),
+        extra_config=_flood_config(token, workdir),
+    )
     # the guard logs its last summary at shutdown; an interrupted run does not wait for it
     with hub:
         target = Target(

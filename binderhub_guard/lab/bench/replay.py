@@ -56,7 +56,7 @@ import psutil
 import requests
 
 from . import stats
-from .devhub import CLIENT_SERVICE, DevHub, DevHubError, stop_all
+from .devhub import CLIENT_SERVICE, DevHub, DevHubError, add_backend_argument, stop_all
 from .figures import cpu_seconds
 from .hubclient import HubClient
 from .replay_load import (
@@ -1130,6 +1130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kubeconfig", help="run both hubs on this cluster (no simulator, no fault knobs)"
     )
+    add_backend_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -1159,6 +1160,7 @@ def main(args: argparse.Namespace) -> int:
             patches_url=patches.url,
         )
         hubs[name] = DevHub(
+            backend=args.backend,
             stock=name == "stock",
             leaky=True,
             kubeconfig=args.kubeconfig,

@@ -47,7 +47,7 @@ import psutil
 
 from . import lifeline
 from .cycles import CYCLE_ERRORS, VARIANTS, cycle_server
-from .devhub import DevHub
+from .devhub import DevHub, add_backend_argument
 from .every import Every
 from .figures import cpu_seconds, dash, mib
 from .hubclient import HubClient
@@ -555,11 +555,14 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, Any]:
     workdir = tempfile.mkdtemp(prefix=f"soak-{variant}-")
     try:
         with DevHub(
+            backend=args.backend,
             workdir=workdir,
             extra_config=probe_config(workdir)
             + heap_gauge_config(workdir, args.malloc_trim)
             + f"\nc.JupyterHub.spawner_class = {VARIANTS[variant]!r}\n",
             sim_args=["--event-ttl", str(args.event_ttl)],
+            # kube-apiserver's own flag: the same lifetime for Events there
+            apiserver_args=[f"--event-ttl={args.event_ttl:g}s"],
         ) as hub:
             api_port = int(hub.sim_url.rsplit(":", 1)[1])
             with HubGauges(
@@ -656,6 +659,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--burst-seconds", type=float, default=60, help="with --faults: the burst's duration"
     )
+    add_backend_argument(parser)
     parser.add_argument("--url", help="an existing hub's public URL instead of a dev hub")
     parser.add_argument("--token", help="API token for --url (admin:servers, admin:users)")
     parser.add_argument("--hub-pid", type=int, help="with --url on this machine: hub PID")

@@ -5,6 +5,11 @@ starts etcd, kube-apiserver and kube-controller-manager (`cluster.ControlPlane`)
 agent (`nodeagent.NodeAgent`), writes a kubeconfig for the admin user, and prints one
 ``ready <url>`` line, as ``binderhub-guard kubesim`` does. On SIGTERM or Ctrl-C it stops the
 agent (closing the responders), then the apiserver and the controller-manager, then etcd.
+
+With ``--fault-proxy`` the kubeconfig names a fault-injecting proxy in front of the apiserver
+(`faultproxy.FaultProxy`, with the simulator's ``/_sim/faults`` endpoint) instead of the
+apiserver itself, and the ready line is ``ready <proxy url> apiserver=<apiserver url>``; the
+node agent shares the proxy's fault knobs, and talks to the apiserver directly.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import sys
 import threading
 import time
 
+from binderhub_guard.lab.kubesim.faults import Faults
+
 from . import build
 from .cluster import ControlPlane, ControlPlaneError
+from .faultproxy import FaultProxy
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-node-agent", action="store_true", help="start no node agent: pods stay Pending"
     )
+    parser.add_argument(
+        "--fault-proxy",
+        action="store_true",
+        help="put a fault-injecting proxy (PATCH /_sim/faults) between the kubeconfig and "
+        "the apiserver",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -61,6 +75,8 @@ async def serve(plane: ControlPlane, args: argparse.Namespace, began: float) -> 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     agent = None
+    proxy = None
+    faults = Faults(container_exit_seconds=args.container_exit)
     try:
         if not args.no_node_agent:
             from .nodeagent import NodeAgent
@@ -68,19 +84,28 @@ async def serve(plane: ControlPlane, args: argparse.Namespace, began: float) -> 
             agent = NodeAgent(
                 str(plane.workdir / "admin.kubeconfig"),
                 pod_ip_base=args.pod_ip_base,
-                container_exit_seconds=args.container_exit,
+                faults=faults,
             )
             await agent.start()
-        plane.write_kubeconfig(args.kubeconfig)
+        ready = f"ready {plane.url}"
+        if args.fault_proxy:
+            proxy = FaultProxy(plane.url, plane.ca_path.read_bytes(), plane.token, faults)
+            await proxy.start()
+            plane.write_kubeconfig(args.kubeconfig, server=proxy.url, ca_pem=proxy.ca_pem)
+            ready = f"ready {proxy.url} apiserver={plane.url}"
+        else:
+            plane.write_kubeconfig(args.kubeconfig)
         log.info(
             "control plane ready in %.1f s (%s), logs in %s",
             time.monotonic() - began,
             ", ".join(f"{k} {v:.1f} s" for k, v in plane.timings.items()),
             plane.workdir,
         )
-        print(f"ready {plane.url}", flush=True)
+        print(ready, flush=True)
         await stopping.wait()
     finally:
+        if proxy is not None:
+            await proxy.stop()
         if agent is not None:
             await agent.stop()
 

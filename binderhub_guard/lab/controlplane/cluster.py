@@ -316,16 +316,24 @@ class ControlPlane:
         if reply.status_code not in (201, 409):
             raise ControlPlaneError(f"cannot create namespace {namespace}: {reply.text}")
 
-    def write_kubeconfig(self, path: str | Path, namespace: str | None = None) -> Path:
-        """A kubeconfig for the admin user: this apiserver, its CA, the admin token."""
-        ca = base64.b64encode(self.ca_path.read_bytes()).decode("ascii")
+    def write_kubeconfig(
+        self,
+        path: str | Path,
+        namespace: str | None = None,
+        *,
+        server: str | None = None,
+        ca_pem: bytes | None = None,
+    ) -> Path:
+        """A kubeconfig for the admin user: this apiserver, its CA, the admin token; or
+        `server` under `ca_pem` (a proxy in front of this apiserver) with the same token."""
+        ca = base64.b64encode(ca_pem or self.ca_path.read_bytes()).decode("ascii")
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
                 {
                     "name": "controlplane",
-                    "cluster": {"server": self.url, "certificate-authority-data": ca},
+                    "cluster": {"server": server or self.url, "certificate-authority-data": ca},
                 }
             ],
             "users": [{"name": ADMIN_USER, "user": {"token": self.token}}],

@@ -19,6 +19,11 @@ kubelet (`lab.kubesim.kubelet`) does it inside the simulator:
   closes the responder after the container's exit time (at most the grace period), and
   confirms with a delete at grace 0 (uid precondition), as a kubelet does once its containers
   have stopped.
+
+It honours the simulator's pod fault knobs (`kubesim.faults.Faults`: ``pending_delay_seconds``,
+``pods_rejected``, ``pods_never_ready``, ``pods_fail``, ``container_exit_seconds``) as the
+simulator's kubelet does, read when each pod starts or stops, so that one `Faults` shared with
+the fault proxy (`faultproxy`) changes both at run time.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from binderhub_guard.lab.kubesim.faults import Faults
 from binderhub_guard.lab.kubesim.kubelet import (
     PodIPs,
     Responder,
@@ -61,11 +67,11 @@ class NodeAgent:
         *,
         node_name: str = NODE_NAME,
         pod_ip_base: str | None = None,
-        container_exit_seconds: float = 0.2,
+        faults: Faults | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.node_name = node_name
-        self.container_exit_seconds = container_exit_seconds
+        self.faults = faults if faults is not None else Faults()
         self.pod_ips = PodIPs(pod_ip_base)
         self._api_client: client.ApiClient | None = None
         self.core: client.CoreV1Api | None = None
@@ -259,6 +265,8 @@ class NodeAgent:
     async def _run_startup(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        if self.faults.pending_delay_seconds and not pod["spec"].get("nodeName"):
+            await asyncio.sleep(self.faults.pending_delay_seconds)
         if not pod["spec"].get("nodeName"):
             binding = {
                 "apiVersion": "v1",
@@ -282,10 +290,21 @@ class NodeAgent:
         containers = pod["spec"]["containers"]
         now = now_iso()
         await self._patch_status(pod, {"conditions": [_condition("PodScheduled", now)]})
+        if self.faults.pods_rejected:
+            message = "Pod was rejected: Node didn't have enough resource: cpu"
+            rejected = {"phase": "Failed", "reason": "OutOfcpu", "message": message}
+            await self._patch_status(pod, rejected)
+            await self._event(pod, "OutOfcpu", message, type_="Warning")
+            return
         for container in containers:
             image = container.get("image", "")
             await self._event(pod, "Pulling", f'Pulling image "{image}"')
             await self._event(pod, "Pulled", f'Successfully pulled image "{image}" in 0s')
+        if self.faults.pods_never_ready:
+            waiting = {"waiting": {"reason": "ContainerCreating"}}
+            statuses = [_container_status(c, waiting, ready=False) for c in containers]
+            await self._patch_status(pod, {"containerStatuses": statuses})
+            return
         ip = await self._bind_responder(pod)
         if ip is None:
             return
@@ -293,6 +312,28 @@ class NodeAgent:
             await self._event(pod, "Created", f"Created container {container['name']}")
             await self._event(pod, "Started", f"Started container {container['name']}")
         now = now_iso()
+        addresses = {
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "hostIP": HOST_IP,
+            "hostIPs": [{"ip": HOST_IP}],
+            "startTime": now,
+        }
+        if self.faults.pods_fail:
+            await self._close_responder(meta["uid"])
+            exited = {
+                "terminated": {
+                    "exitCode": 1,
+                    "reason": "Error",
+                    "startedAt": now,
+                    "finishedAt": now_iso(),
+                }
+            }
+            statuses = [_container_status(c, exited, ready=False) for c in containers]
+            await self._patch_status(
+                pod, {"phase": "Failed", "containerStatuses": statuses, **addresses}
+            )
+            return
         running = {"running": {"startedAt": now}}
         statuses = [_container_status(c, running, ready=True) for c in containers]
         await self._patch_status(
@@ -304,11 +345,7 @@ class NodeAgent:
                     for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
                 ],
                 "containerStatuses": statuses,
-                "podIP": ip,
-                "podIPs": [{"ip": ip}],
-                "hostIP": HOST_IP,
-                "hostIPs": [{"ip": HOST_IP}],
-                "startTime": now,
+                **addresses,
             },
         )
 
@@ -343,7 +380,7 @@ class NodeAgent:
                 names = ", ".join(c["name"] for c in pod["spec"]["containers"])
                 await self._event(pod, "Killing", f"Stopping container {names}")
             grace = meta.get("deletionGracePeriodSeconds")
-            exit_seconds = self.container_exit_seconds
+            exit_seconds = self.faults.container_exit_seconds
             await asyncio.sleep(exit_seconds if grace is None else min(grace, exit_seconds))
             await self._close_responder(uid)
             body = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
