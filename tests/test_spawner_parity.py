@@ -11,8 +11,8 @@ kept after a stop, deleted with its user or named server), its Service (``servic
 collected with the pod through its ownerReference), what ``after_pod_created_hook`` makes
 (here a Secret owned by the pod, collected the same way), named servers side by side, user
 namespaces, and a running server restored after the hub was killed. One hub per backend and
-class has all the settings but user namespaces, which change where every pod goes: a second
-hub has those.
+class has all the settings (user namespaces for one profile), so that the module starts four
+hubs in all.
 
 Not covered: ``internal_ssl`` (the Secret kubespawner itself makes): the pods' responders
 speak plain HTTP, and so could not serve the hub's internal TLS.
@@ -76,10 +76,22 @@ async def _owned_secret(spawner, pod):
 
 
 c.KubeSpawner.after_pod_created_hook = _owned_secret
-"""
 
-USER_NAMESPACES_CONFIG = """
-c.KubeSpawner.enable_user_namespaces = True
+# user namespaces for one profile only (kubespawner_override, as z2jh's profiles do), so that
+# one hub has both kinds of server: the namespace is set as KubeSpawner sets it for
+# enable_user_namespaces (its template, and "user" for a hub namespace "default", which is
+# what kubespawner takes outside a cluster whatever KubeSpawner.namespace says)
+c.KubeSpawner.profile_list = [
+    {{"display_name": "hub namespace", "slug": "hub", "default": True}},
+    {{
+        "display_name": "own namespace",
+        "slug": "own-namespace",
+        "kubespawner_override": {{
+            "enable_user_namespaces": True,
+            "namespace": lambda spawner: f"user-{{spawner.user.name}}",
+        }},
+    }},
+]
 """
 
 # (backend, test) -> {spawner class: outcome}, filled as the tests run (one xdist worker runs
@@ -107,18 +119,6 @@ def hub(request: pytest.FixtureRequest, backend: str, spawner_class: str) -> Ite
             yield hub
         finally:
             keep_logs(hub.workdir, f"test_spawner_parity-{backend}-{spawner_class}")
-
-
-@pytest.fixture(scope="module")
-def user_namespaces_hub(
-    request: pytest.FixtureRequest, backend: str, spawner_class: str
-) -> Iterator[DevHub]:
-    with start_hub(request, backend, spawner_class, USER_NAMESPACES_CONFIG) as hub:
-        try:
-            assert_spawner_class(hub, spawner_class)
-            yield hub
-        finally:
-            keep_logs(hub.workdir, f"test_spawner_parity-{backend}-{spawner_class}-userns")
 
 
 def assert_spawner_class(hub: DevHub, spawner_class: str) -> None:
@@ -201,6 +201,15 @@ def settle(look: Callable[[], dict], expected: dict, timeout: float = DEADLINE) 
         if seen == expected or time.monotonic() > deadline:
             return seen
         time.sleep(0.1)
+
+
+def replace_names(outcome: object, name: str, by: str) -> object:
+    """`outcome` with `name` replaced by `by` in every string, keys included."""
+    if isinstance(outcome, dict):
+        return {replace_names(k, name, by): replace_names(v, name, by) for k, v in outcome.items()}
+    if isinstance(outcome, list):
+        return [replace_names(v, name, by) for v in outcome]
+    return outcome.replace(name, by) if isinstance(outcome, str) else outcome
 
 
 def reachable(hub: DevHub, user: str, server: str = "") -> int:
@@ -335,48 +344,54 @@ def test_running_server_is_restored_after_the_hub_is_killed(
 
 
 def test_user_namespace_is_made_by_the_spawner_and_holds_the_pod(
-    request: pytest.FixtureRequest, backend: str, spawner_class: str, user_namespaces_hub: DevHub
+    request: pytest.FixtureRequest, backend: str, spawner_class: str, hub: DevHub
 ) -> None:
-    """enable_user_namespaces: the spawner creates the user's namespace (``user-NAME``:
-    kubespawner's hub namespace outside a cluster is ``default``, whose user namespaces it
-    prefixes ``user``) and the pod runs there; a stop removes the pod, not the namespace."""
-    hub = user_namespaces_hub
+    """enable_user_namespaces (the profile own-namespace): the spawner creates the user's
+    namespace and the pod, its Service, its Secret and its PVC are made there; a stop removes
+    the pod, Service and Secret, not the namespace or the PVC."""
     # unique: user namespaces are not under the hub's own, and a control plane is shared
     user = f"nsuser-{uuid.uuid4().hex[:6]}"
     namespace = f"user-{user}"
     path = f"/api/v1/namespaces/{namespace}"
     existed_before = hub.kube_request("GET", path).status_code == 200
     hub.client.create_users([user])
-    try:
-        hub.client.start_server(user)
-        pods = objects(hub, "pods", namespace, user)
-        outcome = {
-            "existed_before": existed_before,
-            "exists": hub.kube_request("GET", path).status_code == 200,
-            "pods": [
-                (p["metadata"]["name"].replace(user, "USER"), p["status"]["phase"]) for p in pods
-            ],
-            "in_hub_namespace": len(objects(hub, "pods", hub.namespace, user)),
-            "reachable": reachable(hub, user),
+    pod, pvc = f"jupyter-{user}", f"claim-{user}"
+
+    def look() -> dict:
+        return {
+            "namespace": hub.kube_request("GET", path).status_code,
+            "user_namespace": view(hub, namespace, user),
+            "hub_namespace": view(hub, hub.namespace, user),
         }
+
+    try:
+        reply = hub.api("POST", f"/users/{user}/server", json={"profile": "own-namespace"})
+        assert reply.status_code in (201, 202), reply.text
+        hub.client.wait_for(user, "", ready=True, timeout=90)
+        outcome = {"existed_before": existed_before, "running": look()}
+        outcome["reachable"] = reachable(hub, user)
         hub.client.stop_server(user)
         outcome["stopped"] = settle(
-            lambda: {
-                "pods": len(objects(hub, "pods", namespace, user)),
-                "namespace": hub.kube_request("GET", path).status_code,
-            },
-            {"pods": 0, "namespace": 200},
+            look, {**outcome["running"], "user_namespace": stopped_view(pvc)}
         )
     finally:
         if backend == "apiserver":
             hub.kube_request("DELETE", path)
 
+    outcome = replace_names(outcome, user, "USER")
+    pod, pvc = "jupyter-USER", "claim-USER"
     assert outcome == {
         "existed_before": False,
-        "exists": True,
-        "pods": [("jupyter-USER", "Running")],
-        "in_hub_namespace": 0,
+        "running": {
+            "namespace": 200,
+            "user_namespace": running_view(pod, pvc),
+            "hub_namespace": stopped_view(None),
+        },
         "reachable": 200,
-        "stopped": {"pods": 0, "namespace": 200},
+        "stopped": {
+            "namespace": 200,
+            "user_namespace": stopped_view(pvc),
+            "hub_namespace": stopped_view(None),
+        },
     }
     record(request, backend, spawner_class, outcome)
