@@ -124,7 +124,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 # Outcomes per backend and per spawner class, for CI's log. A test's backend is its `backend`
 # parameter, else its module's single `backends` marker, else sim for a hub test; its spawner
-# class is its `spawner_class` parameter, else the one hub fixture it uses.
+# class is its `spawner_class` parameter (or `stock`), else the one hub fixture it uses.
 SPAWNER_OF_FIXTURE = {"dev_hub": "GuardedKubeSpawner", "stock_hub": "KubeSpawner"}
 
 
@@ -142,6 +142,8 @@ def _spawner_of(item: pytest.Item) -> str | None:
     params = getattr(item, "callspec", None)
     if params is not None and "spawner_class" in params.params:
         return params.params["spawner_class"]
+    if params is not None and "stock" in params.params:  # a test that starts both kinds of hub
+        return "KubeSpawner" if params.params["stock"] else "GuardedKubeSpawner"
     used = {
         SPAWNER_OF_FIXTURE[f] for f in getattr(item, "fixturenames", ()) if f in SPAWNER_OF_FIXTURE
     }
