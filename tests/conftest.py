@@ -123,15 +123,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 # Outcomes per backend and per spawner class, for CI's log. A test's backend is its `backend`
-# parameter, else its module's single `backends` marker, else sim for a hub test; its spawner
+# parameter (or a parameter whose value names a backend, as test_faults_hub's `hub`), else its
+# module's single `backends` marker, else sim for a hub test; its spawner
 # class is its `spawner_class` parameter (or `stock`), else the one hub fixture it uses.
 SPAWNER_OF_FIXTURE = {"dev_hub": "GuardedKubeSpawner", "stock_hub": "KubeSpawner"}
 
 
 def _backend_of(item: pytest.Item) -> str | None:
     params = getattr(item, "callspec", None)
-    if params is not None and "backend" in params.params:
-        return params.params["backend"]
+    if params is not None:
+        # the `backend` fixture's, or a module's own hub fixture parametrised by backend name
+        named = [v for k, v in params.params.items() if k == "backend" or v in BACKENDS]
+        if named:
+            return named[0]
     marker = item.get_closest_marker("backends")
     if marker is not None and len(marker.args) == 1:
         return marker.args[0]
