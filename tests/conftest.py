@@ -1,7 +1,14 @@
-"""Fixtures: real hubs on the embedded Kubernetes API simulator.
+"""Fixtures: real hubs on the embedded Kubernetes API simulator, or on a real control plane.
 
 Each hub fixture owns its processes (simulator, jupyterhub, proxy) and stops them by process
 group when its scope ends; a test that needs special settings builds its own `DevHub`.
+
+Backends (tests/backends.py): hub tests run on the simulator (``sim``) unless their module
+says otherwise, ``pytestmark = pytest.mark.backends("sim", "apiserver")``: then every test of
+it that uses the `backend` fixture (`dev_hub` and `stock_hub` do) runs once per backend, with
+the ids ``[sim]`` and ``[apiserver]``. The apiserver's control plane (`cluster`) is started
+once per session (per xdist worker), on first use. At the end, the run's outcomes are counted
+per backend and per spawner class (`pytest_terminal_summary`).
 """
 
 from __future__ import annotations
@@ -9,11 +16,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from artifacts import keep_logs
+from backends import BACKENDS, Cluster, cluster_for, hub_on, running_cluster
 from tools import MISSING_TOOL, in_ci
 
 from binderhub_guard.lab.bench import lifeline
@@ -25,22 +34,59 @@ ROOT = Path(__file__).resolve().parent.parent
 def pytest_configure(config: pytest.Config) -> None:
     # run as a script's background job (CI), the suite would pass SIGINT on ignored
     lifeline.restore_interrupts()
+    config.addinivalue_line(
+        "markers",
+        "backends(*names): run the module's hub tests on these backends (sim, apiserver)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is None or "backend" not in metafunc.fixturenames:
+        return
+    unknown = set(marker.args) - set(BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown backends {unknown}")
+    # module scope: a module's hubs are started once per backend, its tests grouped by it
+    metafunc.parametrize("backend", marker.args, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")
-def dev_hub(request: pytest.FixtureRequest) -> Iterator[DevHub]:
+def backend(request: pytest.FixtureRequest) -> str:
+    """The backend of this module's hubs: ``sim`` unless the module's `backends` marker
+    parametrises it."""
+    return getattr(request, "param", "sim")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The session's real control plane (one per xdist worker), started on first use."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    base = tmp_path_factory.mktemp("control-plane")
+    with running_cluster(base, f"control-plane-{worker}") as cluster:
+        yield cluster
+
+
+def hub_log_name(request: pytest.FixtureRequest, backend: str, kind: str) -> str:
+    # the simulator's names as they were before there was a second backend
+    on = "" if backend == "sim" else f"-{backend}"
+    return f"{request.module.__name__}{on}-{kind}"
+
+
+@pytest.fixture(scope="module")
+def dev_hub(request: pytest.FixtureRequest, backend: str) -> Iterator[DevHub]:
     """A guarded hub (the package's config snippets, GuardedKubeSpawner) for a test module."""
-    with DevHub() as hub:
+    with hub_on(backend, cluster_for(request, backend)) as hub:
         yield hub
-        keep_logs(hub.workdir, f"{request.module.__name__}-guarded")
+        keep_logs(hub.workdir, hub_log_name(request, backend, "guarded"))
 
 
 @pytest.fixture(scope="module")
-def stock_hub(request: pytest.FixtureRequest) -> Iterator[DevHub]:
+def stock_hub(request: pytest.FixtureRequest, backend: str) -> Iterator[DevHub]:
     """A stock hub (plain KubeSpawner, no guard), otherwise the same as `dev_hub`."""
-    with DevHub(stock=True) as hub:
+    with hub_on(backend, cluster_for(request, backend), stock=True) as hub:
         yield hub
-        keep_logs(hub.workdir, f"{request.module.__name__}-stock")
+        keep_logs(hub.workdir, hub_log_name(request, backend, "stock"))
 
 
 @pytest.fixture(autouse=True)
@@ -74,3 +120,76 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if MISSING_TOOL in reason:
         report.outcome = "failed"
         report.longrepr = f"CI=true and this test would skip: {reason}"
+
+
+# Outcomes per backend and per spawner class, for CI's log. A test's backend is its `backend`
+# parameter (or a parameter whose value names a backend, as test_faults_hub's `hub`), else its
+# module's single `backends` marker, else sim for a hub test; its spawner
+# class is its `spawner_class` parameter (or `stock`), else the one hub fixture it uses.
+SPAWNER_OF_FIXTURE = {"dev_hub": "GuardedKubeSpawner", "stock_hub": "KubeSpawner"}
+
+
+def _backend_of(item: pytest.Item) -> str | None:
+    params = getattr(item, "callspec", None)
+    if params is not None:
+        # the `backend` fixture's, or a module's own hub fixture parametrised by backend name
+        named = [v for k, v in params.params.items() if k == "backend" or v in BACKENDS]
+        if named:
+            return named[0]
+    marker = item.get_closest_marker("backends")
+    if marker is not None and len(marker.args) == 1:
+        return marker.args[0]
+    return "sim" if item.get_closest_marker("hub") else None
+
+
+def _spawner_of(item: pytest.Item) -> str | None:
+    params = getattr(item, "callspec", None)
+    if params is not None and "spawner_class" in params.params:
+        return params.params["spawner_class"]
+    if params is not None and "stock" in params.params:  # a test that starts both kinds of hub
+        return "KubeSpawner" if params.params["stock"] else "GuardedKubeSpawner"
+    used = {
+        SPAWNER_OF_FIXTURE[f] for f in getattr(item, "fixturenames", ()) if f in SPAWNER_OF_FIXTURE
+    }
+    return used.pop() if len(used) == 1 else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # user_properties travel with the reports from xdist workers to the controller
+    for item in items:
+        for key, value in (("backend", _backend_of(item)), ("spawner", _spawner_of(item))):
+            if value is not None:
+                item.user_properties.append((key, value))
+
+
+_outcomes: dict[str, tuple[str, dict[str, str]]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    groups = {k: v for k, v in report.user_properties if k in ("backend", "spawner")}
+    if not groups:
+        return
+    if hasattr(report, "wasxfail"):
+        outcome = "xfailed" if report.skipped else "xpassed"
+    else:
+        outcome = report.outcome
+    previous = _outcomes.get(report.nodeid, ("", {}))[0]
+    # a test is failed if any phase failed, else what its call (or a skipping setup) said
+    if previous == "failed" or (report.when == "teardown" and outcome == "passed"):
+        return
+    _outcomes[report.nodeid] = (outcome, groups)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if not _outcomes:
+        return
+    counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for outcome, groups in _outcomes.values():
+        for key, value in groups.items():
+            counts[key, value][outcome] += 1
+    terminalreporter.section("outcomes per backend and spawner class")
+    for (key, value), counted in sorted(counts.items()):
+        shown = ["passed", "failed"] + sorted(set(counted) - {"passed", "failed"})
+        terminalreporter.write_line(
+            f"{key} {value}:  " + "  ".join(f"{counted[o]} {o}" for o in shown)
+        )

@@ -1,118 +1,33 @@
 """A real kube-apiserver on loopback: the control plane, the node agent, a hub on it.
 
 The control plane (etcd, kube-apiserver, kube-controller-manager, the node agent) is started
-once per test session (per xdist worker) by ``binderhub-guard control-plane``, from the binary
-that scripts/bootstrap-control-plane.sh builds and caches. Without that binary these tests skip
-outside CI, and fail under CI=true (tests/conftest.py): there the bootstrap builds it.
+once per test session (per xdist worker) by ``binderhub-guard control-plane`` (tests/backends.py),
+from the binary that scripts/bootstrap-control-plane.sh builds and caches. Without that binary
+these tests skip outside CI, and fail under CI=true (tests/conftest.py): there the bootstrap
+builds it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 import requests
-from artifacts import ARTIFACTS, keep_logs
-from tools import skip_missing_tool
-from waiting import eventually, read_line
+from artifacts import keep_logs
+from backends import Cluster, require_binary, start_command
+from waiting import eventually
 
-from binderhub_guard.lab.bench import lifeline
 from binderhub_guard.lab.bench.devhub import DevHub, stop_process_group
 from binderhub_guard.lab.controlplane import build
-from binderhub_guard.lab.controlplane.cluster import KubeClient
 from binderhub_guard.lab.controlplane.nodeagent import NODE_NAME
 
-pytestmark = pytest.mark.hub
-
-# a cold apiserver on a loaded machine: generous, as every wait in these tests
-READY_TIMEOUT = 180
-
-
-@dataclass
-class Cluster:
-    proc: subprocess.Popen
-    url: str
-    kubeconfig: Path
-    workdir: Path
-
-    def hub(self, **kwargs) -> DevHub:
-        return DevHub(backend="apiserver", kubeconfig=str(self.kubeconfig), **kwargs)
-
-    kube: KubeClient
-
-    def api(self, method: str, path: str, **kwargs) -> requests.Response:
-        """The Kubernetes API as the kubeconfig's admin user."""
-        return self.kube.request(method, path, **kwargs)
-
-
-def require_binary() -> Path:
-    binary = build.cached_binary()
-    if binary is None:
-        skip_missing_tool(
-            f"the control plane binary for Kubernetes {build.KUBERNETES_VERSION}",
-            "bash scripts/bootstrap-control-plane.sh builds it, about 10 min once",
-        )
-    return binary
-
-
-def start_command(kubeconfig: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
-    """``binderhub-guard control-plane`` as a child under a lifeline, once it said ready; its
-    own log (the node agent's) goes to WORKDIR.log."""
-    with open(workdir.parent / f"{workdir.name}.log", "ab") as log:
-        proc = lifeline.popen(
-            [sys.executable, "-m", "binderhub_guard.cli", "control-plane", "--no-build"]
-            + ["--kubeconfig", str(kubeconfig), "--workdir", str(workdir)],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            start_new_session=True,
-        )
-    try:
-        line = read_line(proc.stdout, timeout=READY_TIMEOUT, what="ready line from control-plane")
-    except BaseException:
-        stop_process_group(proc, timeout=60)
-        raise
-    assert line.startswith("ready https://127.0.0.1:"), line
-    return proc, line.split()[1]
-
-
-def keep_control_plane_logs(workdir: Path, name: str) -> None:
-    """The components' logs and the node agent's, in test-artifacts/ (read them first when a
-    test here fails on CI)."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    logs = [workdir.parent / f"{workdir.name}.log", *workdir.glob("*.log")]
-    for log in logs:
-        if log.exists():
-            suffix = "node-agent" if log.parent != workdir else log.stem
-            (ARTIFACTS / f"{name}-{suffix}.log").write_bytes(log.read_bytes())
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    require_binary()
-    base = tmp_path_factory.mktemp("control-plane")
-    kubeconfig = base / "kubeconfig"
-    proc, url = start_command(kubeconfig, base / "work")
-    try:
-        client = KubeClient(kubeconfig)
-        yield Cluster(proc, url, kubeconfig, base / "work", client)
-        client.close()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            stop_process_group(proc, timeout=5)
-            proc.stdout.close()
-            keep_control_plane_logs(base / "work", "test_control_plane")
+# the `cluster` fixture (tests/conftest.py) is the session's control plane, shared with the
+# other modules' apiserver hubs on this worker
+pytestmark = [pytest.mark.hub, pytest.mark.backends("apiserver")]
 
 
 def pod_named(cluster: Cluster, name: str, namespace: str = "default") -> dict | None:

@@ -1,9 +1,15 @@
-"""The 2018 leak replayed through a real hub on the simulator, on every exit path of a spawn.
+"""The 2018 leak replayed through a real hub, on every exit path of a spawn.
 
 The guarded hub runs the leaky code under GuardedKubeSpawner, so every spawn leaves a
 per-pod events reflector behind; each exit path must release it.  Counts come from the hub's
-heap (a probe: gc after a full collection) and from the simulator's open watches, not only
+heap (a probe: gc after a full collection) and from the cluster's open watches (the
+simulator's own count, or the apiserver's ``apiserver_longrunning_requests`` gauge), not only
 from the ledger.
+
+On both backends: the exits that need no fault (stop, user deletion, repeated spawns, hub
+shutdown) and stock's leak. On the simulator only: the exits that its faults make (a pod that
+fails, is rejected, never gets ready, or stays pending), which the node agent in front of the
+apiserver does not inject.
 """
 
 from __future__ import annotations
@@ -11,17 +17,20 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
 from artifacts import keep_logs
+from backends import cluster_for, hub_on
 from waiting import eventually
 
 from binderhub_guard.lab.bench.devhub import DevHub
 from binderhub_guard.lab.bench.probe import probe_config, read_probe
 
-pytestmark = pytest.mark.hub
+pytestmark = [pytest.mark.hub, pytest.mark.backends("sim", "apiserver")]
+# the simulator's faults make these exits; the node agent has none to make them with
+sim_faults_only = pytest.mark.backends("sim")
 
 SHARED_WATCHES = 2  # kubespawner's class-level pod and event reflectors
 
@@ -57,17 +66,20 @@ def workdir() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def leaky_hub() -> Iterator[DevHub]:
+def leaky_hub(request: pytest.FixtureRequest, backend: str) -> Iterator[DevHub]:
     workdir = tempfile.mkdtemp(prefix="leak-hub-")
+    cluster = cluster_for(request, backend)
     try:
-        with DevHub(leaky=True, workdir=workdir, extra_config=_settings(workdir)) as hub:
+        with hub_on(
+            backend, cluster, leaky=True, workdir=workdir, extra_config=_settings(workdir)
+        ) as hub:
             hub.client.create_users(
                 ["stopper", "failer", "rejected", "waiter", "canceller", "deleted", "watcher"]
                 + ["cycler"]
             )
             yield hub
     finally:
-        keep_logs(workdir, "leak-hub-guarded")
+        keep_logs(workdir, "leak-hub-guarded" + ("" if backend == "sim" else f"-{backend}"))
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -75,10 +87,37 @@ def probe(hub: DevHub) -> dict:
     return read_probe(hub.hub_pid, hub.workdir)
 
 
+def open_watches(hub: DevHub) -> int:
+    """Watches open in the cluster the hub uses: on the apiserver, those of pods and events in
+    one namespace (the hubs'; the node agent and the controllers watch cluster-wide), of every
+    hub on that control plane."""
+    if hub.backend == "sim":
+        return hub.sim_state()["watches"]["open"]
+    return apiserver_watches(hub.kube_request)
+
+
+def apiserver_watches(kube_request: Callable[..., requests.Response]) -> int:
+    metrics = kube_request("GET", "/metrics").text
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in metrics.splitlines()
+        if line.startswith("apiserver_longrunning_requests{")
+        and 'verb="WATCH"' in line
+        and 'group=""' in line
+        and 'scope="namespace"' in line
+        and ('resource="pods"' in line or 'resource="events"' in line)
+    )
+
+
+def pods_left(hub: DevHub) -> list:
+    if hub.backend == "sim":
+        return hub.sim_state()["pods"]
+    return hub.kube_request("GET", f"/api/v1/namespaces/{hub.namespace}/pods").json()["items"]
+
+
 def assert_all_released(hub: DevHub) -> None:
-    def simulator_clean() -> bool:
-        state = hub.sim_state()
-        return state["watches"]["open"] == SHARED_WATCHES and state["pods"] == []
+    def cluster_clean() -> bool:
+        return open_watches(hub) == SHARED_WATCHES and pods_left(hub) == []
 
     def hub_clean() -> bool:
         counts = probe(hub)
@@ -88,7 +127,10 @@ def assert_all_released(hub: DevHub) -> None:
             and counts["ledger"]["spawns_active"] == 0
         )
 
-    eventually(simulator_clean, what=lambda: f"simulator clean: {hub.sim_state()['watches']}")
+    eventually(
+        cluster_clean,
+        what=lambda: f"cluster clean: {open_watches(hub)} watches, pods {pods_left(hub)}",
+    )
     eventually(hub_clean, what=lambda: f"all released in the hub: {probe(hub)}")
 
 
@@ -114,22 +156,26 @@ def start_fails_under(hub: DevHub, fault: str, user: str) -> None:
         hub.set_faults(**{fault: False})
 
 
+@sim_faults_only
 def test_failed_start_releases_the_leak(leaky_hub: DevHub):
     start_fails_under(leaky_hub, "pods_fail", "failer")
     assert_all_released(leaky_hub)
 
 
+@sim_faults_only
 def test_start_of_a_pod_the_kubelet_rejected_leaves_no_pod(leaky_hub: DevHub):
     # poll() calls such a pod dead, so jupyterhub's clean-up after the timeout skips stop()
     start_fails_under(leaky_hub, "pods_rejected", "rejected")
     assert_all_released(leaky_hub)
 
 
+@sim_faults_only
 def test_start_timeout_releases_the_leak(leaky_hub: DevHub):
     start_fails_under(leaky_hub, "pods_never_ready", "waiter")
     assert_all_released(leaky_hub)
 
 
+@sim_faults_only
 def test_cancelled_start_releases_the_leak(leaky_hub: DevHub):
     orphans_before = probe(leaky_hub)["ledger"]["orphans_found"]
     # the pod stays pending for 10 minutes: only the stop can end this spawn
@@ -173,6 +219,7 @@ def test_stopped_spawners_are_not_kept_alive(leaky_hub: DevHub):
     )
 
 
+@sim_faults_only
 def test_progress_whose_client_closed_is_released_before_the_spawn_ends(leaky_hub: DevHub):
     # pending for 10 minutes: the spawn goes on until the test stops it
     leaky_hub.set_faults(pending_delay_seconds=600)
@@ -197,9 +244,11 @@ def test_progress_whose_client_closed_is_released_before_the_spawn_ends(leaky_hu
     assert_all_released(leaky_hub)
 
 
-def test_hub_shutdown_with_a_running_server_is_clean(workdir):
+def test_hub_shutdown_with_a_running_server_is_clean(request, backend, workdir):
     # a hub of its own: shutting down the module's hub would take it from the tests after this
-    with DevHub(leaky=True, workdir=workdir, extra_config=_settings(workdir)) as hub:
+    cluster = cluster_for(request, backend)
+    settings = _settings(workdir)
+    with hub_on(backend, cluster, leaky=True, workdir=workdir, extra_config=settings) as hub:
         hub.client.create_users(["stopper"])
         hub.client.start_server("stopper")
     log = hub.log_path.read_text(errors="replace")
@@ -210,10 +259,14 @@ def test_hub_shutdown_with_a_running_server_is_clean(workdir):
     assert "Unclosed connector" not in log
 
 
-def test_stock_base_leaks_one_watch_and_spawner_per_spawn(workdir):
+def test_stock_base_leaks_one_watch_and_spawner_per_spawn(request, backend, workdir):
     # the same hub as above but for the spawner: the leaky code on plain KubeSpawner
     stock_spawner = "\nc.JupyterHub.spawner_class = 'binderhub_guard.lab.leaky.LeakyKubeSpawner'\n"
-    with DevHub(workdir=workdir, extra_config=probe_config(workdir) + stock_spawner) as hub:
+    cluster = cluster_for(request, backend)
+    settings = probe_config(workdir) + stock_spawner
+    # other hubs on the same control plane (this module's) hold watches of their own
+    before = 0 if cluster is None else max(apiserver_watches(cluster.api) for _ in range(3))
+    with hub_on(backend, cluster, workdir=workdir, extra_config=settings) as hub:
         hub.client.create_users(["leaker"])
         cycles = 3
         for _ in range(cycles):
@@ -223,7 +276,9 @@ def test_stock_base_leaks_one_watch_and_spawner_per_spawn(workdir):
         assert counts["reflectors_watching"] == SHARED_WATCHES + cycles
         assert counts["spawners"] >= cycles  # each leaked reflector's parent pins its spawner
         eventually(
-            lambda: hub.sim_state()["watches"]["open"] == SHARED_WATCHES + cycles,
-            what=f"{SHARED_WATCHES + cycles} open watches in the simulator",
+            lambda: open_watches(hub) - before == SHARED_WATCHES + cycles,
+            what=lambda: (
+                f"{SHARED_WATCHES + cycles} open watches, not {open_watches(hub) - before}"
+            ),
         )
         assert requests.get(hub.api_url + "/", timeout=30).status_code == 200
