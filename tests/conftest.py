@@ -124,7 +124,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 # Outcomes per backend and per spawner class, for CI's log. A test's backend is its `backend`
 # parameter (or a parameter whose value names a backend, as test_faults_hub's `hub`), else its
-# module's single `backends` marker, else sim for a hub test; its spawner
+# module's `backends` marker (all of them, for a test that compares them), else sim for a hub
+# test; its spawner
 # class is its `spawner_class` parameter (or `stock`), else the one hub fixture it uses.
 SPAWNER_OF_FIXTURE = {"dev_hub": "GuardedKubeSpawner", "stock_hub": "KubeSpawner"}
 
@@ -137,8 +138,9 @@ def _backend_of(item: pytest.Item) -> str | None:
         if named:
             return named[0]
     marker = item.get_closest_marker("backends")
-    if marker is not None and len(marker.args) == 1:
-        return marker.args[0]
+    if marker is not None:
+        # several without a `backend` parameter: a test that compares them (test_fidelity)
+        return " and ".join(marker.args)
     return "sim" if item.get_closest_marker("hub") else None
 
 

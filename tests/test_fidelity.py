@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pytest
 from artifacts import ARTIFACTS
-from test_control_plane import READY_TIMEOUT, keep_control_plane_logs, require_binary
+from backends import READY_TIMEOUT, keep_control_plane_logs, require_binary
 from waiting import read_line
 
 from binderhub_guard.lab.bench import lifeline
 from binderhub_guard.lab.bench.devhub import stop_process_group
 from binderhub_guard.lab.controlplane import fidelity
 
-pytestmark = pytest.mark.hub
+# one control plane and one kubesim for the module, compared request by request
+pytestmark = [pytest.mark.hub, pytest.mark.backends("sim", "apiserver")]
 
 # kubesim's watch history: long enough for the sequences that run side by side, short enough
 # for `Backend.expire_history` to push it out quickly
