@@ -92,6 +92,10 @@ PROBE_TOKEN_ROLE = "replay-probe-token"
 # pool, and KubeSpawner its API thread pool (k8s_api_threadpool_workers), at 5 per CPU; 30 is
 # that for a 6-CPU hub node. Today's kubernetes_asyncio allows 100 (aiohttp's default).
 POOL_CAP = 30
+# The culler's flood: "a growing volume of stops" (the postmortem), from this many a second to
+# the final rate, linearly over the flood's window
+FLOOD_RATE = 100
+FLOOD_FINAL_RATE = 300
 # launches per user before the timeline (see prepare_hub)
 WARM_UP_ROUNDS = 2
 # users each visitor launches as, in turn (replay_load.Users): the warm-up's, so that the
@@ -329,6 +333,7 @@ class Replay:
     users: int
     flood_rate: float
     flood_token: str
+    flood_final_rate: float | None = None
     start_timeout: float = START_TIMEOUT_SECONDS
 
     @property
@@ -354,7 +359,13 @@ def run_hubs(hubs: dict[str, DevHub], replay: Replay) -> dict[str, dict[str, Any
 
     # the flood goes to the hub's own port, as a culler in the cluster reaches the hub
     floods = {
-        name: Flood(hub.hub_url, replay.flood_token, replay.flood_rate, timeline.flood)
+        name: Flood(
+            hub.hub_url,
+            replay.flood_token,
+            replay.flood_rate,
+            timeline.flood,
+            final_rate=replay.flood_final_rate,
+        )
         for name, hub in hubs.items()
     }
 
@@ -1113,7 +1124,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--users", type=int, default=12, help="visitors launching at once (default 12)"
     )
     parser.add_argument(
-        "--flood-rate", type=float, default=100, help="culler-bug stops per second (default 100)"
+        "--flood-rate",
+        type=float,
+        default=FLOOD_RATE,
+        help=f"culler-bug stops per second as the flood begins (default {FLOOD_RATE:g})",
+    )
+    parser.add_argument(
+        "--flood-final-rate",
+        type=float,
+        default=FLOOD_FINAL_RATE,
+        help="stops per second as it ends, growing linearly from --flood-rate"
+        f" (default {FLOOD_FINAL_RATE:g})",
     )
     parser.add_argument(
         "--pool-cap",
@@ -1134,9 +1155,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    if min(args.minutes, args.users, args.flood_rate, args.pool_cap) <= 0:
+    if min(args.minutes, args.users, args.flood_rate, args.flood_final_rate, args.pool_cap) <= 0:
         print(
-            "replay: --minutes, --users, --flood-rate and --pool-cap must be positive",
+            "replay: --minutes, --users, --flood-rate, --flood-final-rate and --pool-cap must be"
+            " positive",
             file=sys.stderr,
         )
         return 2
@@ -1145,7 +1167,9 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     timeline = Timeline.scaled(args.minutes, drops=args.watch_drops)
-    replay = Replay(timeline, args.users, args.flood_rate, secrets.token_hex(16))
+    replay = Replay(
+        timeline, args.users, args.flood_rate, secrets.token_hex(16), args.flood_final_rate
+    )
     hubs: dict[str, DevHub] = {}
     patches = ProxyPatches()
     patches.start()
@@ -1218,6 +1242,7 @@ def main(args: argparse.Namespace) -> int:
         "minutes": args.minutes,
         "users": args.users,
         "flood_rate": args.flood_rate,
+        "flood_final_rate": args.flood_final_rate,
         "pool_cap": args.pool_cap,
         "start_timeout": replay.start_timeout,
         "timeline": asdict(timeline),

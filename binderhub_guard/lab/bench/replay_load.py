@@ -409,20 +409,30 @@ class _PatchesHandler(BaseHTTPRequestHandler):
 
 
 class Flood:
-    """The 2018 culler bug: stops of servers that are not running, sent open-loop at `rate`
-    (requests leave on schedule whatever the hub does, as the culler's did), with the
+    """The 2018 culler bug: stops of servers that are not running, sent open-loop from `rate`
+    a second growing linearly to `final_rate` over the window (a growing volume of stops, as
+    the postmortem has it; requests leave on schedule whatever the hub does), with the
     flooding culler's service token, to the hub's own port as a culler in the cluster would,
     from a process of its own (in this one it would compete with the users and the probe for
     the GIL). Answers are counted per second of the timeline."""
 
-    def __init__(self, url: str, token: str, rate: float, window: tuple[float, float]) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        rate: float,
+        window: tuple[float, float],
+        final_rate: float | None = None,
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self.pipe, sender_end = context.Pipe()
+        final_rate = rate if final_rate is None else final_rate
         target, args = lifeline.target(
-            _send_flood, url, token, rate, window[1] - window[0], sender_end
+            _send_flood, url, token, (rate, final_rate), window[1] - window[0], sender_end
         )
         self.process = context.Process(target=target, args=args, daemon=True)
         self.rate = rate
+        self.final_rate = final_rate
         self.window = window
 
     def start(self, timeout: float = 60) -> None:
@@ -464,6 +474,7 @@ class Flood:
         other = sum(totals.values()) - answered - throttled
         return {
             "rate": self.rate,
+            "final_rate": self.final_rate,
             "window": self.window,
             "sent": seen["sent"],
             "answered": answered,
@@ -474,7 +485,9 @@ class Flood:
         }
 
 
-def _send_flood(url: str, token: str, rate: float, seconds: float, pipe: Any) -> None:
+def _send_flood(
+    url: str, token: str, rates: tuple[float, float], seconds: float, pipe: Any
+) -> None:
     # The replay stops this process itself; a Ctrl-C reaching the whole process group must
     # not print a traceback from here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -483,11 +496,11 @@ def _send_flood(url: str, token: str, rate: float, seconds: float, pipe: Any) ->
     urls = [f"{url}/hub/api/users/{user}/server" for user in flood_targets()]
     pipe.send("ready")
     start = pipe.recv()
-    pipe.send(asyncio.run(_flood_stops(urls, token, rate, start, start + seconds)))
+    pipe.send(asyncio.run(_flood_stops(urls, token, rates, start, start + seconds)))
 
 
 async def _flood_stops(
-    urls: list[str], token: str, rate: float, start: float, end: float
+    urls: list[str], token: str, rates: tuple[float, float], start: float, end: float
 ) -> dict[str, Any]:
     import aiohttp
 
@@ -502,5 +515,7 @@ async def _flood_stops(
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.sleep(max(0.0, start - time.time()))
-        sent = await stopflood.open_loop(rate, stop, lambda: time.time() < end)
+        sent = await stopflood.open_loop(
+            rates[0], stop, lambda: time.time() < end, final_rate=rates[1], ramp_seconds=end - start
+        )
     return {"sent": sent, "by_second": {s: dict(c) for s, c in by_second.items()}}
