@@ -586,7 +586,10 @@ class SampleRecorder(Every):
     def tick(self) -> None:
         from ...report.signals import Sample
 
-        body = self.hub.api("GET", "/guard").json()
+        reply = self.hub.api("GET", "/guard")
+        if reply.status_code != 200:
+            return  # a hub restarting answers an error: a missed sample
+        body = reply.json()
         process, watched = body["process"], body["objects"]["watched"]
         self.samples[process["sampled_at"]] = Sample(
             time=process["sampled_at"],
