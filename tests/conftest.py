@@ -7,8 +7,13 @@ Backends (tests/backends.py): hub tests run on the simulator (``sim``) unless th
 says otherwise, ``pytestmark = pytest.mark.backends("sim", "apiserver")``: then every test of
 it that uses the `backend` fixture (`dev_hub` and `stock_hub` do) runs once per backend, with
 the ids ``[sim]`` and ``[apiserver]``. The apiserver's control plane (`cluster`) is started
-once per session (per xdist worker), on first use. At the end, the run's outcomes are counted
-per backend and per spawner class (`pytest_terminal_summary`).
+once per session (per xdist worker), on first use, and every apiserver test of the worker uses
+it. At the end, the run's outcomes are counted per backend and per spawner class
+(`pytest_terminal_summary`).
+
+Workers get tests by group (``--dist loadgroup``, setup.cfg): a module's tests on one backend
+are one group (`work_group`), so that the sim half and the apiserver half of a module can run
+on two workers side by side, while a module-scoped hub is still started once.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from artifacts import keep_logs
 from backends import BACKENDS, Cluster, cluster_for, hub_on, running_cluster
 from tools import MISSING_TOOL, in_ci
+from xdist.scheduler import LoadScopeScheduling
 
 from binderhub_guard.lab.bench import lifeline
 from binderhub_guard.lab.bench.devhub import DevHub
@@ -162,6 +169,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for key, value in (("backend", _backend_of(item)), ("spawner", _spawner_of(item))):
             if value is not None:
                 item.user_properties.append((key, value))
+
+
+def work_group(nodeid: str) -> str:
+    """A test's group for the workers: its module, and its backend if a parameter names one
+    (``tests/test_leak_hub.py::apiserver``). The scheduler sees node IDs only."""
+    module, _, rest = nodeid.partition("::")
+    params = rest.rpartition("[")[2].rstrip("]").split("-") if rest.endswith("]") else []
+    backends = [param for param in params if param in BACKENDS]
+    return f"{module}::{backends[0]}" if backends else module
+
+
+class ModuleBackendScheduling(LoadScopeScheduling):
+    """xdist's scheduling by scope, a scope being a `work_group`: a worker runs one group's
+    tests one after the other, so a module-scoped hub is started once per group, as it was
+    once per module by ``--dist loadfile``."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return work_group(nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LoadScopeScheduling | None:
+    # --dist loadgroup (setup.cfg), by our groups: xdist's own, by `xdist_group` marker, puts
+    # the group in the node ID, which pytest 9 no longer lets a plugin change
+    if config.getvalue("dist") == "loadgroup":
+        return ModuleBackendScheduling(config, log)
+    return None
 
 
 _outcomes: dict[str, tuple[str, dict[str, str]]] = {}

@@ -1,18 +1,15 @@
 """The fault proxy in front of a real kube-apiserver: untouched passthrough, each knob.
 
-One ``binderhub-guard control-plane --fault-proxy`` for the module. Every passthrough test asks
-the same thing of the apiserver directly (the control plane's admin kubeconfig) and through the
-proxy (the kubeconfig it writes) and compares the answers. The apiserver runs with its watch
-cache off and etcd compacted every 2 s, so that a watch from an old resourceVersion gets the
-real 410 to compare the proxy's with.
+The worker's ``binderhub-guard control-plane --fault-proxy`` (the `cluster` fixture, shared
+with the other apiserver tests). Every passthrough test asks the same thing of the apiserver
+directly (the control plane's admin kubeconfig) and through the proxy (the kubeconfig it
+writes) and compares the answers. The apiserver does not cache configmaps, which these tests
+use, so that a watch from a resourceVersion that etcd compacted (`Cluster.compact_etcd`) gets
+the real 410 to compare the proxy's with.
 """
 
 from __future__ import annotations
 
-import base64
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,18 +20,13 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from artifacts import ARTIFACTS
-from tools import skip_missing_tool
-from waiting import eventually, read_line
+from backends import Cluster
+from waiting import eventually
 
-from binderhub_guard.lab.bench import lifeline
-from binderhub_guard.lab.bench.devhub import stop_process_group
-from binderhub_guard.lab.controlplane import build
 from binderhub_guard.lab.controlplane.cluster import KubeClient
 
 pytestmark = pytest.mark.hub
 
-READY_TIMEOUT = 180
 # the headers that differ between any two answers of the apiserver; the proxy adds Server
 PER_ANSWER_HEADERS = {"Date", "Audit-Id", "Server"}
 
@@ -57,68 +49,23 @@ class Plane:
 
 
 @pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
-    if build.cached_binary() is None:
-        skip_missing_tool(
-            f"the control plane binary for Kubernetes {build.KUBERNETES_VERSION}",
-            "bash scripts/bootstrap-control-plane.sh builds it, about 10 min once",
-        )
-    base = tmp_path_factory.mktemp("faultproxy")
-    kubeconfig, workdir = base / "kubeconfig", base / "work"
-    with open(base / "control-plane.log", "ab") as log:
-        proc = lifeline.popen(
-            [sys.executable, "-m", "binderhub_guard.cli", "control-plane", "--no-build"]
-            + ["--kubeconfig", str(kubeconfig), "--workdir", str(workdir), "--fault-proxy"]
-            + ["--apiserver-arg=--watch-cache=false"]
-            + ["--apiserver-arg=--etcd-compaction-interval=2s"],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            start_new_session=True,
-        )
+def plane(cluster: Cluster) -> Iterator[Plane]:
+    proxied = KubeClient(cluster.proxy_kubeconfig)
     try:
-        line = read_line(proc.stdout, timeout=READY_TIMEOUT, what="ready line from control-plane")
-        assert line.startswith("ready https://127.0.0.1:") and " apiserver=" in line, line
-        proxy_url = line.split()[1]
-        proxy_ca = base / "proxy-ca.pem"
-        cluster = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]
-        assert cluster["server"] == proxy_url
-        proxy_ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
-        direct = KubeClient(workdir / "admin.kubeconfig")
-        proxied = KubeClient(kubeconfig)
-        yield Plane(direct, proxied, proxy_url, proxy_ca)
-        direct.close()
-        proxied.close()
+        assert proxied.server == cluster.proxy_url
+        yield Plane(cluster.kube, proxied, cluster.proxy_url, cluster.proxy_ca)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        finally:
-            stop_process_group(proc, timeout=5)
-            proc.stdout.close()
-            ARTIFACTS.mkdir(exist_ok=True)
-            (ARTIFACTS / "test_faultproxy-control-plane.log").write_bytes(
-                (base / "control-plane.log").read_bytes()
-            )
+        proxied.close()
 
 
 @pytest.fixture
-def namespace(plane: Plane) -> Iterator[str]:
+def namespace(plane: Plane, cluster: Cluster) -> Iterator[str]:
     name = f"fp-{uuid.uuid4().hex[:8]}"
     body = {"metadata": {"name": name}}
     assert plane.direct.request("POST", "/api/v1/namespaces", json=body).status_code == 201
-    yield name
-    plane.faults(
-        error_rate_500=0.0,
-        error_rate_429=0.0,
-        latency_seconds=0.0,
-        watch_drop_after_events=None,
-        watch_drop_after_seconds=None,
-        delete_response_invalid=False,
-        pods_rejected=False,
-        pods_never_ready=False,
-        pods_fail=False,
-    )
+    # the knobs are the worker's, which the tests after this one use too
+    with cluster.faults_undone():
+        yield name
     plane.direct.request("DELETE", f"/api/v1/namespaces/{name}")
 
 
@@ -136,12 +83,12 @@ def same_answer(plane: Plane, method: str, path: str, **kwargs) -> requests.Resp
     return proxied
 
 
-def configmaps(plane: Plane, namespace: str, count: int) -> str:
+def configmaps(plane: Plane, namespace: str, count: int, prefix: str = "cm") -> str:
     """`count` new ConfigMaps; the resourceVersion from just before them."""
     path = f"/api/v1/namespaces/{namespace}/configmaps"
     version = plane.direct.request("GET", path).json()["metadata"]["resourceVersion"]
     for i in range(count):
-        body = {"metadata": {"name": f"cm{i}"}, "data": {"i": str(i)}}
+        body = {"metadata": {"name": f"{prefix}{i}"}, "data": {"i": str(i)}}
         assert plane.direct.request("POST", path, json=body).status_code == 201
     return version
 
@@ -179,7 +126,7 @@ def test_a_watch_streams_the_apiservers_events_unchanged(plane: Plane, namespace
     def watch(client: KubeClient, name: str) -> None:
         answers[name] = client.request("GET", path, timeout=30)
 
-    # side by side: the version must not be compacted (every 2 s) before both watches start
+    # side by side: the version must not be compacted before both watches start
     threads = [
         threading.Thread(target=watch, args=(plane.direct, "direct")),
         threading.Thread(target=watch, args=(plane.proxied, "proxied")),
@@ -196,20 +143,27 @@ def test_a_watch_streams_the_apiservers_events_unchanged(plane: Plane, namespace
     assert [yaml.safe_load(line)["type"] for line in events] == ["ADDED"] * 3
 
 
-def test_the_proxys_410_is_the_apiservers_for_a_compacted_version(plane: Plane, namespace: str):
+def test_the_proxys_410_is_the_apiservers_for_a_compacted_version(
+    plane: Plane, cluster: Cluster, namespace: str
+):
     path = f"/api/v1/namespaces/{namespace}/configmaps?watch=true&timeoutSeconds=1"
-    # the apiserver's own, once etcd compacted its first revisions
+    # a version etcd has compacted, and the proxy has not (its own compaction, by an earlier
+    # test on this control plane, was at an older one): a watch from it starts at the next
+    # revision, which must be older than the compaction's too
+    old = configmaps(plane, namespace, 2, prefix="compacted")
+    cluster.compact_etcd()
+    # the apiserver's own
     real = eventually(
         lambda: (
-            (r := plane.direct.request("GET", path + "&resourceVersion=1"))
+            (r := plane.direct.request("GET", f"{path}&resourceVersion={old}"))
             and b'"code":410' in r.content
             and r
         ),
-        what="a 410 from the apiserver for resourceVersion 1",
+        what=f"a 410 from the apiserver for resourceVersion {old}",
     )
     # passed through as it is, and counted as the 410 it means
     before = plane.sim("GET", "/_sim/state").json()["requests"].get("watch configmaps 410", 0)
-    passed = plane.proxied.request("GET", path + "&resourceVersion=1")
+    passed = plane.proxied.request("GET", f"{path}&resourceVersion={old}")
     assert (passed.status_code, passed.content) == (real.status_code, real.content)
     after = plane.sim("GET", "/_sim/state").json()["requests"]["watch configmaps 410"]
     assert after == before + 1

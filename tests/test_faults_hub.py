@@ -21,12 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from artifacts import ARTIFACTS, keep_logs
-from tools import skip_missing_tool
+from artifacts import keep_logs
+from backends import cluster_for, hub_on
 from waiting import DEADLINE, eventually
 
 from binderhub_guard.lab.bench.devhub import BACKENDS, DevHub
-from binderhub_guard.lab.controlplane import build
 
 pytestmark = pytest.mark.hub
 
@@ -49,28 +48,35 @@ c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0, "slow_stop_timeout": 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def hub(request: pytest.FixtureRequest) -> Iterator[DevHub]:
+    """The module's hub: on its own simulator, or in a namespace of the worker's control plane
+    (the `cluster` fixture; its logs, the node agent's and the proxy's among them, are kept
+    as test-artifacts/control-plane-WORKER-*) behind its fault proxy."""
     backend = request.param
-    if backend == "apiserver" and build.cached_binary() is None:
-        skip_missing_tool(
-            f"the control plane binary for Kubernetes {build.KUBERNETES_VERSION}",
-            "bash scripts/bootstrap-control-plane.sh builds it, about 10 min once",
-        )
     workdir = Path(tempfile.mkdtemp(prefix=f"faults-hub-{backend}-"))
     try:
-        with DevHub(backend=backend, workdir=str(workdir), extra_config=SETTINGS) as hub:
+        with hub_on(
+            backend,
+            cluster_for(request, backend),
+            faults=True,
+            workdir=str(workdir),
+            extra_config=SETTINGS,
+        ) as hub:
             hub.client.create_users(
                 ["halting", "invalid", "dropped"] + [f"burst{i}" for i in range(6)]
             )
             yield hub
     finally:
-        name = f"faults-hub-guarded-{backend}"
-        keep_logs(workdir, name)
-        if (workdir / "control-plane.log").exists():  # the node agent's and the proxy's
-            ARTIFACTS.mkdir(exist_ok=True)
-            (ARTIFACTS / f"{name}-control-plane.log").write_bytes(
-                (workdir / "control-plane.log").read_bytes()
-            )
+        keep_logs(workdir, f"faults-hub-guarded-{backend}")
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def faults_undone(hub: DevHub) -> Iterator[None]:
+    """Each test's fault knobs undone after it, whatever the test did: on the apiserver they
+    are the worker's fault proxy's, which the tests after this module's use too."""
+    knobs = hub.sim_request("GET", "/_sim/faults").json()
+    yield
+    hub.set_faults(**knobs)
 
 
 def sim_pods(hub: DevHub) -> set[str]:

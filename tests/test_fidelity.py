@@ -1,9 +1,11 @@
 """kubesim's fidelity to a real kube-apiserver: the same request sequences against both.
 
 `binderhub_guard.lab.controlplane.fidelity` holds the sequences, the normaliser and the
-comparer; here one simulator and one control plane (with its node agent) are started for the
-module, every sequence runs against both, and each test checks one sequence: no difference but
-those `fidelity.KNOWN_DIFFERENCES` names with a reason. The counts go to
+comparer; here one simulator is started for the module and the worker's control plane (with its
+node agent; the `cluster` fixture, whose apiserver runs with `fidelity.APISERVER_ARGS`) is
+used directly, not through its fault proxy. Every sequence runs against both, each in a
+namespace of its own, and each test checks one sequence: no difference but those
+`fidelity.KNOWN_DIFFERENCES` names with a reason. The counts go to
 test-artifacts/fidelity.json. Without the control plane binary these tests skip outside CI and
 fail under CI=true, as tests/test_control_plane.py's do.
 """
@@ -19,14 +21,14 @@ from pathlib import Path
 
 import pytest
 from artifacts import ARTIFACTS
-from backends import READY_TIMEOUT, keep_control_plane_logs, require_binary
+from backends import READY_TIMEOUT, Cluster
 from waiting import read_line
 
 from binderhub_guard.lab.bench import lifeline
 from binderhub_guard.lab.bench.devhub import stop_process_group
 from binderhub_guard.lab.controlplane import fidelity
 
-# one control plane and one kubesim for the module, compared request by request
+# the worker's control plane and one kubesim for the module, compared request by request
 pytestmark = [pytest.mark.hub, pytest.mark.backends("sim", "apiserver")]
 
 # kubesim's watch history: long enough for the sequences that run side by side, short enough
@@ -59,18 +61,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def comparison(tmp_path_factory: pytest.TempPathFactory) -> Iterator[fidelity.Comparison]:
-    require_binary()
+def comparison(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[fidelity.Comparison]:
     base = tmp_path_factory.mktemp("fidelity")
-    workdir = base / "work"
     cli = [sys.executable, "-m", "binderhub_guard.cli"]
-    plane_args = [f"--apiserver-arg={arg}" for arg in fidelity.APISERVER_ARGS]
-    # both start side by side: the simulator is ready long before the control plane
-    plane = _launch(
-        [*cli, "control-plane", "--no-build", "--kubeconfig", str(base / "apiserver")]
-        + ["--workdir", str(workdir), *plane_args],
-        base / "work.log",
-    )
     sim = _launch(
         [*cli, "kubesim", "--kubeconfig", str(base / "kubesim")]
         + ["--history-limit", str(HISTORY_LIMIT)],
@@ -79,10 +74,9 @@ def comparison(tmp_path_factory: pytest.TempPathFactory) -> Iterator[fidelity.Co
     backends: list[fidelity.Backend] = []
     try:
         _ready(sim, "kubesim")
-        _ready(plane, "control-plane")
         kubesim = fidelity.Backend("kubesim", base / "kubesim", history_limit=HISTORY_LIMIT)
         apiserver = fidelity.Backend(
-            "apiserver", base / "apiserver", etcd_url=fidelity.etcd_url_from(workdir)
+            "apiserver", cluster.kubeconfig, etcd_url=fidelity.etcd_url_from(cluster.workdir)
         )
         backends = [kubesim, apiserver]
         result = fidelity.run_all(kubesim, apiserver)
@@ -93,8 +87,6 @@ def comparison(tmp_path_factory: pytest.TempPathFactory) -> Iterator[fidelity.Co
         for backend in backends:
             backend.close()
         _stop(sim)
-        _stop(plane)
-        keep_control_plane_logs(workdir, "test_fidelity")
 
 
 @pytest.mark.parametrize("sequence", list(fidelity.SEQUENCES))

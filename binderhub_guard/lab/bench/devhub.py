@@ -271,8 +271,10 @@ class DevHub:
 
     backend: "sim" (the embedded simulator) or "apiserver" (a real control plane on loopback);
     with `kubeconfig`, the hub uses that cluster and starts no backend of its own (`backend`
-    then says what the kubeconfig points at). `sim_args` go to the simulator,
-    `apiserver_args` to kube-apiserver."""
+    then says what the kubeconfig points at). `fault_proxy`: that kubeconfig names a fault
+    proxy (``control-plane --fault-proxy``), maybe shared with other hubs: `set_faults` and
+    `sim_state` go to it, and `sim_state` lists only this hub's namespace's pods.
+    `sim_args` go to the simulator, `apiserver_args` to kube-apiserver."""
 
     def __init__(
         self,
@@ -281,6 +283,7 @@ class DevHub:
         stock: bool = False,
         leaky: bool = False,
         kubeconfig: str | None = None,
+        fault_proxy: bool = False,
         namespace: str = "default",
         port: int = 0,
         base_url: str = "/",
@@ -293,10 +296,13 @@ class DevHub:
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        if fault_proxy and not kubeconfig:
+            raise ValueError("fault_proxy says what a given kubeconfig names: give one")
         self.backend = backend
         self.stock = stock
         self.leaky = leaky
         self.kubeconfig = kubeconfig
+        self.fault_proxy = fault_proxy
         self.namespace = namespace
         self.port = port
         # JupyterHub.base_url, set through bind_url: setting base_url itself resets the port
@@ -358,6 +364,8 @@ class DevHub:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE")}
         if self.kubeconfig:
             kubeconfig = self.kubeconfig
+            if self.fault_proxy:
+                self._use_fault_proxy(kubeconfig)
         elif self.backend == "apiserver":
             kubeconfig = str(self.workdir / "kubeconfig")
             self._start_control_plane(kubeconfig, env)
@@ -481,6 +489,13 @@ class DevHub:
         self.sim_ca_path = self.workdir / "fault-proxy-ca.pem"
         self.sim_ca_path.write_bytes(kubeconfig_ca(kubeconfig))
 
+    def _use_fault_proxy(self, kubeconfig: str) -> None:
+        # the proxy is the kubeconfig's server, under the kubeconfig's CA
+        config = yaml.safe_load(Path(kubeconfig).read_text())
+        self.sim_url = config["clusters"][0]["cluster"]["server"]
+        self.sim_ca_path = self.workdir / "fault-proxy-ca.pem"
+        self.sim_ca_path.write_bytes(kubeconfig_ca(kubeconfig))
+
     def _wait_for_hub(self) -> None:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
@@ -575,8 +590,15 @@ class DevHub:
     def sim_state(self) -> dict:
         """The simulator's own view (pods, open watches, requests), not the hub's opinion;
         on the apiserver backend, the fault proxy's (the apiserver's pods, the hub's watches
-        and requests through the proxy; only those keys)."""
-        return self.sim_request("GET", "/_sim/state").json()
+        and requests through the proxy; only those keys). On a proxy given with the
+        kubeconfig (`fault_proxy`), only the pods of this hub's namespace: the others are other
+        hubs' on the same control plane."""
+        state = self.sim_request("GET", "/_sim/state").json()
+        if self.fault_proxy:
+            state["pods"] = [
+                pod for pod in state["pods"] if pod["metadata"]["namespace"] == self.namespace
+            ]
+        return state
 
     def set_faults(self, **faults: Any) -> dict:
         return self.sim_request("PATCH", "/_sim/faults", json=faults).json()
