@@ -25,7 +25,7 @@ from waiting import eventually
 
 from binderhub_guard.lab.controlplane.cluster import KubeClient
 
-pytestmark = pytest.mark.hub
+pytestmark = [pytest.mark.hub, pytest.mark.backends("apiserver")]
 
 # the headers that differ between any two answers of the apiserver; the proxy adds Server
 PER_ANSWER_HEADERS = {"Date", "Audit-Id", "Server"}

@@ -94,7 +94,7 @@ c.KubeSpawner.profile_list = [
 """
 
 # (backend, test) -> {spawner class: outcome}, filled as the tests run (one xdist worker runs
-# the whole module: --dist loadfile)
+# a backend's half of the module: tests/conftest.py's work_group)
 OUTCOMES: dict[tuple[str, str], dict[str, dict]] = {}
 
 
