@@ -46,6 +46,7 @@ from binderhub_guard.lab.kubesim.kubelet import (
     notebook_port,
     pod_event,
     service_prefix,
+    started_status,
 )
 from binderhub_guard.lab.kubesim.store import now_iso
 
@@ -311,42 +312,10 @@ class NodeAgent:
         for container in containers:
             await self._event(pod, "Created", f"Created container {container['name']}")
             await self._event(pod, "Started", f"Started container {container['name']}")
-        now = now_iso()
-        addresses = {
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
-            "hostIP": HOST_IP,
-            "hostIPs": [{"ip": HOST_IP}],
-            "startTime": now,
-        }
         if self.faults.pods_fail:
             await self._close_responder(meta["uid"])
-            exited = {
-                "terminated": {
-                    "exitCode": 1,
-                    "reason": "Error",
-                    "startedAt": now,
-                    "finishedAt": now_iso(),
-                }
-            }
-            statuses = [_container_status(c, exited, ready=False) for c in containers]
-            await self._patch_status(
-                pod, {"phase": "Failed", "containerStatuses": statuses, **addresses}
-            )
-            return
-        running = {"running": {"startedAt": now}}
-        statuses = [_container_status(c, running, ready=True) for c in containers]
         await self._patch_status(
-            pod,
-            {
-                "phase": "Running",
-                "conditions": [
-                    _condition(kind, now)
-                    for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
-                ],
-                "containerStatuses": statuses,
-                **addresses,
-            },
+            pod, started_status(containers, ip, HOST_IP, self.faults.pods_fail)
         )
 
     async def _bind_responder(self, pod: dict[str, Any]) -> str | None:

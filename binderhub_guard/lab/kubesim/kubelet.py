@@ -250,42 +250,9 @@ class Kubelet:
         for container in containers:
             self._event(pod, "Created", f"Created container {container['name']}")
             self._event(pod, "Started", f"Started container {container['name']}")
-        now = now_iso()
-        addresses = {
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
-            "hostIP": self.host_ip,
-            "hostIPs": [{"ip": self.host_ip}],
-            "startTime": now,
-        }
         if self.faults.pods_fail:
             await self._close_responder(meta["uid"])
-            exited = {
-                "terminated": {
-                    "exitCode": 1,
-                    "reason": "Error",
-                    "startedAt": now,
-                    "finishedAt": now_iso(),
-                }
-            }
-            statuses = [_container_status(c, exited, ready=False) for c in containers]
-            self._set_status(pod, {"phase": "Failed", "containerStatuses": statuses, **addresses})
-            return
-        running = {"running": {"startedAt": now}}
-        statuses = [_container_status(c, running, ready=True) for c in containers]
-        conditions = [
-            _condition(kind, now)
-            for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
-        ]
-        self._set_status(
-            pod,
-            {
-                "phase": "Running",
-                "conditions": conditions,
-                "containerStatuses": statuses,
-                **addresses,
-            },
-        )
+        self._set_status(pod, started_status(containers, ip, self.host_ip, self.faults.pods_fail))
 
     async def _bind_responder(self, pod: dict[str, Any]) -> str | None:
         """Bind the pod's responder on a fresh IP; None (pod marked Failed) if impossible."""
@@ -364,6 +331,38 @@ class Kubelet:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(self._close_responder(uid) for uid in list(self._responders)))
+
+
+def started_status(
+    containers: list[dict[str, Any]], ip: str, host_ip: str, failed: bool
+) -> dict[str, Any]:
+    """The status a kubelet writes once a pod's containers started: Running and Ready, or (a
+    container that exits at once with code 1) Failed; with its addresses either way. For the
+    simulator's kubelet and the control plane's node agent."""
+    now = now_iso()
+    addresses = {
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "hostIP": host_ip,
+        "hostIPs": [{"ip": host_ip}],
+        "startTime": now,
+    }
+    if failed:
+        exited = {
+            "terminated": {"exitCode": 1, "reason": "Error", "startedAt": now, "finishedAt": now}
+        }
+        statuses = [_container_status(c, exited, ready=False) for c in containers]
+        return {"phase": "Failed", "containerStatuses": statuses, **addresses}
+    running = {"running": {"startedAt": now}}
+    return {
+        "phase": "Running",
+        "conditions": [
+            _condition(kind, now)
+            for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+        ],
+        "containerStatuses": [_container_status(c, running, ready=True) for c in containers],
+        **addresses,
+    }
 
 
 def _condition(kind: str, now: str) -> dict[str, Any]:
