@@ -98,10 +98,14 @@ FLOOD_RATE = 100
 FLOOD_FINAL_RATE = 300
 # launches per user before the timeline (see prepare_hub)
 WARM_UP_ROUNDS = 2
-# users each visitor launches as, in turn (replay_load.Users): the warm-up's, so that the
-# timeline's launches do no first-launch work (Binder makes a user per launch, but the hub's
-# first-launch work is not what 2018 was about)
-USERS_PER_VISITOR = WARM_UP_ROUNDS
+# users each visitor launches as, in turn (replay_load.Users): the warm-up's, then a new user
+# per launch, as on Binder. A name used again soon after meets idle-culler's stale list: the
+# culler lists the idle servers, then stops them one by one, seconds later on a busy hub, and a
+# stop from that list interrupts the same name's next launch (JupyterHub: "Interrupting
+# spawner ..., pending spawn"; the launch gets a 500). More than a visitor launches in a
+# timeline, so that no name comes round again.
+NEW_USERS_PER_VISITOR = 16
+USERS_PER_VISITOR = WARM_UP_ROUNDS + NEW_USERS_PER_VISITOR
 # A user's patience, and the spawner's start_timeout: KubeSpawner's 60 s, compressed 4x
 # (README: the compression). A launch not ready by then failed, as the user saw it.
 START_TIMEOUT_SECONDS = 15.0
