@@ -11,7 +11,9 @@ Three parts, each printing a table (or --json):
   GET /hub/api/guard?full=1, back to back, against blocks without them (interleaved, so drift
   on a shared machine hits both alike): heap scans and tracemalloc comparisons the hub made
   per ``expensive_view_interval``, and the p99 of a normal call (GET /hub/api/users/NAME)
-  meanwhile, with distribution-free 95% confidence intervals. Needs no stock hub.
+  meanwhile: each p99 with its distribution-free 95% confidence interval, and their ratio
+  with a 95% block-bootstrap interval (stats.bootstrap; a block is one second of normal
+  calls, so a stall that slowed several calls counts once). Needs no stock hub.
 - ``leak`` (real hubs on the simulator): spawn/stop cycles until a leak signal appears, for the
   2018 leaky spawner under GuardedKubeSpawner (ledger) and under plain KubeSpawner (object
   counts only), and ``--clean-cycles`` clean cycles counting any signal (false positives).
@@ -42,6 +44,7 @@ from . import lifeline
 from .devhub import ADMIN_USER, DevHub
 from .every import Every
 from .figures import cpu_seconds
+from .stats import bootstrap, quantile
 
 PARTS = ("stall", "latency", "concurrent", "leak")
 
@@ -52,11 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="stall: seconds per phase")
     parser.add_argument("--requests", type=int, default=50, help="latency: GETs from last sample")
     parser.add_argument("--callers", type=int, default=50, help="concurrent: ?full=1 callers")
+    view_interval = GuardReport.expensive_view_interval.default_value
     parser.add_argument(
-        "--view-interval", type=float, default=10.0, help="concurrent: expensive_view_interval"
+        "--view-interval",
+        type=float,
+        default=view_interval,
+        help=f"concurrent: expensive_view_interval (default {view_interval:g}, the hub's)",
     )
     parser.add_argument(
-        "--block-seconds", type=float, default=10.0, help="concurrent: seconds per block"
+        "--block-seconds",
+        type=float,
+        help="concurrent: seconds per block (default: --view-interval)",
     )
     parser.add_argument(
         "--blocks", type=int, default=3, help="concurrent: blocks with callers (as many without)"
@@ -103,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
                 args.objects,
                 args.callers,
                 args.view_interval,
-                args.block_seconds,
+                args.block_seconds or args.view_interval,
                 args.blocks,
                 args.config_token,
             )
@@ -347,7 +356,7 @@ def measure_concurrent(
             if time.monotonic() > deadline:
                 raise RuntimeError("the hub did not allocate its ballast within 60 s")
             time.sleep(1)
-        idle_off = probe_latencies(hub, token, block_seconds)
+        idle_off = flat(probe_latencies(hub, token, block_seconds))
         hub.api("POST", "/guard/tracemalloc", json={"enabled": True}).raise_for_status()
         try:
             idle, loaded, answered, failed = [], [], 0, 0
@@ -369,7 +378,13 @@ def measure_concurrent(
     compared = (
         views_after["tracemalloc"]["computations"] - views_before["tracemalloc"]["computations"]
     )
-    idle_p99, load_p99 = quantile_with_interval(idle, 0.99), quantile_with_interval(loaded, 0.99)
+    idle_p99 = quantile_with_interval(flat(idle), 0.99)
+    load_p99 = quantile_with_interval(flat(loaded), 0.99)
+    ratio = bootstrap(
+        {"idle": idle, "loaded": loaded},
+        lambda calls: {"ratio": quantile(calls["loaded"], 99) / quantile(calls["idle"], 99)},
+        blocks=True,
+    )["ratio"]
     return {
         "extra_objects": objects,
         "callers": callers,
@@ -390,13 +405,9 @@ def measure_concurrent(
         "p99_ms_tracemalloc_off_no_callers": _ms(quantile_with_interval(idle_off, 0.99)),
         "p99_ms_no_callers": _ms(idle_p99),
         "p99_ms_with_callers": _ms(load_p99),
-        # the ratio's interval from the two intervals' ends: conservative
-        "p99_ratio": [
-            round(load_p99[0] / idle_p99[0], 2),
-            round(load_p99[1] / idle_p99[2], 2),
-            round(load_p99[2] / idle_p99[1], 2),
-        ],
-        "normal_calls": {"no_callers": len(idle), "with_callers": len(loaded)},
+        # with callers / without, and its block-bootstrap 95% interval
+        "p99_ratio": [round(value, 2) for value in ratio],
+        "normal_calls": {"no_callers": len(flat(idle)), "with_callers": len(flat(loaded))},
         "load_average_1m": _load(),
     }
 
@@ -423,18 +434,25 @@ def admin_token(hub: DevHub) -> str:
         return reply.json()["token"]
 
 
-def probe_latencies(hub: DevHub, token: str, seconds: float) -> list[float]:
-    """Latencies of the normal call, one after another, for ``seconds``."""
-    times = []
+def probe_latencies(hub: DevHub, token: str, seconds: float) -> list[list[float]]:
+    """Latencies of the normal call, one after another, for ``seconds``: a list per second
+    (by when each call started)."""
+    seconds_ = []
     with requests.Session() as session:
         session.headers["Authorization"] = f"token {token}"
         url = f"{hub.api_url}/users/probe"
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        began = time.monotonic()
+        while (now := time.monotonic()) < began + seconds:
+            while len(seconds_) <= now - began:
+                seconds_.append([])
             started = time.perf_counter()
             session.get(url, timeout=600).raise_for_status()
-            times.append(time.perf_counter() - started)
-    return times
+            seconds_[-1].append(time.perf_counter() - started)
+    return [calls for calls in seconds_ if calls]
+
+
+def flat(blocks: list[list[float]]) -> list[float]:
+    return [value for block in blocks for value in block]
 
 
 class FullCallers:
