@@ -23,6 +23,11 @@ from .hubclient import HubClient
 FLOOD_USER_PREFIX = "gone-"
 # the 2018 culler stopped the same few servers again and again
 FLOOD_TARGETS = 20
+# The flood's stops in flight at once: open-loop up to here, so that a hub that answers fewer
+# than arrive falls behind as a hub under the culler's growing volume did (at 256, requests
+# waited in the sender instead, and the stock hub's answers stayed just under the probes'
+# 5 s); below the 1024 open files of a default ulimit.
+FLOOD_MAX_IN_FLIGHT = 768
 PROBE_USER = "admin"
 # per hub: a window of the timeline (11 s by default) gets about 280 calls, so that its p99
 # rests on a few calls rather than on the single slowest one; the probe adds to the load of
@@ -511,7 +516,7 @@ async def _flood_stops(
         status = await stopflood.stop_once(session, urls[i % len(urls)], headers)
         by_second.setdefault(int(time.time() - start), Counter())[status] += 1
 
-    connector = aiohttp.TCPConnector(limit=256)
+    connector = aiohttp.TCPConnector(limit=FLOOD_MAX_IN_FLIGHT)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.sleep(max(0.0, start - time.time()))
