@@ -12,7 +12,20 @@ bash scripts/bootstrap-control-plane.sh
 VENV=.venv-jh5 PINS="jupyterhub>=5,<6 jupyterhub-kubespawner>=7.0,<7.1" bash scripts/bootstrap.sh
 .venv/bin/ruff check binderhub_guard tests
 status=0
+# JupyterHub's own API tests with the guard in their hubs (PEER_RUNS= (empty) skips them), beside
+# ours: each run leaves the other CPU while it waits (on its timers, on a hub starting). In a
+# process group of their own, stopped with it on Ctrl-C or failure; their output after ours.
+peer=
+if [ "${PEER_RUNS-unset}" != "" ]; then
+  peer_log=$(mktemp)
+  setsid bash scripts/peer-jupyterhub-tests.sh > "$peer_log" 2>&1 &
+  peer=$!
+  trap 'kill -TERM -- "-$peer" 2>/dev/null; rm -f "$peer_log"' EXIT
+  trap 'exit 130' INT TERM
+fi
 .venv/bin/python -m pytest "$@" || status=$?
-# JupyterHub's own API tests with the guard in their hubs; PEER_RUNS= (empty) skips them
-[ "${PEER_RUNS-unset}" = "" ] || bash scripts/peer-jupyterhub-tests.sh || status=1
+if [ -n "$peer" ]; then
+  wait "$peer" || status=1
+  cat "$peer_log"
+fi
 exit $status
