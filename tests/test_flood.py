@@ -12,8 +12,8 @@ pytestmark = pytest.mark.hub
 
 
 def test_flood_prints_figures_for_the_floor_and_a_guarded_hub(capsys):
-    argv = ["flood", "--users", "20", "--rate", "100", "--seconds", "3", "--idle-seconds", "2"]
-    argv += ["--cpu-seconds", "2"]
+    argv = ["flood", "--users", "5", "--rate", "50", "--seconds", "2", "--idle-seconds", "1"]
+    argv += ["--cpu-seconds", "1"]
     args = build_parser("flood").parse_args([*argv, "--no-stock", "--json"])
     assert args.run(args) == 0
     bare, bare_as_hub, guarded = json.loads(capsys.readouterr().out)
