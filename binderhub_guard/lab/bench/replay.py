@@ -69,6 +69,7 @@ from .replay_load import (
     Prober,
     ProxyPatches,
     Users,
+    allow_flood_connections,
     flood_targets,
 )
 
@@ -1167,6 +1168,7 @@ def main(args: argparse.Namespace) -> int:
         )
         return 2
     started = time.monotonic()
+    allow_flood_connections()
     plot = _plotter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import itertools
 import multiprocessing
+import resource
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -24,10 +26,12 @@ FLOOD_USER_PREFIX = "gone-"
 # the 2018 culler stopped the same few servers again and again
 FLOOD_TARGETS = 20
 # The flood's stops in flight at once: open-loop up to here, so that a hub that answers fewer
-# than arrive falls behind as a hub under the culler's growing volume did (at 256, requests
-# waited in the sender instead, and the stock hub's answers stayed just under the probes'
-# 5 s); below the 1024 open files of a default ulimit.
-FLOOD_MAX_IN_FLIGHT = 768
+# than arrive falls behind as a hub under the culler's growing volume did. A hub answers a few
+# hundred a second at most, so that a cap of a few hundred held the stock hub's answers just
+# under the probes' 5 s on a quiet machine: the stops waited in the sender instead of at the
+# hub. Each is an open file in the sender and in the hub: see `allow_flood_connections`.
+FLOOD_MAX_IN_FLIGHT = 2000
+OPEN_FILES_WANTED = 4096
 PROBE_USER = "admin"
 # per hub: a window of the timeline (11 s by default) gets about 280 calls, so that its p99
 # rests on a few calls rather than on the single slowest one; the probe adds to the load of
@@ -411,6 +415,24 @@ class _PatchesHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+def allow_flood_connections() -> None:
+    """Raise this process's soft limit of open files to OPEN_FILES_WANTED, within its hard
+    limit, for the hubs and the flood's sender that it starts (they inherit it): a default
+    soft limit of 1024 is less than the flood's connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= OPEN_FILES_WANTED:
+        return
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(OPEN_FILES_WANTED, hard)
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    if wanted < OPEN_FILES_WANTED:
+        print(
+            f"replay: at most {wanted} open files (the hard limit): the flood's stops beyond"
+            " that fail in the sender",
+            file=sys.stderr,
+        )
 
 
 class Flood:
