@@ -9,6 +9,7 @@ from binderhub_guard.lab.bench.replay import (
     INCONCLUSIVE,
     NOT_HELD,
     SHARED_REFLECTORS,
+    _outage_from,
     format_verdicts,
     verdicts,
 )
@@ -235,3 +236,18 @@ def test_verdict_lines_fit_a_terminal_and_survive_json():
         assert max(len(line) for line in text.splitlines()) <= 100, text
         for verdict in found:
             assert f"{verdict['mode']}: {verdict['verdict']}" in text
+
+
+def test_an_outage_is_a_window_or_a_run_of_failed_launches_in_a_row():
+    def launches(*ready: bool) -> list[dict]:
+        return [{"started": float(t), "ready": r} for t, r in enumerate(ready)]
+
+    # each failed launch took the user's whole patience, so no window has three: three
+    # failures in a row, then the hub launching again, still showed the outage
+    assert _outage_from(launches(True, True, False, False, False, True, True)) == (2, 0)
+    # one ready in ten in a row is an outage too, from the first failure
+    run = launches(True, *[False] * 9, True, True)
+    assert _outage_from(run) == (1, 10)
+    # two failures in a row are not, nor failures spread between ready launches
+    assert _outage_from(launches(True, False, False, True, False, True, False)) is None
+    assert _outage_from(launches(True, True, True)) is None

@@ -838,7 +838,8 @@ def outage_verdict(runs: dict[str, dict[str, Any]], summary: dict[str, Any]) -> 
     """What an operator saw of the leak and the flood together: launch success by window, and
     the seconds in which the proxy answered and the hub did not.
 
-    Held: stock's launches fell to OUTAGE_SUCCESS_PCT or below in some window (the outage,
+    Held: stock's launches fell to OUTAGE_SUCCESS_PCT or below in some window of at least
+    MIN_OUTAGE_LAUNCHES launches, or in a run of that many launches in a row (the outage,
     shown), and the guarded hub's stayed at GUARDED_SUCCESS_PCT or above in every window. Did
     not hold: the guarded hub's fell as low as an outage and stock's did not. Inconclusive:
     stock showed no outage, the guarded hub fell between the two (a loaded machine can do
@@ -939,17 +940,24 @@ def _outage_window(
 
 
 def _outage_from(launches: list[dict[str, Any]]) -> tuple[float, float] | None:
-    """(t, success %) when no window shows it (a window's few launches): the earliest start
-    of a failed launch from which the launches, at least MIN_OUTAGE_LAUNCHES of them, became
-    ready OUTAGE_SUCCESS_PCT of the time or less."""
+    """(t, success %) when no window shows it (a window's few launches, as when each failed
+    launch took the user's whole patience): the start of the earliest failed launch that
+    begins a run of at least MIN_OUTAGE_LAUNCHES launches in a row (by start) of which
+    OUTAGE_SUCCESS_PCT or fewer became ready, and that run's success."""
     launches = sorted(launches, key=lambda x: x["started"])
     for i, launch in enumerate(launches):
-        tail = launches[i:]
-        if len(tail) < MIN_OUTAGE_LAUNCHES:
-            return None
-        pct = 100 * sum(x["ready"] for x in tail) / len(tail)
-        if not launch["ready"] and pct <= OUTAGE_SUCCESS_PCT:
-            return round(launch["started"]), round(pct)
+        if launch["ready"]:
+            continue
+        ready = 0
+        found = None
+        for n, later in enumerate(launches[i:], start=1):
+            ready += later["ready"]
+            if 100 * ready / n > OUTAGE_SUCCESS_PCT:
+                break
+            if n >= MIN_OUTAGE_LAUNCHES:
+                found = round(launch["started"]), round(100 * ready / n)
+        if found is not None:
+            return found
     return None
 
 
