@@ -26,6 +26,8 @@ fi
 .venv/bin/python -m pytest "$@" || status=$?
 if [ -n "$peer" ]; then
   wait "$peer" || status=1
+  # its group has ended: nothing left to stop (its number may be another's by now)
+  trap 'rm -f "$peer_log"' EXIT
   cat "$peer_log"
 fi
 exit $status
