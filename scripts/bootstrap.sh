@@ -12,13 +12,10 @@ read -r -a pins <<< "${PINS:-}"
 stamp="$venv/.bootstrap-$(cat pyproject.toml | sha1sum | cut -c1-12)-$(echo "${pins[*]:-}" | sha1sum | cut -c1-8)"
 if [ ! -e "$stamp" ]; then
   # uv installs the hundred-odd packages from its cache in seconds, where pip takes a minute
-  # per venv (the test command makes two); same resolution, same versions. Bytecode compiled
-  # here, as pip does: where PYTHONDONTWRITEBYTECODE is set (as on this project's machines),
-  # every hub, simulator and tool the tests start would otherwise compile jupyterhub and
-  # kubernetes_asyncio from source, twice the CPU of importing them
+  # per venv (the test command makes two); same resolution, same versions
   "$venv/bin/python" -m pip install --quiet uv
   UV_FIND_LINKS=${UV_FIND_LINKS:-${PIP_FIND_LINKS:-}} "$venv/bin/uv" pip install --quiet \
-    --native-tls --compile-bytecode --python "$venv/bin/python" -e ".[test,lab]" "${pins[@]}"
+    --native-tls --python "$venv/bin/python" -e ".[test,lab]" "${pins[@]}"
   touch "$stamp"
 fi
 

@@ -6,6 +6,12 @@
 # test also runs the built wheel on the oldest supported pair (.venv-jh5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The suite starts a hundred-odd Python processes (hubs, simulators, tools), each importing
+# jupyterhub and kubernetes_asyncio: with PYTHONDONTWRITEBYTECODE set (as on this project's
+# machines) each would compile them from source, twice the CPU of importing their bytecode,
+# which the first process now writes for the rest (only what is imported, unlike compiling
+# the whole venv at install)
+unset PYTHONDONTWRITEBYTECODE
 bash scripts/bootstrap.sh
 bash scripts/bootstrap-test-tools.sh
 bash scripts/bootstrap-control-plane.sh

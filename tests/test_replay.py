@@ -28,15 +28,19 @@ from binderhub_guard.lab.bench.replay_plot import DPI, SIZE_INCHES
 # the module's replay runs up to 400 s before its first test
 pytestmark = [pytest.mark.hub, pytest.mark.timeout(900)]
 
-# as short as still shows every direction: the flood and the fault windows are seconds long
+# as short as still shows every direction: the flood and the fault windows are seconds long;
+# half the visitors and a fifth of the flood of the main command still leak on stock, and
+# flood both hubs with more stops than the guard lets through
 MINUTES = 0.4
-USERS = 12
+USERS = 6
+FLOOD = ["--flood-rate", "20", "--flood-final-rate", "60"]
 
 
 def replay_command(out: Path, users: int = USERS) -> list[str]:
     return [sys.executable, "-m", "binderhub_guard.cli", "replay", "--minutes", str(MINUTES)] + [
         "--users",
         str(users),
+        *FLOOD,
         "--out",
         str(out),
     ]
