@@ -8,14 +8,15 @@ venv=${VENV:-.venv}
 python=${PYTHON:-python3}
 read -r -a pins <<< "${PINS:-}"
 
-[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+# without ensurepip's 5 s: uv comes from the outer pip, and installs pip with the rest
+[ -x "$venv/bin/python" ] || "$python" -m venv --without-pip "$venv"
 stamp="$venv/.bootstrap-$(cat pyproject.toml | sha1sum | cut -c1-12)-$(echo "${pins[*]:-}" | sha1sum | cut -c1-8)"
 if [ ! -e "$stamp" ]; then
   # uv installs the hundred-odd packages from its cache in seconds, where pip takes a minute
   # per venv (the test command makes two); same resolution, same versions
-  "$venv/bin/python" -m pip install --quiet uv
+  "$python" -m pip --python "$venv/bin/python" install --quiet uv
   UV_FIND_LINKS=${UV_FIND_LINKS:-${PIP_FIND_LINKS:-}} "$venv/bin/uv" pip install --quiet \
-    --native-tls --python "$venv/bin/python" -e ".[test,lab]" "${pins[@]}"
+    --native-tls --python "$venv/bin/python" -e ".[test,lab]" pip "${pins[@]}"
   touch "$stamp"
 fi
 
