@@ -1,9 +1,10 @@
 """The hub tests' two backends: the embedded simulator and a real control plane on loopback.
 
 ``sim``: each DevHub starts its own simulator. ``apiserver``: one control plane (etcd,
-kube-apiserver, kube-controller-manager, the node agent, the fault proxy) per test session (per
-xdist worker), started by ``binderhub-guard control-plane --fault-proxy`` from the binary that
-scripts/bootstrap-control-plane.sh builds and caches, for every apiserver test of the worker:
+kube-apiserver, kube-controller-manager, the node agent, the fault proxy) per test session, on
+the worker that runs all apiserver tests (tests/conftest.py `work_group`), started by
+``binderhub-guard control-plane --fault-proxy`` from the binary that
+scripts/bootstrap-control-plane.sh builds and caches, for every apiserver test:
 the hub tests, the fault proxy's, the fidelity test. Each hub on it gets a namespace of its
 own, so that hubs of different modules and classes never see each other's pods. Hubs talk to
 the apiserver directly, except those that ask for the fault proxy (`Cluster.hub`): its knobs

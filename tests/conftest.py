@@ -7,13 +7,12 @@ Backends (tests/backends.py): hub tests run on the simulator (``sim``) unless th
 says otherwise, ``pytestmark = pytest.mark.backends("sim", "apiserver")``: then every test of
 it that uses the `backend` fixture (`dev_hub` and `stock_hub` do) runs once per backend, with
 the ids ``[sim]`` and ``[apiserver]``. The apiserver's control plane (`cluster`) is started
-once per session (per xdist worker), on first use, and every apiserver test of the worker uses
-it. At the end, the run's outcomes are counted per backend and per spawner class
-(`pytest_terminal_summary`).
+once per session, on first use, by the one worker that runs every apiserver test. At the end,
+the run's outcomes are counted per backend and per spawner class (`pytest_terminal_summary`).
 
-Workers get tests by group (``--dist loadgroup``, setup.cfg): a module's tests on one backend
-are one group (`work_group`), so that the sim half and the apiserver half of a module can run
-on two workers side by side, while a module-scoped hub is still started once.
+Workers get tests by group (``--dist loadgroup``, setup.cfg; `work_group`): every test on the
+control plane is in one group, so that one worker starts it once; any other test's group is its
+module's tests on one backend, so that a module-scoped hub is still started once.
 """
 
 from __future__ import annotations
@@ -67,7 +66,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """The session's real control plane (one per xdist worker), started on first use."""
+    """The session's real control plane, started on first use (by the worker that runs the
+    control plane's group, `work_group`)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     base = tmp_path_factory.mktemp("control-plane")
     with running_cluster(base, f"control-plane-{worker}") as cluster:
@@ -164,6 +164,13 @@ def _spawner_of(item: pytest.Item) -> str | None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        # a test that asks for the control plane by name, outside its group, would start one
+        # more on its worker
+        if "cluster" in item.fixturenames and work_group(item.nodeid) != CONTROL_PLANE_GROUP:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses the control plane: add its module to CONTROL_PLANE_MODULES"
+            )
     # user_properties travel with the reports from xdist workers to the controller
     for item in items:
         for key, value in (("backend", _backend_of(item)), ("spawner", _spawner_of(item))):
@@ -171,12 +178,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.user_properties.append((key, value))
 
 
+# Modules whose tests use the session's control plane (the `cluster` fixture) with no backend
+# in their node IDs; pytest_collection_modifyitems checks that none is missing
+CONTROL_PLANE_MODULES = (
+    "tests/test_control_plane.py",
+    "tests/test_faultproxy.py",
+    "tests/test_fidelity.py",
+)
+CONTROL_PLANE_GROUP = "control plane"
+
+
 def work_group(nodeid: str) -> str:
-    """A test's group for the workers: its module, and its backend if a parameter names one
-    (``tests/test_leak_hub.py::apiserver``). The scheduler sees node IDs only."""
+    """A test's group for the workers: every test on the real control plane is in one
+    (`CONTROL_PLANE_GROUP`), so that one worker starts it, once, rather than each worker its
+    own; any other test's group is its module, and its backend if a parameter names one
+    (``tests/test_leak_hub.py::sim``). The scheduler sees node IDs only."""
     module, _, rest = nodeid.partition("::")
     params = rest.rpartition("[")[2].rstrip("]").split("-") if rest.endswith("]") else []
     backends = [param for param in params if param in BACKENDS]
+    if module in CONTROL_PLANE_MODULES or "apiserver" in backends:
+        return CONTROL_PLANE_GROUP
     return f"{module}::{backends[0]}" if backends else module
 
 
