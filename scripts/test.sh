@@ -25,12 +25,13 @@ trap - EXIT
 .venv/bin/ruff check binderhub_guard tests
 status=0
 # JupyterHub's own API tests with the guard in their hubs (PEER_RUNS= (empty) skips them), beside
-# ours: each run leaves the other CPU while it waits (on its timers, on a hub starting). In a
-# process group of their own, stopped with it on Ctrl-C or failure; their output after ours.
+# ours, at a lower priority (nice 5): they finish well before ours, on the CPU our tests leave
+# while they wait (on timers, on hubs starting), rather than slowing them. In a process group of
+# their own, stopped with it on Ctrl-C or failure; their output after ours.
 peer=
 if [ "${PEER_RUNS-unset}" != "" ]; then
   peer_log=$(mktemp)
-  setsid bash scripts/peer-jupyterhub-tests.sh > "$peer_log" 2>&1 &
+  setsid nice -n 5 bash scripts/peer-jupyterhub-tests.sh > "$peer_log" 2>&1 &
   peer=$!
   trap 'kill -TERM -- "-$peer" 2>/dev/null; rm -f "$peer_log"' EXIT
   trap 'exit 130' INT TERM

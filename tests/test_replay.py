@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.hub, pytest.mark.timeout(900)]
 # as short as still shows every direction: the flood and the fault windows are seconds long;
 # half the visitors and a fifth of the flood of the main command still leak on stock, and
 # flood both hubs with more stops than the guard lets through
-MINUTES = 0.4
+MINUTES = 0.3
 USERS = 6
 FLOOD = ["--flood-rate", "20", "--flood-final-rate", "60"]
 
