@@ -20,18 +20,22 @@ trap 'kill "$oldest" 2>/dev/null' EXIT
 bash scripts/bootstrap.sh
 bash scripts/bootstrap-test-tools.sh
 bash scripts/bootstrap-control-plane.sh
+# the bytecode of what every test process imports, written once here rather than by the
+# workers and the peer run at the same moment
+.venv/bin/python -c 'import jupyterhub.app, kubespawner, pytest, xdist'
 wait "$oldest"
 trap - EXIT
 .venv/bin/ruff check binderhub_guard tests
 status=0
 # JupyterHub's own API tests with the guard in their hubs (PEER_RUNS= (empty) skips them), beside
-# ours, at a lower priority (nice 5): they finish well before ours, on the CPU our tests leave
-# while they wait (on timers, on hubs starting), rather than slowing them. In a process group of
-# their own, stopped with it on Ctrl-C or failure; their output after ours.
+# ours: each run leaves the other CPU while it waits (on its timers, on a hub starting). Not at a
+# lower priority: starved, JupyterHub's test_start_stop_race lost its race (its spawn reached
+# Spawner.start after the test had mocked it). In a process group of their own, stopped with it
+# on Ctrl-C or failure; their output after ours.
 peer=
 if [ "${PEER_RUNS-unset}" != "" ]; then
   peer_log=$(mktemp)
-  setsid nice -n 5 bash scripts/peer-jupyterhub-tests.sh > "$peer_log" 2>&1 &
+  setsid bash scripts/peer-jupyterhub-tests.sh > "$peer_log" 2>&1 &
   peer=$!
   trap 'kill -TERM -- "-$peer" 2>/dev/null; rm -f "$peer_log"' EXIT
   trap 'exit 130' INT TERM
