@@ -769,7 +769,14 @@ def status_subresource(run: Run) -> None:
     run.call("status of missing", "GET", f"{run.ns}/persistentvolumeclaims/missing/status")
     run.running_pod("status")
     run.record("pod status", 200, pod_summary(run.get(f"{run.ns}/pods/status/status") or {}))
-    run.call("delete pod", "DELETE", f"{run.ns}/pods/status", json={"gracePeriodSeconds": 0})
+    # the node agent deletes a pod it runs as soon as it sees the pod go (as a kubelet does): the
+    # apiserver then answers this delete with the last state it read, with or without its
+    # resourceVersion (one CI run in twelve); the status and the object's name are what hold
+    status, body = run.backend.json(
+        "DELETE", f"{run.ns}/pods/status", json={"gracePeriodSeconds": 0}
+    )
+    name = (body.get("metadata") or {}).get("name")
+    run.record("delete pod", status, {"kind": body.get("kind"), "name": name})
 
 
 def merge_patch(run: Run) -> None:
