@@ -18,6 +18,7 @@ from waiting import read_line
 
 from binderhub_guard.lab.bench import lifeline
 from binderhub_guard.lab.bench.devhub import DevHub, DevHubError, ensure_port_free
+from binderhub_guard.lab.ports import free_port
 
 pytestmark = pytest.mark.hub
 
@@ -49,9 +50,7 @@ def _listening(port: int) -> bool:
 
 
 def test_dev_hub_command_prints_ready_and_sigterm_stops_everything(tmp_path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     command = lifeline.popen(
         [sys.executable, "-m", "binderhub_guard.cli", "dev-hub", "--hub-port", str(port)]
         + ["--api-token", "secret-token"],

@@ -20,8 +20,8 @@ import requests
 from tools import skip_missing_tool
 from waiting import read_line
 
-from binderhub_guard.lab.bench.devhub import free_port
 from binderhub_guard.lab.bench.hubclient import HubClient
+from binderhub_guard.lab.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = {

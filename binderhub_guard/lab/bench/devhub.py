@@ -52,6 +52,7 @@ import yaml
 import binderhub_guard
 from binderhub_guard.scopes import ADMIN_SCOPE, READ_SCOPE
 
+from ..ports import free_ports
 from . import lifeline
 from .hubclient import HubClient
 
@@ -82,23 +83,6 @@ STOP_GRACE_SECONDS = 30
 # after Ctrl-C or SIGTERM, on the simulator: nothing of the hub outlives the simulator, so
 # there is nothing to wait for (a hub stuck behind a flood would take the full 30 s)
 INTERRUPTED_GRACE_SECONDS = 3
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` different TCP ports on 127.0.0.1 that nothing listens on right now.
-
-    Picked with all their sockets bound at once: a port picked and released can be the
-    kernel's next pick too, and a hub given the same port twice fails to start."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    return free_ports(1)[0]
 
 
 def ensure_port_free(port: int, what: str) -> None:

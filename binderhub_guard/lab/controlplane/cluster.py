@@ -39,6 +39,7 @@ import yaml
 
 from binderhub_guard.lab.bench import lifeline
 from binderhub_guard.lab.kubesim.tls import server_certificate
+from binderhub_guard.lab.ports import free_ports
 
 from . import build
 
@@ -82,12 +83,6 @@ class KubeClient:
 
 class ControlPlaneError(RuntimeError):
     """The control plane could not start; the message says why."""
-
-
-def free_ports(count: int) -> list[int]:
-    from binderhub_guard.lab.bench.devhub import free_ports as pick
-
-    return pick(count)
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float) -> None:
