@@ -26,7 +26,7 @@ def test_a_port_another_process_picked_is_not_picked_until_that_process_ends(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     other = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from binderhub_guard.lab.ports import free_port;"
+        [sys.executable, "-c", "import sys; from binderhub_guard.lab.ports import free_port;"
          " print(free_port(), flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

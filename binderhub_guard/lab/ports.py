@@ -8,18 +8,18 @@ take it in between, and both did in loaded CI runs:
 - another test worker, picking at the same moment.
 
 So ports are picked outside the ephemeral range, where the kernel never hands them out, and
-each pick is reserved, for `RESERVED_SECONDS`, under an advisory lock that other processes'
-picks respect. A process's reservations end with it.
+each pick is reserved for `RESERVED_SECONDS` (10 min) under an advisory lock that other
+processes' picks respect. A process's reservations end with it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import random
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,39 +28,44 @@ EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 IANA_EPHEMERAL_RANGE = (49152, 65535)
 # below this are well-known and registered services' ports
 LOWEST_PORT = 10000
-# long enough for a hub on a loaded machine to launch its proxy and listen
-RESERVED_SECONDS = 120
+# long enough for a loaded machine to start what listens there (etcd, then the apiserver, each
+# allowed 60 s), and for a test to restart a hub on its port; there are 27,000 ports to spare
+RESERVED_SECONDS = 600
 MAX_ATTEMPTS = 1000
 
 _random = random.SystemRandom()
 # (when reserved, locked file descriptor), oldest first
 _reservations: list[tuple[float, int]] = []
+# a replay starts its hubs in threads side by side
+_reservations_lock = threading.Lock()
 
 
 def free_ports(count: int) -> list[int]:
     """`count` different TCP ports on 127.0.0.1 that nothing listens on and that no other
     pick of this or another process will return for `RESERVED_SECONDS`."""
-    _end_old_reservations()
-    candidates = _candidate_ranges()
-    picked: list[int] = []
-    # the picked ports stay bound until all are picked, so that one is not picked twice
-    with contextlib.ExitStack() as bound:
-        for _ in range(MAX_ATTEMPTS):
-            if len(picked) == count:
-                return picked
+    with _reservations_lock:
+        _end_old_reservations()
+        candidates = _candidate_ranges()
+        picked: list[int] = []
+        attempts = 0
+        while len(picked) < count:
+            if attempts == MAX_ATTEMPTS:
+                raise OSError(f"no {count} free ports on 127.0.0.1 in {MAX_ATTEMPTS} attempts")
+            attempts += 1
             port = _draw(candidates)
+            # locked before the listen check: a port is picked once, here or elsewhere
             lock = _reserve(port)
             if lock is None:
                 continue
-            sock = bound.enter_context(socket.socket())
             try:
-                sock.bind(("127.0.0.1", port))
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
             except OSError:
                 os.close(lock)
                 continue
             _reservations.append((time.monotonic(), lock))
             picked.append(port)
-    raise OSError(f"no {count} free ports on 127.0.0.1 in {MAX_ATTEMPTS} attempts")
+        return picked
 
 
 def free_port() -> int:
@@ -95,6 +100,8 @@ def _reserve(port: int) -> int | None:
     """A locked file descriptor that reserves `port`, or None if another pick holds it."""
     lock_dir = Path(tempfile.gettempdir()) / f"binderhub-guard-ports-{os.getuid()}"
     lock_dir.mkdir(mode=0o700, exist_ok=True)
+    if lock_dir.stat().st_uid != os.getuid():
+        raise OSError(f"{lock_dir} belongs to another user, who could block every pick")
     lock = os.open(lock_dir / str(port), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
