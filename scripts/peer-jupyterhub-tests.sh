@@ -32,7 +32,7 @@ for run in ${PEER_RUNS:-guard-reuse}; do
   echo "== jupyterhub's own tests, run $run"
   start=$SECONDS
   "$venv/bin/python" -m pytest -c tests/peer/pytest.ini --rootdir "$site" -p jupyterhub_peer \
-    "${flags[@]}" -n "${PEER_WORKERS:-2}" --dist loadfile -q -rfExX \
+    "${flags[@]}" -n "${PEER_WORKERS:-2}" --dist loadfile -q -rfExXR \
     --pyargs jupyterhub.tests.test_api jupyterhub.tests.test_named_servers "$@" || status=1
   echo "== run $run: $((SECONDS - start)) s"
 done

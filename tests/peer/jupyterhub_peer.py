@@ -20,7 +20,8 @@ culler or a browser would.
 Every run checks its outcomes against ``expected.DIFFERENCES``: each named difference becomes a
 strict xfail for the runs it belongs to, which must fail with the exception and message
 named, so an unexpected failure, a failure for another reason and a difference that has gone
-all fail the run.
+all fail the run. Each of ``expected.RACES`` that fails with its race's failure is run once
+more (pytest-rerunfailures), in every run; the summary lists it as rerun.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import os
 from pathlib import Path
 
 import pytest
-from expected import DIFFERENCES
+from expected import DIFFERENCES, RACES
 
 import binderhub_guard
 from binderhub_guard.lab.bench import lifeline
@@ -116,6 +117,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # first, so that a named test deselected by -k or -m still counts as found
     run = run_name(config)
     named = {d.test: d for d in DIFFERENCES if run in d.runs}
+    races = {race.test: race for race in RACES}
     found = set()
     for item in items:
         test = item.nodeid.rpartition("jupyterhub/tests/")[2]
@@ -129,11 +131,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     strict=True,
                 )
             )
+        race = races.get(test)
+        if race is not None:
+            found.add(test)
+            # pytest-rerunfailures: once, and only for the failure the race causes
+            item.add_marker(pytest.mark.flaky(reruns=1, only_rerun=[race.match]))
     files = {item.nodeid.rpartition("jupyterhub/tests/")[2].partition("::")[0] for item in items}
-    missing = sorted(t for t in named.keys() - found if t.partition("::")[0] in files)
+    unfound = (named.keys() | races.keys()) - found
+    missing = sorted(t for t in unfound if t.partition("::")[0] in files)
     if missing:
-        # a test renamed or removed upstream: its difference would go unchecked
-        raise pytest.UsageError(f"jupyterhub_peer: expected differences name no test: {missing}")
+        # a test renamed or removed upstream: its difference or race would go unchecked
+        raise pytest.UsageError(f"jupyterhub_peer: expected.py names no test: {missing}")
 
 
 @pytest.fixture(autouse=True)
