@@ -158,7 +158,7 @@ def test_every_process_ends_when_the_owner_of_a_dev_hub_is_killed() -> None:
     try:
         owner.stdin.write(CULLER_SERVICE)
         owner.stdin.close()
-        assert owner.stdout.readline() == "ready\n"
+        assert read_line(owner.stdout, what="ready from the dev hub's owner") == "ready\n"
         started = psutil.Process(owner.pid).children(recursive=True)
         assert len(_culler(started)) == 1 and len(started) >= 4, started
         owner.send_signal(signal.SIGKILL)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from waiting import read_line
 
 from binderhub_guard.lab.bench import lifeline
 
@@ -32,7 +33,7 @@ def test_a_child_in_a_session_of_its_own_ends_when_its_parent_is_killed():
         text=True,
     )  # fmt: skip
     try:
-        child = psutil.Process(int(parent.stdout.readline()))
+        child = psutil.Process(int(read_line(parent.stdout, what="the child's pid")))
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         assert _gone([child])
@@ -109,7 +110,7 @@ def test_a_multiprocessing_target_ends_when_its_parent_is_killed():
         text=True,
     )  # fmt: skip
     try:
-        child = psutil.Process(int(parent.stdout.readline()))
+        child = psutil.Process(int(read_line(parent.stdout, what="the child's pid")))
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         assert _gone([child])

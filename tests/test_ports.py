@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from waiting import read_line
 
 from binderhub_guard.lab import ports
 
@@ -33,7 +34,7 @@ def test_a_port_another_process_picked_is_not_picked_until_that_process_ends(
         text=True,
     )  # fmt: skip
     try:
-        taken = int(other.stdout.readline())
+        taken = int(read_line(other.stdout, what="the other process's port"))
         monkeypatch.setattr(ports, "_candidate_ranges", lambda: [(taken, taken)])
         with pytest.raises(OSError, match="no 1 free ports"):
             ports.free_port()
