@@ -15,10 +15,11 @@ The end table adds the slopes per cycle after warm-up of RSS, split between thos
 the hub's CPU time per cycle.  ``--overhead`` measures the ledger's own cost per spawn in
 process, without a hub.
 
-The simulator expires Events after ``--event-ttl`` (60 s by default, printed with the
-reason): kubespawner's shared event reflector caches every live Event, so with the
-cluster's 1 h a soak that launches in minutes what a cluster launches in hours measures the
-cache filling, not a steady state; ``--event-ttl 3600`` gives that unscaled figure.
+The simulator, or kube-apiserver with ``--backend apiserver``, expires Events after
+``--event-ttl`` (60 s by default, printed with the reason): kubespawner's shared event
+reflector caches every live Event, so with the cluster's 1 h a soak that launches in minutes
+what a cluster launches in hours measures the cache filling, not a steady state;
+``--event-ttl 3600`` gives that unscaled figure.
 
 Object counts come from inside the hub: a probe installed in the config of hubs this command
 starts (the same probe in every variant), or the guard report
@@ -587,7 +588,7 @@ def budget_minutes(variant: str, args: argparse.Namespace) -> float:
     return args.max_minutes
 
 
-def event_ttl_line(ttl: float) -> str:
+def event_ttl_line(ttl: float, backend: str) -> str:
     if ttl >= 3600:
         why = "as kube-apiserver's default: events of every spawn in the run stay cached"
     else:
@@ -597,7 +598,8 @@ def event_ttl_line(ttl: float) -> str:
             " reflector's cache to reach its plateau within the warm-up, as it does on a"
             " cluster after an hour (--event-ttl 3600 for the unscaled figure)"
         )
-    return f"simulator Event TTL {ttl:g} s: {why}"
+    expiring = "kube-apiserver" if backend == "apiserver" else "simulator"
+    return f"{expiring} Event TTL {ttl:g} s: {why}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -719,7 +721,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         variants = [("leaky-" if args.leaky else "") + ("stock" if args.stock else "guarded")]
     if not args.json and not args.url:
-        print(event_ttl_line(args.event_ttl))
+        print(event_ttl_line(args.event_ttl, args.backend))
         if args.malloc_trim:
             print("RSS read after the hub's malloc_trim(0) (diagnostic, not an operator's view)")
     results = []
